@@ -1,0 +1,180 @@
+# AGPL-3.0 License
+"""Dataset yamls and dataloaders.
+
+Data yamls follow the ultralytics/YOLOv5 format (`path`, `train`, `val`, `test`, `names`). A relative
+`path` resolves against the yaml's own folder (then the working directory, as YOLOv5 users expect).
+`--data shapes` (or data/shapes.yaml) is the built-in synthetic dataset, generated on first use.
+The loaders are ultralytics' YOLODataset with YOLOv5's validation resize (INTER_AREA when shrinking)
+so validation reproduces the official YOLOv5 val.py.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import yaml
+
+import utils  # noqa: F401  (keeps ultralytics offline before it is imported)
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT / "data"
+IMG_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic"}
+
+
+class DataConfigError(ValueError):
+    """A data yaml that cannot be used (missing keys, missing paths, no images)."""
+
+
+def _find_yaml(data: str | Path) -> Path:
+    p = Path(data)
+    candidates = [p, DATA_DIR / p, DATA_DIR / f"{p}.yaml"] if p.suffix not in (".yaml", ".yml") else [p, DATA_DIR / p]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise DataConfigError(f"data yaml '{data}' not found (looked in ./ and {DATA_DIR}); pass --data path/to/data.yaml")
+
+
+def _resolve_split(root: Path, spec: Any, key: str, yaml_path: Path) -> list[str]:
+    specs = spec if isinstance(spec, list) else [spec]
+    out = []
+    for s in specs:
+        q = Path(str(s))
+        q = q if q.is_absolute() else root / q
+        if not q.exists():
+            raise DataConfigError(
+                f"data yaml {yaml_path}: '{key}' path {q} does not exist; fix 'path'/'{key}' or download the dataset"
+            )
+        out.append(str(q))
+    return out
+
+
+def check_dataset(data: str | Path | dict, splits: tuple[str, ...] = ("val",)) -> dict:
+    """Load and validate a data yaml. Returns a dict with absolute `path`, the requested splits as lists
+    of absolute paths, `names` as {int: str} and `nc`. Raises DataConfigError with a one-line message."""
+    if isinstance(data, dict):
+        d, yaml_path = dict(data), Path(data.get("yaml_file", "<dict>"))
+    else:
+        yaml_path = _find_yaml(data)
+        try:
+            d = yaml.safe_load(yaml_path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise DataConfigError(f"data yaml {yaml_path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(d, dict):
+            raise DataConfigError(f"data yaml {yaml_path} must be a mapping with path/train/val/names keys")
+    if d.get("builtin") == "shapes":
+        from data.shapes import ensure_shapes
+
+        kw = {k: d[k] for k in ("n_train", "n_val", "seed") if k in d}
+        yaml_path = Path(ensure_shapes(**kw))
+        d = yaml.safe_load(yaml_path.read_text())
+
+    names = d.get("names")
+    if not names:
+        raise DataConfigError(f"data yaml {yaml_path} has no 'names': add a list or {{index: name}} mapping of classes")
+    names = {i: str(n) for i, n in enumerate(names)} if isinstance(names, list) else {int(k): str(v) for k, v in names.items()}
+    if sorted(names) != list(range(len(names))):
+        raise DataConfigError(f"data yaml {yaml_path}: 'names' keys must be 0..{len(names) - 1}")
+    if "nc" in d and int(d["nc"]) != len(names):
+        raise DataConfigError(f"data yaml {yaml_path}: nc={d['nc']} but {len(names)} names are listed")
+
+    root = Path(str(d.get("path") or ""))
+    if not root.is_absolute():
+        by_yaml = (yaml_path.parent / root).resolve()
+        root = by_yaml if by_yaml.exists() or not (Path.cwd() / root).exists() else (Path.cwd() / root).resolve()
+    out = {**d, "path": str(root), "names": names, "nc": len(names), "yaml_file": str(yaml_path)}
+    for key in splits:
+        if not d.get(key):
+            raise DataConfigError(f"data yaml {yaml_path} has no '{key}' entry")
+        out[key] = _resolve_split(root, d[key], key, yaml_path)
+        if not img_files(out[key]):
+            raise DataConfigError(f"data yaml {yaml_path}: '{key}' has no images under {', '.join(out[key])}")
+    return out
+
+
+def img_files(paths: list[str]) -> list[str]:
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += [str(f) for f in sorted(p.rglob("*")) if f.suffix.lower() in IMG_SUFFIXES]
+        elif p.suffix == ".txt":
+            parent = p.parent
+            for line in p.read_text().splitlines():
+                line = line.strip()
+                if line:
+                    f = Path(line)
+                    files.append(str(f if f.is_absolute() else (parent / f).resolve()))
+        elif p.suffix.lower() in IMG_SUFFIXES:
+            files.append(str(p))
+    return files
+
+
+def _yolo_dataset_cls():
+    from ultralytics.data.dataset import YOLODataset
+
+    class ValDataset(YOLODataset):
+        """YOLODataset with YOLOv5's eval resize: INTER_AREA when shrinking (ultralytics uses INTER_LINEAR)."""
+
+        def load_image(self, i, rect_mode=True, resize_short=False):
+            if self.augment:
+                return super().load_image(i, rect_mode, resize_short)
+            f = self.im_files[i]
+            im = cv2.imread(f)
+            if im is None:
+                raise FileNotFoundError(f"image not found or unreadable: {f}")
+            h0, w0 = im.shape[:2]
+            r = self.imgsz / max(h0, w0)
+            if r != 1:
+                interp = cv2.INTER_LINEAR if r > 1 else cv2.INTER_AREA
+                im = cv2.resize(im, (math.ceil(w0 * r), math.ceil(h0 * r)), interpolation=interp)
+            return im, (h0, w0), im.shape[:2]
+
+    return ValDataset
+
+
+def build_val_loader(data: dict, split: str, imgsz: int, batch_size: int, stride: int, workers: int = 8,
+                     single_cls: bool = False, rect: bool = True, pad: float = 0.5):
+    """Deterministic eval loader (rectangular batches, letterbox, no augmentation)."""
+    import os
+
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data.build import build_dataloader
+
+    hyp = get_cfg()
+    dataset = _yolo_dataset_cls()(
+        img_path=data[split],
+        imgsz=imgsz,
+        batch_size=batch_size,
+        augment=False,
+        hyp=hyp,
+        rect=rect,
+        cache=False,
+        single_cls=single_cls,
+        stride=int(stride),
+        pad=pad,
+        prefix=f"{split}: ",
+        data={**data, "channels": 3},
+    )
+    workers = min(workers, os.cpu_count() or 1, batch_size)
+    return build_dataloader(dataset, batch_size, workers, shuffle=False, rank=-1)
+
+
+def coco_names() -> list[str]:
+    with open(DATA_DIR / "coco.yaml") as f:
+        names = yaml.safe_load(f)["names"]
+    return list(names.values()) if isinstance(names, dict) else list(names)
+
+
+def is_coco_named(names: dict[int, str]) -> bool:
+    """True for any 80-class dataset with COCO's class names in COCO's order (COCO, COCO128, subsets...)."""
+    try:
+        return [names[i] for i in range(len(names))] == coco_names()
+    except (FileNotFoundError, KeyError):
+        return False
+
+
+def label_stats(labels: list[np.ndarray]) -> int:
+    return int(sum(len(x) for x in labels))

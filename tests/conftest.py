@@ -1,0 +1,58 @@
+# AGPL-3.0 License
+"""Shared fixtures: paths to the real assets (tests skip without them), tiny datasets, tmp run folders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT.parent / "shared" / "assets"
+YOLOV5N_PT = ASSETS / "weights" / "yolov5n.pt"
+YOLOV9T_PT = ASSETS / "weights" / "extra_noncoco" / "yolov9t_volleyball_ball_1cls.pt"
+COCO128 = ASSETS / "datasets" / "coco128"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def need(path: Path):
+    """Skip marker for a test that needs a real asset."""
+    return pytest.mark.skipif(not path.exists(), reason=f"real asset {path} not present")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep the built-in dataset cache out of the user's home unless CI pins one."""
+    if "YOLOC_CACHE" not in os.environ:
+        os.environ["YOLOC_CACHE"] = str(tmp_path_factory.mktemp("yoloc_cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def coco128_yaml(tmp_path_factory) -> Path:
+    """COCO128 with images linked and labels copied to a tmp folder: loaders write *.cache next to the
+    labels, and the shared assets must stay untouched."""
+    if not COCO128.exists():
+        pytest.skip("real asset coco128 not present")
+    root = tmp_path_factory.mktemp("coco128")
+    (root / "images").symlink_to(COCO128 / "images")
+    shutil.copytree(COCO128 / "labels", root / "labels")
+    for p in (root / "labels").rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    names = (ASSETS / "datasets" / "coco128.yaml").read_text().split("names:", 1)[1]
+    y = root / "coco128.yaml"
+    y.write_text(f"path: {root}\ntrain: images/train2017\nval: images/train2017\nnames:{names}")
+    return y
+
+
+@pytest.fixture(scope="session")
+def shapes_yaml(tmp_path_factory) -> Path:
+    """A small built-in shapes dataset (fast to generate) described by a data yaml."""
+    from data.shapes import ensure_shapes
+
+    return Path(ensure_shapes(cache_dir=tmp_path_factory.mktemp("shapes"), n_train=16, n_val=8, seed=0))

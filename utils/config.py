@@ -1,0 +1,22 @@
+# AGPL-3.0 License
+"""Defaults live in cfg/default.yaml; scripts read them here so no default is written twice."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CFG = ROOT / "cfg" / "default.yaml"
+
+
+@lru_cache(maxsize=1)
+def _defaults() -> dict:
+    return yaml.safe_load(DEFAULT_CFG.read_text())
+
+
+def defaults() -> dict:
+    """A fresh copy of cfg/default.yaml."""
+    return dict(_defaults())

@@ -1,0 +1,72 @@
+# AGPL-3.0 License
+"""Small helpers shared by the CLIs: run folders, devices, logging."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+import utils  # noqa: F401
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at emit time (redirections and test capture keep working)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
+LOGGER = logging.getLogger("yolo_compress")
+if not LOGGER.handlers:
+    _h = _StdoutHandler()
+    _h.setFormatter(logging.Formatter("%(message)s"))
+    LOGGER.addHandler(_h)
+    LOGGER.setLevel(logging.INFO)
+    LOGGER.propagate = False
+
+
+class UsageError(ValueError):
+    """Bad user input; the CLIs print the message as one line and exit with status 2."""
+
+
+def increment_path(path: str | Path, exist_ok: bool = False, mkdir: bool = True) -> Path:
+    """runs/val/exp -> runs/val/exp2, exp3, ... (never reuses an existing folder unless exist_ok)."""
+    path = Path(path)
+    if path.exists() and not exist_ok:
+        n = 2
+        while Path(f"{path}{n}").exists():
+            n += 1
+        path = Path(f"{path}{n}")
+    if mkdir:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def select_device(device: str | int = "") -> torch.device:
+    """'' -> cuda:0 if available else cpu; 'cpu'; '0' or '0,1' (first listed is used by single-process code)."""
+    d = str(device).strip().lower().replace("cuda:", "")
+    if d in ("", "none"):
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if d == "cpu":
+        return torch.device("cpu")
+    if d == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError("--device mps requested but MPS is not available on this machine; use --device cpu")
+        return torch.device("mps")
+    ids = [x for x in d.split(",") if x]
+    if not all(x.isdigit() for x in ids):
+        raise UsageError(f"invalid --device '{device}': use 'cpu', a CUDA index like 0, or a list like 0,1")
+    n = torch.cuda.device_count()
+    bad = [x for x in ids if int(x) >= n]
+    if bad:
+        have = f"{n} CUDA device(s)" if n else "no CUDA device"
+        raise UsageError(f"--device {device} requested but this machine has {have}; use --device cpu or a valid index")
+    return torch.device(f"cuda:{ids[0]}")

@@ -1,0 +1,190 @@
+# AGPL-3.0 License
+"""Validate a detector (YOLOv5, YOLOv7, ultralytics; full or pruned) on a dataset.
+
+Usage:
+    python val.py --weights yolov5n.pt --data coco128.yaml --img 640
+    python val.py --weights runs/compress/exp/weights/best.pt --data shapes --img 320 --verbose
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
+from utils.config import defaults
+from utils.general import LOGGER, UsageError, increment_path, select_device
+
+
+def parse_opt(argv=None) -> argparse.Namespace:
+    d = defaults()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", nargs="+", type=str, required=True, help="checkpoint (.pt) or model yaml")
+    p.add_argument("--data", type=str, default=d["data"], help="dataset yaml or 'shapes' (built-in)")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=d["imgsz"], help="inference size (pixels)")
+    p.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"], help="batch size")
+    p.add_argument("--conf-thres", type=float, default=d["conf_thres"], help="confidence threshold")
+    p.add_argument("--iou-thres", type=float, default=d["iou_thres"], help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, default=d["max_det"], help="maximum detections per image")
+    p.add_argument("--task", default=d["task"], choices=("train", "val", "test"), help="dataset split to evaluate")
+    p.add_argument("--device", default=d["device"], help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    p.add_argument("--workers", type=int, default=d["workers"], help="max dataloader workers")
+    p.add_argument("--single-cls", action="store_true", help="treat as single-class dataset")
+    p.add_argument("--verbose", action="store_true", help="report mAP by class")
+    p.add_argument("--save-txt", action="store_true", help="save results to *.txt")
+    p.add_argument("--save-conf", action="store_true", help="save confidences in --save-txt labels")
+    p.add_argument("--save-json", action="store_true", help="save a COCO-JSON results file (and run pycocotools)")
+    p.add_argument("--project", default=d["project"], help="save to project/name")
+    p.add_argument("--name", default=d["name"], help="save to project/name")
+    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    p.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA only)")
+    p.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    opt = p.parse_args(argv)
+    if opt.imgsz <= 0 or opt.imgsz % 32:
+        opt.imgsz = max(32, (opt.imgsz + 31) // 32 * 32) if opt.imgsz > 0 else opt.imgsz
+    if opt.imgsz <= 0 or opt.batch_size <= 0:
+        raise UsageError("--imgsz and --batch-size must be positive")
+    if not 0 <= opt.conf_thres <= 1 or not 0 <= opt.iou_thres <= 1:
+        raise UsageError("--conf-thres and --iou-thres must be in [0, 1]")
+    return opt
+
+
+def run(
+    weights,
+    data="shapes",
+    imgsz=640,
+    batch_size=32,
+    conf_thres=0.001,
+    iou_thres=0.6,
+    max_det=300,
+    task="val",
+    device="",
+    workers=8,
+    single_cls=False,
+    verbose=False,
+    save_txt=False,
+    save_conf=False,
+    save_json=False,
+    project="runs/val",
+    name="exp",
+    exist_ok=False,
+    half=False,
+    trust_checkpoint=False,
+    no_progress=False,
+    model=None,
+):
+    """Validate one model; returns (ValResult, save_dir). `model` skips loading (used by train/compress)."""
+    from engine.data import build_val_loader, check_dataset, is_coco_named
+    from engine.validator import coco_evaluate, format_table, validate, write_json
+    from models.loader import load_model
+    from utils.flops import model_summary
+
+    device = select_device(device)
+    from_yaml = Path(str(weights)).suffix in (".yaml", ".yml")
+    if model is None and not from_yaml:  # a bad weights file is reported before the data is looked at
+        model = load_model(weights, trust=trust_checkpoint, fuse=True)
+    data_dict = check_dataset(data, splits=(task,))
+    if model is None:  # a yaml builds an untrained model with the dataset's classes
+        model = load_model(weights, nc=data_dict["nc"], fuse=True)
+    if model.nc != data_dict["nc"] and not single_cls:
+        raise UsageError(
+            f"{weights} predicts {model.nc} classes but {data_dict['yaml_file']} has {data_dict['nc']}: "
+            "pass the matching --data (or --single-cls)"
+        )
+    model.to(device)
+    stride = int(max(model.stride.max(), 32))
+    imgsz = (imgsz + stride - 1) // stride * stride
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
+    n_params, n_gflops, summary = model_summary(model, imgsz)
+    LOGGER.info(summary)
+
+    loader = build_val_loader(data_dict, task, imgsz, batch_size, stride, workers, single_cls)
+    coco_ids = save_json and is_coco_named(data_dict["names"])
+    res, jdict = validate(
+        model,
+        loader,
+        data_dict["names"],
+        conf_thres,
+        iou_thres,
+        max_det,
+        single_cls,
+        device,
+        half,
+        save_dir,
+        save_txt,
+        save_conf,
+        save_json,
+        coco_ids,
+        progress=not no_progress,
+    )
+    LOGGER.info(format_table(res, verbose or data_dict["nc"] < 50 and verbose))
+    s = res.speed_ms
+    LOGGER.info(
+        f"Speed: {s['preprocess']:.1f}ms pre-process, {s['inference']:.1f}ms inference, {s['nms']:.1f}ms NMS "
+        f"per image at shape ({batch_size}, 3, {imgsz}, {imgsz})"
+    )
+    if save_json and jdict:
+        stem = Path(weights if isinstance(weights, (str, Path)) else weights[0]).stem
+        pred_json = write_json(jdict, save_dir / f"{stem}_predictions.json")
+        LOGGER.info(f"Saved {len(jdict)} predictions to {pred_json}")
+        anno_json = _annotation_json(data_dict, task)
+        if anno_json is None:
+            LOGGER.info("No COCO annotation json found (set 'annotations:' in the data yaml); skipping pycocotools")
+        else:
+            ids = sorted({d["image_id"] for d in jdict})
+            res.coco = coco_evaluate(pred_json, anno_json, ids)
+    metrics = {
+        "precision": res.precision,
+        "recall": res.recall,
+        "map50": res.map50,
+        "map50_95": res.map50_95,
+        "fitness": res.fitness,
+        "params": n_params,
+        "gflops": n_gflops,
+        "images": res.images,
+        "instances": res.instances,
+        "speed_ms": res.speed_ms,
+        "imgsz": imgsz,
+        "weights": str(weights),
+        "data": data_dict["yaml_file"],
+        "per_class": res.per_class,
+        **res.coco,
+    }
+    write_json(metrics, save_dir / "metrics.json")
+    LOGGER.info(f"Results saved to {save_dir}")
+    return res, save_dir
+
+
+def _annotation_json(data: dict, task: str) -> Path | None:
+    root = Path(data["path"])
+    if data.get("annotations"):
+        p = Path(data["annotations"])
+        p = p if p.is_absolute() else root / p
+        return p if p.exists() else None
+    split = Path(data[task][0]).stem  # val2017.txt or images/val2017 -> val2017
+    p = root / "annotations" / f"instances_{split}.json"
+    return p if p.exists() else None
+
+
+def main(argv=None) -> int:
+    from engine.data import DataConfigError
+    from utils.checkpoint import CheckpointError
+
+    try:
+        opt = parse_opt(argv)
+        weights = opt.weights[0] if len(opt.weights) == 1 else opt.weights
+        for w in opt.weights if isinstance(opt.weights, list) else [opt.weights]:
+            kw = vars(opt).copy()
+            kw["weights"] = w
+            run(**kw)
+        del weights
+    except (UsageError, CheckpointError, DataConfigError, FileNotFoundError) as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
