@@ -125,6 +125,11 @@ def load_model(weights: str | Path, nc: int | None = None, trust: bool = False, 
         if not hasattr(model, "model") or not isinstance(getattr(model, "model", None), nn.Sequential):
             raise CheckpointError(f"{weights}: the pickled model ({type(model).__name__}) is not a YOLO detector")
         model = _finalize(model)
-    if fuse and hasattr(model, "fuse"):
-        model = model.fuse() if isinstance(model, Model) else model.fuse(verbose=False)
-    return model
+    return fuse_model(model) if fuse else model
+
+
+def fuse_model(model: nn.Module) -> nn.Module:
+    """Fold BatchNorm (and RepConv branches) into convs for inference, in place, any family."""
+    if not hasattr(model, "fuse"):
+        return model
+    return model.fuse() if isinstance(model, Model) else model.fuse(verbose=False)

@@ -17,6 +17,9 @@ def _defaults() -> dict:
     return yaml.safe_load(DEFAULT_CFG.read_text())
 
 
-def defaults() -> dict:
-    """A fresh copy of cfg/default.yaml."""
-    return dict(_defaults())
+def defaults(script: str | None = None) -> dict:
+    """A fresh copy of cfg/default.yaml's common keys, overridden by the `script:` section if given."""
+    d = {k: v for k, v in _defaults().items() if not isinstance(v, dict)}
+    if script:
+        d.update(_defaults().get(script) or {})
+    return d

@@ -1,0 +1,73 @@
+# AGPL-3.0 License
+"""Compress a YOLO detector by structured channel pruning.
+
+One-shot engine methods (prune once, validate, save):
+    python compress.py --method l1 --target-flops 0.7 --weights yolov5n.pt --data coco128.yaml --img 320
+    python compress.py --method l2 --ratio 0.3 --global --weights yolov8n.yaml --data shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
+from utils.config import defaults
+from utils.general import UsageError
+
+
+def parse_opt(argv=None) -> argparse.Namespace:
+    d = defaults("compress")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", type=str, required=True, help="checkpoint (.pt) or model yaml (fresh model)")
+    p.add_argument("--data", type=str, default=d["data"], help="dataset yaml or 'shapes' (built-in)")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=d["imgsz"], help="image size (pixels)")
+    p.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"], help="batch size")
+    p.add_argument("--device", default=d["device"], help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    p.add_argument("--workers", type=int, default=d["workers"], help="max dataloader workers")
+    p.add_argument("--method", default=d["method"], help="pruning method / criterion: l1 l2 bn bnl1 random taylor")
+    p.add_argument("--criterion", default=None, help="alias of --method; seed 002's 0-6 are accepted")
+    p.add_argument("--target-flops", type=float, default=d["target_flops"], help="keep this share of base FLOPs")
+    p.add_argument("--ratio", type=float, default=d["ratio"], help="share of channels to remove per group")
+    p.add_argument("--global", dest="global_ranking", action="store_true", default=d["global_ranking"],
+                   help="one ranking across all groups (scores normalized per group)")
+    p.add_argument("--divisor", type=int, default=d["divisor"], help="round kept channels up to a multiple")
+    p.add_argument("--min-channels", type=int, default=d["min_channels"], help="minimum channels kept per group")
+    p.add_argument("--ignore", nargs="*", default=d["ignore"], help="module-name patterns never pruned")
+    p.add_argument("--epochs", type=int, default=d["epochs"], help="fine-tuning epochs after pruning")
+    p.add_argument("--calib-images", type=int, default=d["calib_images"], help="images for gradient criteria")
+    p.add_argument("--seed", type=int, default=d["seed"], help="random seed")
+    p.add_argument("--show-groups", action="store_true", help="print every channel group and why fixed ones are")
+    p.add_argument("--project", default=d["project"], help="save to project/name")
+    p.add_argument("--name", default=d["name"], help="save to project/name")
+    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    p.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
+    opt = p.parse_args(argv)
+    if opt.criterion is not None:
+        from prune.importance import SEED_CRITERIA
+
+        c = opt.criterion
+        opt.method = SEED_CRITERIA.get(int(c), c) if str(c).isdigit() else c
+    opt.method = opt.method.lower()
+    return opt
+
+
+def main(argv=None) -> int:
+    from engine.data import DataConfigError
+    from utils.checkpoint import CheckpointError
+
+    try:
+        opt = parse_opt(argv)
+        if opt.epochs:
+            raise UsageError("fine-tuning after one-shot pruning arrives with train.py; use --epochs 0 for now")
+        from engine.compress import run_one_shot
+
+        run_one_shot(opt)
+    except (UsageError, CheckpointError, DataConfigError, FileNotFoundError, ValueError) as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

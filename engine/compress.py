@@ -1,0 +1,176 @@
+# AGPL-3.0 License
+"""One-shot compression run: load -> validate -> build groups -> score -> plan -> cut -> save -> validate.
+
+The run folder (runs/compress/exp*) receives pruned.pt (a normal checkpoint carrying the pruned
+structure), channels.json (remaining channels per layer), groups.txt and summary.json
+(params, gflops, map50, map50_95 before and after).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from engine.data import build_val_loader, check_dataset
+from engine.validator import ValResult, format_table, validate, write_json
+from models.loader import fuse_model, load_model, model_family
+from prune import build_groups
+from prune.importance import get_criterion
+from prune.surgery import apply_removal, channel_table, estimate_flops, group_sizes
+from prune.uniform import plan_global, plan_uniform, solve_ratio_for_flops
+from utils.checkpoint import save_checkpoint
+from utils.flops import count_params, gflops
+from utils.general import LOGGER, UsageError, increment_path, select_device
+
+ONE_SHOT_METHODS = ("l1", "l2", "bn", "bnl1", "random", "taylor")
+
+
+class Evaluator:
+    """Validation on a fixed loader (built once, reused for before/after)."""
+
+    def __init__(self, data: dict, imgsz: int, batch_size: int, device, workers: int, stride: int = 32):
+        self.data, self.device = data, device
+        self.loader = build_val_loader(data, "val", imgsz, batch_size, stride, workers)
+
+    def __call__(self, model: nn.Module, progress: bool = True) -> ValResult:
+        m = fuse_model(copy.deepcopy(model).to(self.device))
+        res, _ = validate(m, self.loader, self.data["names"], device=self.device, progress=progress)
+        return res
+
+
+def check_args(opt) -> None:
+    if opt.method not in ONE_SHOT_METHODS:
+        raise UsageError(f"unknown --method '{opt.method}': choose from {', '.join(ONE_SHOT_METHODS)}")
+    if (opt.target_flops is None) == (opt.ratio is None):
+        raise UsageError("give exactly one of --target-flops F (share of base FLOPs to keep) or --ratio R")
+    if opt.target_flops is not None and not 0 < opt.target_flops < 1:
+        raise UsageError(f"--target-flops must be in (0, 1), got {opt.target_flops}")
+    if opt.ratio is not None and not 0 < opt.ratio < 1:
+        raise UsageError(f"--ratio must be in (0, 1), got {opt.ratio}")
+    if opt.divisor < 1 or opt.min_channels < 1:
+        raise UsageError("--divisor and --min-channels must be >= 1")
+    if opt.epochs < 0:
+        raise UsageError(f"--epochs must be >= 0, got {opt.epochs}")
+
+
+def run_one_shot(opt) -> dict:
+    check_args(opt)
+    device = select_device(opt.device)
+    torch.manual_seed(opt.seed)
+    from_yaml = Path(str(opt.weights)).suffix in (".yaml", ".yml")
+    model = None if from_yaml else load_model(opt.weights, trust=opt.trust_checkpoint)
+    data = check_dataset(opt.data, splits=("val",) if opt.method != "taylor" else ("train", "val"))
+    if model is None:
+        model = load_model(opt.weights, nc=data["nc"])
+    if model.nc != data["nc"]:
+        raise UsageError(f"{opt.weights} predicts {model.nc} classes but {data['yaml_file']} has {data['nc']}")
+    model.to(device).eval()
+    save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
+    stride = int(max(model.stride.max(), 32))
+    evaluate = Evaluator(data, opt.imgsz, opt.batch_size, device, opt.workers, stride)
+
+    t0 = time.time()
+    groups = build_groups(model, imgsz=opt.imgsz, ignore=opt.ignore)
+    (save_dir / "groups.txt").write_text(groups.dump())
+    LOGGER.info(f"{len(groups.prunable)} prunable groups of {len(groups.groups)} ({time.time() - t0:.1f}s)")
+    if opt.show_groups:
+        LOGGER.info(groups.dump())
+    if not groups.prunable:
+        raise UsageError("no prunable channel groups in this model (see groups.txt for the reasons)")
+
+    base = _measure(model, evaluate, opt.imgsz, "before")
+    if opt.method == "taylor":
+        _accumulate_gradients(model, data, opt, device)
+    crit = get_criterion(opt.method)
+    scores = {g.id: crit(model, g, seed=opt.seed) for g in groups.prunable}
+    planner = plan_global if opt.global_ranking else plan_uniform
+    kw = dict(scores=scores, divisor=opt.divisor, min_keep=opt.min_channels)
+    if opt.target_flops is not None:
+        removed, frac = solve_ratio_for_flops(groups, planner, opt.target_flops, **kw)
+    else:
+        removed = planner(groups, ratio=opt.ratio, **kw)
+        frac = estimate_flops(groups, removed)[1] / estimate_flops(groups, {})[0]
+    model.zero_grad(set_to_none=True)
+    apply_removal(model, groups, removed)
+    prune_seconds = time.time() - t0
+    LOGGER.info(f"pruned {sum(map(len, removed.values()))} channels in {len(removed)} groups: "
+                f"conv FLOPs x{frac:.3f} ({prune_seconds:.1f}s)")
+
+    ckpt = {
+        "model": copy.deepcopy(model).half(),
+        "epoch": -1,
+        "date": datetime.datetime.now().isoformat(),
+        "pruning": {"method": opt.method, "global": opt.global_ranking, "removed": removed, "source": str(opt.weights)},
+        "channels": channel_table(model),
+    }
+    save_checkpoint(ckpt, save_dir / "pruned.pt")
+    write_json(channel_table(model), save_dir / "channels.json")
+    after = _measure(model, evaluate, opt.imgsz, "after")
+    summary = {
+        "method": opt.method,
+        "family": model_family(model),
+        "weights": str(opt.weights),
+        "data": data["yaml_file"],
+        "imgsz": opt.imgsz,
+        "target_flops": opt.target_flops,
+        "ratio": opt.ratio,
+        "global": opt.global_ranking,
+        "before": base,
+        "after": after,
+        "flops_ratio": after["gflops"] / base["gflops"] if base["gflops"] else None,
+        "params_ratio": after["params"] / base["params"],
+        "seconds": prune_seconds,
+        "groups": group_sizes(groups, removed),
+    }
+    write_json(summary, save_dir / "summary.json")
+    LOGGER.info(_table(base, after))
+    LOGGER.info(f"Results saved to {save_dir}: pruned.pt, channels.json, summary.json")
+    summary["save_dir"] = str(save_dir)
+    return summary
+
+
+def _measure(model: nn.Module, evaluate: Evaluator, imgsz: int, tag: str) -> dict:
+    res = evaluate(model)
+    LOGGER.info(f"{tag}:\n{format_table(res)}")
+    return {
+        "params": count_params(model),
+        "gflops": gflops(model, imgsz),
+        "map50": res.map50,
+        "map50_95": res.map50_95,
+        "precision": res.precision,
+        "recall": res.recall,
+    }
+
+
+def _accumulate_gradients(model, data, opt, device) -> None:
+    """Gradients of the detection loss over --calib-images training images (for the taylor criterion)."""
+    try:
+        from engine.loss import build_criterion
+    except ImportError as e:
+        raise UsageError("--method taylor needs the training loss (engine/loss.py), not available") from e
+    loader = build_val_loader(data, "train", opt.imgsz, min(opt.batch_size, 16), 32, opt.workers)
+    criterion = build_criterion(model, None, opt.imgsz)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    seen = 0
+    for batch in loader:
+        img = batch["img"].to(device).float() / 255
+        loss, _ = criterion(model(img), batch)
+        loss.backward()
+        seen += img.shape[0]
+        if seen >= opt.calib_images:
+            break
+    model.eval()
+
+
+def _table(before: dict, after: dict) -> str:
+    row = "%-8s%12s%10s%10s%11s"
+    lines = [row % ("", "params", "GFLOPs", "mAP50", "mAP50-95")]
+    for tag, d in (("before", before), ("after", after)):
+        lines.append(row % (tag, f"{d['params']:,}", f"{d['gflops']:.2f}", f"{d['map50']:.3f}", f"{d['map50_95']:.3f}"))
+    return "\n".join(lines)

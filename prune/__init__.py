@@ -1,0 +1,29 @@
+# AGPL-3.0 License
+"""Structured channel pruning engine, layered:
+
+graph (prune.graph: which channels are coupled, found by tracing one forward)
+  -> groups (prune.groups: channels pruned together, with params/FLOPs/memory per channel)
+  -> importance (prune.importance: criteria scoring each channel of a group)
+  -> policies (prune.uniform, ...: how many channels of which groups to remove)
+  -> masks (prune.masks: reversible trials) and surgery (prune.surgery: physical removal)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from prune.groups import Group, GroupSet
+from prune.masks import ChannelMasks
+from prune.surgery import apply_removal, channel_table, estimate_flops
+
+
+def build_groups(model: nn.Module, imgsz: int = 64, ignore: list[str] | None = None) -> GroupSet:
+    """Trace `model` on a blank image of imgsz (a multiple of its max stride) and build its groups."""
+    stride = int(max(getattr(model, "stride", torch.tensor([32])).max(), 32))
+    s = max(stride, (imgsz + stride - 1) // stride * stride)
+    p = next(model.parameters())
+    return GroupSet(model, torch.zeros(1, 3, s, s, device=p.device, dtype=p.dtype), ignore=ignore)
+
+
+__all__ = ["ChannelMasks", "Group", "GroupSet", "apply_removal", "build_groups", "channel_table", "estimate_flops"]

@@ -1,0 +1,90 @@
+# AGPL-3.0 License
+"""Reversible channel masks: trials zero channels without touching the model's structure.
+
+A mask is one value per channel class. Forward hooks multiply the outputs of the graph's mask sites
+(BatchNorm and other modules whose output would be non-zero on a removed channel) by the class mask,
+so every tensor carrying a removed channel is exactly zero and the masked model computes what the
+materialized (physically pruned) model computes. With `requires_grad`, per-sample masks give
+Group Fisher's A·dL/dA summed over all coupled sites.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from prune.groups import GroupSet
+
+
+class ChannelMasks:
+    def __init__(self, model: nn.Module, groups: GroupSet):
+        self.model, self.groups = model, groups
+        roots = [r for g in groups.groups for r in g.classes]
+        self.index = {r: i for i, r in enumerate(roots)}
+        self.values = torch.ones(len(roots))
+        self.per_sample: torch.Tensor | None = None  # (N, n_classes) with grad, for Fisher
+        uf = groups.graph.uf
+        modules = dict(model.named_modules())
+        self._sites = []
+        for site in groups.graph.sites:
+            idx = [self.index.get(uf.find(int(e)), -1) for e in site.labels]
+            if all(i < 0 for i in idx) or site.module not in modules:
+                continue
+            self._sites.append((modules[site.module], torch.tensor([i if i >= 0 else len(roots) for i in idx])))
+        self._handles = []
+
+    # ------------------------------------------------------------------ control
+    def attach(self) -> ChannelMasks:
+        if not self._handles:
+            for module, idx in self._sites:
+                self._handles.append(module.register_forward_hook(self._hook(idx)))
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self):
+        return self.attach()
+
+    def __exit__(self, *exc):
+        self.detach()
+
+    def set_removed(self, group_id: int, positions) -> None:
+        """Mask (remove) these channel positions of a group; others of the group are kept."""
+        g = self.groups.groups[group_id]
+        for pos, r in enumerate(g.classes):
+            self.values[self.index[r]] = 1.0
+        for pos in np.asarray(positions, dtype=int).tolist():
+            self.values[self.index[g.classes[pos]]] = 0.0
+
+    def removed(self) -> dict[int, list[int]]:
+        """group id -> masked channel positions."""
+        out = {}
+        for g in self.groups.groups:
+            pos = [p for p, r in enumerate(g.classes) if self.values[self.index[r]] == 0]
+            if pos:
+                out[g.id] = pos
+        return out
+
+    def reset(self) -> None:
+        self.values.fill_(1.0)
+
+    # ------------------------------------------------------------------ hook
+    def _hook(self, idx: torch.Tensor):
+        def apply(_m, _inp, out):
+            if not isinstance(out, torch.Tensor):
+                return out
+            base = torch.cat((self.values, torch.ones(1))).to(out.device, out.dtype)
+            if self.per_sample is not None:
+                ps = torch.cat((self.per_sample, torch.ones(len(self.per_sample), 1, device=self.per_sample.device)), 1)
+                m = ps[:, idx.to(ps.device)] * base[idx.to(out.device)]
+                shape = (out.shape[0], out.shape[1]) + (1,) * (out.dim() - 2)
+                return out * m.to(out.dtype).view(shape)
+            m = base[idx.to(out.device)]
+            shape = (1, out.shape[1]) + (1,) * (out.dim() - 2)
+            return out * m.view(shape)
+
+        return apply

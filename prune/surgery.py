@@ -1,0 +1,137 @@
+# AGPL-3.0 License
+"""Physical channel removal: slice every member of every removed channel class, then fix module attributes.
+
+Works on any module whose prunable state is plain parameters/buffers found by the graph (Conv2d,
+BatchNorm, Linear, implicit parameters, RepConv branches, ...). The detection head's outputs are never
+members of a prunable group, so they are never touched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import torch
+import torch.nn as nn
+
+from prune.groups import GroupSet
+
+
+def keep_count(n: int, n_remove: int, divisor: int = 1, min_keep: int = 1) -> int:
+    """Channels to keep after asking to remove n_remove of n: at least min_keep, rounded UP to a
+    multiple of divisor (never above n), so a group is never emptied."""
+    keep = max(n - int(n_remove), min_keep, 1)
+    if divisor > 1:
+        keep = min(n, int(math.ceil(keep / divisor) * divisor))
+    return keep
+
+
+def removal_slices(groups: GroupSet, removed: dict[int, list[int]]) -> dict[tuple[str, str, int], set[int]]:
+    """(module, tensor name, dim) -> indices to drop."""
+    cut: dict[tuple[str, str, int], set[int]] = defaultdict(set)
+    for gid, positions in removed.items():
+        g = groups.groups[gid]
+        if not g.prunable and positions:
+            raise ValueError(f"group {gid} is not prunable ({g.reason})")
+        if len(positions) >= len(g):
+            raise ValueError(f"refusing to remove all {len(g)} channels of group {gid} ({', '.join(g.producers)})")
+        for pos in positions:
+            for m in g.members[pos]:
+                cut[(m.module, m.param, m.dim)].add(m.index)
+    return cut
+
+
+@torch.no_grad()
+def apply_removal(model: nn.Module, groups: GroupSet, removed: dict[int, list[int]]) -> nn.Module:
+    """Remove the given channel positions (group id -> positions) from `model` in place."""
+    cut = removal_slices(groups, removed)
+    modules = dict(model.named_modules())
+    depthwise = {
+        n: m.groups for n, m in modules.items()
+        if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+    }
+    for (mname, tname, dim), drop in cut.items():
+        mod = modules[mname]
+        t = getattr(mod, tname)
+        keep = torch.tensor([i for i in range(t.shape[dim]) if i not in drop], device=t.device)
+        new = t.index_select(dim, keep).clone()
+        if isinstance(t, nn.Parameter):
+            setattr(mod, tname, nn.Parameter(new, requires_grad=t.requires_grad))
+        else:
+            mod._buffers[tname] = new
+    for name, m in modules.items():
+        _fix_attributes(m, was_depthwise=name in depthwise)
+    return model
+
+
+def _fix_attributes(m: nn.Module, was_depthwise: bool = False) -> None:
+    if isinstance(m, nn.ConvTranspose2d):
+        m.in_channels, m.out_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
+    elif isinstance(m, nn.Conv2d):
+        if was_depthwise:
+            m.groups = m.weight.shape[0]
+        m.out_channels, m.in_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
+    elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+        m.num_features = (m.running_mean if m.running_mean is not None else m.weight).shape[0]
+    elif isinstance(m, nn.Linear):
+        m.out_features, m.in_features = m.weight.shape
+    # blocks that keep their own channel counts (YOLOv7/ultralytics RepConv, ImplicitA/M)
+    if hasattr(m, "implicit") and hasattr(m, "channel"):
+        m.channel = m.implicit.shape[1]
+    for branch in ("rbr_dense", "rbr_reparam", "conv1"):
+        conv = getattr(m, branch, None)
+        conv = conv[0] if isinstance(conv, nn.Sequential) else conv
+        conv = getattr(conv, "conv", conv)
+        if isinstance(conv, nn.Conv2d):
+            for a, v in (("in_channels", conv.in_channels), ("out_channels", conv.out_channels),
+                         ("c1", conv.in_channels), ("c2", conv.out_channels)):
+                if hasattr(m, a) and not isinstance(m, nn.Conv2d):
+                    setattr(m, a, v)
+            break
+
+
+def channel_table(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Remaining channels per layer: the structure a yaml + state dict needs to rebuild the model."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            out[name] = {"in": m.in_channels, "out": m.out_channels, "groups": m.groups}
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            out[name] = {"features": m.num_features}
+        elif isinstance(m, nn.Linear):
+            out[name] = {"in": m.in_features, "out": m.out_features}
+    return out
+
+
+def group_sizes(groups: GroupSet, removed: dict[int, list[int]]) -> list[dict]:
+    rows = []
+    for g in groups.groups:
+        if g.prunable:
+            r = len(removed.get(g.id, []))
+            rows.append({"group": g.id, "producers": g.producers, "before": len(g), "after": len(g) - r})
+    return rows
+
+
+def estimate_flops(groups: GroupSet, removed: dict[int, list[int]]) -> tuple[float, float]:
+    """(FLOPs before, FLOPs after) of convs/linears at the traced input size, exactly from the removal."""
+    info = groups.graph.conv_info
+    r_out: dict[str, int] = defaultdict(int)
+    r_in: dict[str, int] = defaultdict(int)
+    for (mod, tname, dim), idx in removal_slices(groups, removed).items():
+        if tname != "weight" or mod not in info or info[mod].kind not in ("conv", "linear"):
+            continue
+        if dim == 0:
+            r_out[mod] += len(idx)
+        else:
+            r_in[mod] += len(idx)
+    before = after = 0.0
+    for mod, ci in info.items():
+        if ci.kind not in ("conv", "linear"):
+            continue
+        dw = ci.groups > 1 and ci.groups == ci.in_channels == ci.out_channels
+        cin_g = 1 if dw else ci.in_channels // ci.groups
+        before += 2.0 * ci.out_hw * ci.out_channels * cin_g * ci.kernel
+        c_out = ci.out_channels - r_out[mod]
+        cin_after = 1 if dw else (ci.in_channels - r_in[mod]) // ci.groups
+        after += 2.0 * ci.out_hw * c_out * cin_after * ci.kernel
+    return before, after
