@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 import cv2
 import numpy as np
@@ -63,14 +63,14 @@ _LUMA = np.array([0.114, 0.587, 0.299])  # BGR weights
 
 
 # ----------------------------------------------------------------------------------------------- paths
-def shapes_root(cache_dir: Optional[PathLike] = None) -> Path:
+def shapes_root(cache_dir: PathLike | None = None) -> Path:
     """Cache folder holding generated datasets: `cache_dir`, else $YOLOC_CACHE, else ~/.cache/yolo-compress."""
     if cache_dir is None:
         cache_dir = os.environ.get("YOLOC_CACHE") or Path.home() / ".cache" / "yolo-compress"
     return Path(cache_dir).expanduser().resolve()
 
 
-def shapes_dir(cache_dir: Optional[PathLike] = None, n_train: int = 256, n_val: int = 64, seed: int = 0) -> Path:
+def shapes_dir(cache_dir: PathLike | None = None, n_train: int = 256, n_val: int = 64, seed: int = 0) -> Path:
     """Final (versioned) folder of the dataset generated with these parameters; may not exist yet."""
     return shapes_root(cache_dir) / f"shapes-v{SHAPES_VERSION}-{int(n_train)}-{int(n_val)}-{int(seed)}"
 
@@ -121,8 +121,9 @@ def _geometry(cls: int, cx: float, cy: float, size: float, angle: float) -> np.n
         pts = size / 2.0 * np.stack([np.cos(a), np.sin(a)], 1)
     else:  # cross (plus sign), arm thickness 1/3 of the extent
         r, t = size / 2.0, size / 6.0
-        pts = np.array([[-t, -r], [t, -r], [t, -t], [r, -t], [r, t], [t, t],
-                        [t, r], [-t, r], [-t, t], [-r, t], [-r, -t], [-t, -t]])
+        pts = np.array(
+            [[-t, -r], [t, -r], [t, -t], [r, -t], [r, t], [t, t], [t, r], [-t, r], [-t, t], [-r, t], [-r, -t], [-t, -t]]
+        )
     c, s = np.cos(angle), np.sin(angle)
     pts = pts @ np.array([[c, s], [-s, c]]) + np.array([cx, cy])
     return np.round(pts).astype(np.int32)
@@ -136,7 +137,7 @@ def _draw(canvas: np.ndarray, cls: int, g: np.ndarray, color) -> None:
         cv2.fillPoly(canvas, [g], color, cv2.LINE_8)
 
 
-def _tight_box(cls: int, geom: np.ndarray, scratch: np.ndarray) -> Optional[np.ndarray]:
+def _tight_box(cls: int, geom: np.ndarray, scratch: np.ndarray) -> np.ndarray | None:
     """Tight xyxy box (pixel edges) of the shape as cv2 draws it on the image, or None if < 3 px wide.
 
     `scratch` is an all-zero uint8 mask of the image size (left all-zero on return). cv2's clipping of
@@ -145,7 +146,7 @@ def _tight_box(cls: int, geom: np.ndarray, scratch: np.ndarray) -> Optional[np.n
     """
     h, w = scratch.shape
     if cls == 0:
-        (cx, cy, r), = geom
+        ((cx, cy, r),) = geom
         lo, hi = np.array([cx - r, cy - r]), np.array([cx + r, cy + r])
     else:
         lo, hi = geom.min(0), geom.max(0)
@@ -270,7 +271,7 @@ def _remove_stale_tmp(final: Path) -> None:
             pass
 
 
-def ensure_shapes(cache_dir: Optional[PathLike] = None, n_train: int = 256, n_val: int = 64, seed: int = 0) -> Path:
+def ensure_shapes(cache_dir: PathLike | None = None, n_train: int = 256, n_val: int = 64, seed: int = 0) -> Path:
     """Return the dataset yaml of the shapes dataset, generating it first if it is not cached.
 
     Generation is atomic: files go to a temporary sibling folder, the marker is written last and the
@@ -290,8 +291,14 @@ def ensure_shapes(cache_dir: Optional[PathLike] = None, n_train: int = 256, n_va
         t0 = time.perf_counter()
         boxes = {s: _write_split(tmp, s, n, seed) for s, n in (("train", n_train), ("val", n_val))}
         (tmp / YAML_NAME).write_text(_dataset_yaml(final))  # 'path' already points at the final name
-        info = {"version": SHAPES_VERSION, "seed": seed, "n_train": n_train, "n_val": n_val,
-                "boxes": boxes, "seconds": round(time.perf_counter() - t0, 3)}
+        info = {
+            "version": SHAPES_VERSION,
+            "seed": seed,
+            "n_train": n_train,
+            "n_val": n_val,
+            "boxes": boxes,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         (tmp / MARKER).write_text(json.dumps(info) + "\n")
         _publish(tmp, final)
     finally:
@@ -344,7 +351,7 @@ def is_shapes_data(data: object) -> bool:
     return False
 
 
-def resolve_shapes(data: object, cache_dir: Optional[PathLike] = None) -> Optional[Path]:
+def resolve_shapes(data: object, cache_dir: PathLike | None = None) -> Path | None:
     """If `data` names the built-in dataset, generate/reuse it and return its yaml path; else None.
 
     Optional `n_train`, `n_val`, `seed` keys of a `builtin: shapes` yaml (or dict) are honoured.
@@ -364,7 +371,7 @@ def resolve_shapes(data: object, cache_dir: Optional[PathLike] = None) -> Option
     return ensure_shapes(cache_dir, **kw)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Generate (or reuse) the built-in synthetic shapes dataset.")
     ap.add_argument("--cache-dir", default=None, help="default: $YOLOC_CACHE or ~/.cache/yolo-compress")
     ap.add_argument("--n-train", type=int, default=256)

@@ -163,8 +163,13 @@ def test_builtin_yaml_and_resolve(tmp_path: Path) -> None:
 def test_hyps() -> None:
     hyps = sorted((ROOT / "data" / "hyps").glob("*.yaml"))
     names = {p.name for p in hyps}
-    assert {"hyp.scratch-low.yaml", "hyp.scratch-med.yaml", "hyp.scratch-high.yaml",
-            "hyp.finetune.yaml", "hyp.scratch.yaml"} <= names
+    assert {
+        "hyp.scratch-low.yaml",
+        "hyp.scratch-med.yaml",
+        "hyp.scratch-high.yaml",
+        "hyp.finetune.yaml",
+        "hyp.scratch.yaml",
+    } <= names
     for p in hyps:
         assert p.read_text().startswith("#"), p.name
         h = yaml.safe_load(p.read_text())

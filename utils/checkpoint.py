@@ -63,7 +63,8 @@ _DATA = {
     "ultralytics.utils": {"IterableSimpleNamespace"},
 }
 # Packages whose nn.Module subclasses (and, for ultralytics, loss/assigner helpers) may be named.
-_MODULE_PACKAGES = ("models.", "ultralytics.nn.", "torch.nn.modules.", "torch.nn.parameter")
+_MODULE_PACKAGES = ("models.", "ultralytics.nn.", "torch.nn.modules.", "torch.nn.parameter", "torchvision.models.",
+                    "torchvision.ops.")
 _ULTRALYTICS_HELPERS = ("ultralytics.utils.loss", "ultralytics.utils.tal")
 
 TRUST_HINT = "if you trust this file and its source, pass --trust-checkpoint to load it without restrictions"
