@@ -135,3 +135,48 @@ def estimate_flops(groups: GroupSet, removed: dict[int, list[int]]) -> tuple[flo
         cin_after = 1 if dw else (ci.in_channels - r_in[mod]) // ci.groups
         after += 2.0 * ci.out_hw * c_out * cin_after * ci.kernel
     return before, after
+
+
+@torch.no_grad()
+def shrink_to(model: nn.Module, channels: dict[str, dict[str, int]]) -> nn.Module:
+    """Resize a freshly built model's layers to a channel table (channels.json), in place, so that the
+    pruned state dict loads into it: yaml + channels.json + state dict rebuild a pruned model."""
+    modules = dict(model.named_modules())
+    for name, spec in channels.items():
+        m = modules.get(name)
+        if isinstance(m, nn.Conv2d):
+            groups = spec.get("groups", m.groups)
+            shape = (spec["out"], spec["in"] // groups, *m.weight.shape[2:])
+            m.weight = nn.Parameter(m.weight.new_zeros(shape))
+            if m.bias is not None:
+                m.bias = nn.Parameter(m.bias.new_zeros(spec["out"]))
+            m.groups = groups
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = spec["features"]
+            for p in ("weight", "bias"):
+                if getattr(m, p) is not None:
+                    setattr(m, p, nn.Parameter(getattr(m, p).new_zeros(n)))
+            for b in ("running_mean", "running_var"):
+                if getattr(m, b) is not None:
+                    m._buffers[b] = getattr(m, b).new_zeros(n)
+        elif isinstance(m, nn.Linear):
+            m.weight = nn.Parameter(m.weight.new_zeros(spec["out"], spec["in"]))
+            if m.bias is not None:
+                m.bias = nn.Parameter(m.bias.new_zeros(spec["out"]))
+    for m in modules.values():  # parameters outside conv/bn/linear (implicit offsets) follow the state dict
+        _fix_attributes(m)
+    return model
+
+
+def load_pruned_state(model: nn.Module, channels: dict, state_dict: dict) -> nn.Module:
+    """shrink_to + load_state_dict; other parameters (e.g. ImplicitA) take the state dict's shapes."""
+    shrink_to(model, channels)
+    own = dict(model.named_parameters())
+    for k, v in state_dict.items():
+        if k in own and own[k].shape != v.shape:
+            mod_name, _, pname = k.rpartition(".")
+            setattr(dict(model.named_modules())[mod_name], pname, nn.Parameter(torch.zeros_like(v)))
+    model.load_state_dict(state_dict, strict=True)
+    for m in model.modules():
+        _fix_attributes(m)
+    return model
