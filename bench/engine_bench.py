@@ -60,9 +60,9 @@ def main():
             masks.set_removed(gid, pos)
         plain, masked = [], []
         for _ in range(a.repeats):  # interleave so drift hits both equally
-            plain.append(timed(lambda: model(x), 1))
+            plain.append(timed(lambda m=model, x=x: m(x), 1))
             with masks:
-                masked.append(timed(lambda: model(x), 1))
+                masked.append(timed(lambda m=model, x=x: m(x), 1))
         p, m = statistics.median(plain), statistics.median(masked)
         print(f"{cfg:14s}{t_build:16.2f}{t_surgery:11.2f}{p * 1e3:14.1f}{m * 1e3:15.1f}{(m / p - 1) * 100:9.1f}%")
 

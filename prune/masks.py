@@ -55,7 +55,7 @@ class ChannelMasks:
     def set_removed(self, group_id: int, positions) -> None:
         """Mask (remove) these channel positions of a group; others of the group are kept."""
         g = self.groups.groups[group_id]
-        for pos, r in enumerate(g.classes):
+        for r in g.classes:
             self.values[self.index[r]] = 1.0
         for pos in np.asarray(positions, dtype=int).tolist():
             self.values[self.index[g.classes[pos]]] = 0.0

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import YOLOV5N_PT, need
 
 import compress
 import val
-from conftest import YOLOV5N_PT, need
 from models.loader import load_model
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import YOLOV5N_PT, YOLOV9T_PT, need
+
 from models.loader import load_model
 from prune import ChannelMasks, GroupSet, apply_removal, build_groups, estimate_flops
 from prune.importance import CRITERIA, get_criterion
