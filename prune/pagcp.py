@@ -1,0 +1,208 @@
+# AGPL-3.0 License
+"""PAGCP policy: sequential greedy global channel pruning under a performance-aware oracle (seed 000).
+
+Units are the engine's prunable groups. They are visited in order of the FLOPs they remove when
+pruned alone by 30% (descending; ascending when lambda > 1). For each unit, on the current (already
+masked) model, with saliency recomputed there, ratios step+0.. are tried; the first ratio at which any
+task loss exceeds (1 + thres) x its current base stops the search and the previous ratio is kept.
+On acceptance thres <- thres * lambda and each base <- max(base, accepted loss).
+
+Departures from the reference code, on purpose:
+  * a unit whose losses never trip keeps the largest ratio tried (the reference leaves it unpruned during
+    the pass and then gives it 0.90);
+  * guard: once any task loss exceeds initial_thres x its *original* value (the cumulative budget that
+    --exp's product encodes), no further unit is pruned: a broken model's loss stops moving, and
+    without the guard the oracle would then accept the largest ratio everywhere;
+  * trials are masks on the live model and the oracle is any callable returning per-task losses (a
+    calibration subset in compress.py), not full validation passes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from prune.groups import Group, GroupSet
+from prune.masks import ChannelMasks
+from prune.surgery import estimate_flops, keep_count
+
+
+@dataclass
+class PAGCPConfig:
+    initial_rate: float = 0.05  # allowed relative growth of each task loss for the first unit
+    initial_thres: float = 5.0  # cap of the cumulative growth (with --exp)
+    exp: bool = False  # per-unit threshold decays by lambda solving prod(1 + rate*lambda^i) = thres
+    topk: float = 1.0  # keep the best int(N*topk) units' ratios (by loss increase per FLOP removed)
+    step: float = 0.05  # ratio grid: step, 2*step, ... <= max_ratio
+    max_ratio: float = 0.95
+    criterion: str = "l1"  # l1 | l2 saliency inside a unit, recomputed on the pruned model
+    divisor: int = 1
+    min_keep: int = 1
+
+    def ratios(self) -> list[float]:
+        n = int(math.floor(self.max_ratio / self.step + 1e-9))
+        return [round(self.step * (i + 1), 6) for i in range(n)]
+
+
+@dataclass
+class UnitDecision:
+    group: int
+    producers: list[str]
+    channels: int
+    ratio: float = 0.0
+    removed: list[int] = field(default_factory=list)
+    tripped_by: str = ""  # task whose loss stopped the search ('' = never tripped)
+    loss_ratios: list[float] = field(default_factory=list)  # accepted loss / base, per task
+    flops_removed: float = 0.0
+    threshold: float = 0.0
+    trials: int = 0
+
+    def row(self, tasks: list[str]) -> str:
+        lr = " ".join(f"{t}={r:.3f}" for t, r in zip(tasks, self.loss_ratios))
+        return (f"{self.group:4d} {self.channels:5d} -> {self.channels - len(self.removed):5d}  ratio {self.ratio:.2f}  "
+                f"thres {self.threshold:.4f}  trip {self.tripped_by or '-':5s} {lr}  {','.join(self.producers)}")
+
+
+def solve_lambda(rate: float, thres: float, n_units: int) -> float:
+    """lambda with prod_{i<n}(1 + rate * lambda^i) = thres (bisection; the product grows with lambda)."""
+    if n_units <= 0:
+        return 1.0
+
+    def prod(lam):
+        return float(np.prod([1 + rate * lam**i for i in range(n_units)]))
+
+    if prod(0.0) >= thres:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while prod(hi) < thres:
+        hi *= 2
+        if hi > 64:
+            break
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if prod(mid) < thres else (lo, mid)
+    return (lo + hi) / 2
+
+
+class PAGCP:
+    def __init__(self, model: nn.Module, groups: GroupSet, task_losses: Callable[[], np.ndarray],
+                 tasks: list[str], cfg: PAGCPConfig, units: list[Group] | None = None, progress: bool = True):
+        self.model, self.groups, self.task_losses, self.tasks, self.cfg = model, groups, task_losses, tasks, cfg
+        self.units = units if units is not None else groups.prunable
+        self.masks = ChannelMasks(model, groups)
+        self.oracle_calls = 0
+        self.progress = progress
+        self._in_cols = self._input_columns()
+
+    # ---------------------------------------------------------------- saliency on the pruned model
+    def _input_columns(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """module -> (input columns, their class indices), so saliency can ignore columns masked away."""
+        cols: dict[str, list[tuple[int, int]]] = {}
+        for g in self.groups.groups:
+            for r, ms in zip(g.classes, g.members):
+                for m in ms:
+                    if m.role == "in" and m.param == "weight" and m.dim == 1:
+                        cols.setdefault(m.module, []).append((m.index, self.masks.index[r]))
+        return {k: (torch.tensor([c for c, _ in v]), torch.tensor([i for _, i in v])) for k, v in cols.items()}
+
+    def saliency(self, g: Group) -> np.ndarray:
+        """L1 (or L2) of each channel's producer filters over the input columns still present."""
+        tensors = dict(self.model.named_parameters())
+        keep_cache: dict[str, torch.Tensor] = {}
+        l1 = self.cfg.criterion == "l1"
+        scores = np.zeros(len(g))
+        for i, ms in enumerate(g.members):
+            for m in ms:
+                if m.role != "out" or m.param != "weight" or m.dim != 0 or m.module not in g.producers:
+                    continue
+                w = tensors[f"{m.module}.weight"].detach()[m.index].float()
+                if m.module in self._in_cols and w.shape[0] > 1:
+                    if m.module not in keep_cache:
+                        cols, idx = self._in_cols[m.module]
+                        keep = torch.ones(w.shape[0])
+                        keep[cols] = self.masks.values[idx]
+                        keep_cache[m.module] = keep.view(-1, *([1] * (w.dim() - 1)))
+                    w = w * keep_cache[m.module]
+                scores[i] += float(w.abs().sum()) if l1 else float(w.pow(2).sum())
+        return scores if l1 else np.sqrt(scores)
+
+    # ---------------------------------------------------------------- the greedy pass
+    def _losses(self) -> np.ndarray:
+        self.oracle_calls += 1
+        with torch.no_grad():
+            return np.asarray(self.task_losses(), dtype=np.float64)
+
+    def order(self) -> list[Group]:
+        base, _ = estimate_flops(self.groups, {})
+        cut = {}
+        for g in self.units:
+            n_rm = len(g) - keep_count(len(g), int(round(0.3 * len(g))), 1, self.cfg.min_keep)
+            cut[g.id] = base - estimate_flops(self.groups, {g.id: list(range(n_rm))})[1]
+        lam = self.lam
+        return sorted(self.units, key=lambda g: cut[g.id], reverse=lam <= 1)
+
+    def run(self) -> tuple[dict[int, list[int]], list[UnitDecision]]:
+        cfg = self.cfg
+        self.lam = solve_lambda(cfg.initial_rate, cfg.initial_thres, len(self.units)) if cfg.exp else 1.0
+        units = self.order()
+        decisions: list[UnitDecision] = []
+        base_flops, _ = estimate_flops(self.groups, {})
+        with self.masks:
+            original = self._losses()
+            base = original.copy()
+            thres = cfg.initial_rate
+            stopped = False
+            it = units
+            if self.progress:
+                from ultralytics.utils import TQDM
+
+                it = TQDM(units, desc="PAGCP units")
+            for g in it:
+                d = UnitDecision(g.id, g.producers, len(g), threshold=thres)
+                decisions.append(d)
+                if stopped:
+                    continue
+                order = np.argsort(self.saliency(g), kind="stable")
+                accepted, acc_loss, last_n = 0.0, base.copy(), 0
+                for r in cfg.ratios():
+                    n_rm = len(g) - keep_count(len(g), int(round(r * len(g))), cfg.divisor, cfg.min_keep)
+                    if n_rm == last_n:
+                        continue  # rounding gave the same cut as the previous ratio
+                    self.masks.set_removed(g.id, order[:n_rm])
+                    losses = self._losses()
+                    d.trials += 1
+                    over = losses > (1 + thres) * base
+                    if over.any():
+                        d.tripped_by = self.tasks[int(np.argmax(losses / np.maximum(base, 1e-12) * over))]
+                        break
+                    accepted, acc_loss, last_n = r, losses, n_rm
+                self.masks.set_removed(g.id, order[:last_n])
+                d.ratio, d.removed = (accepted, sorted(order[:last_n].tolist())) if last_n else (0.0, [])
+                d.loss_ratios = (acc_loss / np.maximum(base, 1e-12)).tolist()
+                if last_n:
+                    d.flops_removed = base_flops - estimate_flops(self.groups, {g.id: d.removed})[1]
+                    base = np.maximum(base, acc_loss)
+                    thres *= self.lam
+                    if (base > cfg.initial_thres * original).any():
+                        stopped = True  # cumulative budget spent: the guard against a broken model
+            self.masks.reset()
+        decisions = self._topk(decisions)
+        removed = {d.group: d.removed for d in decisions if d.removed}
+        return removed, decisions
+
+    def _topk(self, decisions: list[UnitDecision]) -> list[UnitDecision]:
+        if self.cfg.topk >= 1.0:
+            return decisions
+        alive = [d for d in decisions if d.removed]
+        k = int(len(alive) * self.cfg.topk)
+        cost = {d.group: sum(max(x - 1, 0.0) for x in d.loss_ratios) / max(d.flops_removed, 1.0) for d in alive}
+        keep = {d.group for d in sorted(alive, key=lambda d: cost[d.group])[:k]}
+        for d in alive:
+            if d.group not in keep:
+                d.ratio, d.removed = 0.0, []
+        return decisions

@@ -1,0 +1,83 @@
+# AGPL-3.0 License
+"""PAGCP policy on the engine, with a deterministic stand-in oracle (per-task output distortion)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.loader import load_model
+from prune import apply_removal, build_groups, estimate_flops
+from prune.pagcp import PAGCP, PAGCPConfig, solve_lambda
+
+
+def test_solve_lambda_matches_reference_example():
+    # REFERENCE.md: rate 0.06, thres 6, L = 51 -> lambda ~ 0.977
+    lam = solve_lambda(0.06, 6.0, 51)
+    assert abs(lam - 0.977) < 0.002
+    assert abs(np.prod([1 + 0.06 * lam**i for i in range(51)]) - 6.0) < 1e-6
+
+
+def _oracle(model, x):
+    """box / obj / cls 'losses': 1 + relative squared distance of each part of the raw head maps to the
+    unpruned model's (a stand-in for the detection losses: it grows as channels are removed)."""
+    parts = [slice(0, 4), slice(4, 5), slice(5, None)]
+    with torch.no_grad():
+        ref = [t.clone() for t in model(x)[1]]
+    scale = [sum(float(r[..., s].var()) for r in ref) for s in parts]
+
+    def losses():
+        with torch.no_grad():
+            out = model(x)[1]
+        return np.array([1.0 + sum(float((o[..., s] - r[..., s]).pow(2).mean()) for o, r in zip(out, ref)) / v
+                         for s, v in zip(parts, scale)])
+
+    return losses
+
+
+@pytest.fixture(scope="module")
+def model_and_groups():
+    torch.manual_seed(0)
+    m = load_model("yolov5n.yaml", nc=3).eval()
+    for bn in (x for x in m.modules() if isinstance(x, torch.nn.BatchNorm2d)):  # give channels distinct roles
+        bn.weight.data.uniform_(0.2, 1.5)
+        bn.bias.data.uniform_(-0.3, 0.3)
+    return m, build_groups(m)
+
+
+@pytest.mark.parametrize("rate", [0.002, 0.05])
+def test_pagcp_threshold_controls_how_much_is_pruned(model_and_groups, rate):
+    model, groups = model_and_groups
+    x = torch.rand(1, 3, 32, 32)
+    policy = PAGCP(model, groups, _oracle(model, x), ["box", "obj", "cls"], PAGCPConfig(initial_rate=rate, step=0.2),
+                   progress=False)
+    removed, decisions = policy.run()
+    assert len(decisions) == len(groups.prunable) and policy.oracle_calls > len(decisions)
+    frac = estimate_flops(groups, removed)[1] / estimate_flops(groups, {})[0]
+    # every decision respects the oracle: the accepted loss ratios stay within the unit's threshold
+    for d in decisions:
+        if d.removed:
+            assert max(d.loss_ratios) <= 1 + d.threshold + 1e-9
+    test_pagcp_threshold_controls_how_much_is_pruned.fracs[rate] = frac
+    if len(test_pagcp_threshold_controls_how_much_is_pruned.fracs) == 2:
+        f = test_pagcp_threshold_controls_how_much_is_pruned.fracs
+        assert f[0.05] < f[0.002] <= 1.0  # a looser threshold prunes more
+    # masks were cleared: the model is untouched until the plan is applied
+    pruned = apply_removal(__import__("copy").deepcopy(model), groups, removed)
+    assert pruned(x)[0].shape == model(x)[0].shape
+
+
+test_pagcp_threshold_controls_how_much_is_pruned.fracs = {}
+
+
+def test_topk_keeps_only_the_best_units(model_and_groups):
+    model, groups = model_and_groups
+    x = torch.rand(1, 3, 32, 32)
+    full = PAGCP(model, groups, _oracle(model, x), ["box", "obj", "cls"], PAGCPConfig(initial_rate=0.05, step=0.2),
+                 progress=False).run()[1]
+    top = PAGCP(model, groups, _oracle(model, x), ["box", "obj", "cls"], PAGCPConfig(initial_rate=0.05, step=0.2, topk=0.5),
+                progress=False).run()[1]
+    n_full = sum(1 for d in full if d.removed)
+    n_top = sum(1 for d in top if d.removed)
+    assert n_top == int(n_full * 0.5)
