@@ -1,0 +1,72 @@
+# AGPL-3.0 License
+"""Network slimming policy (seed 004): after sparsity training, remove channels whose BN scale |gamma|
+falls below a global threshold — absolute (`threshold`), the `percent` percentile of all gammas, or the
+threshold that reaches a FLOPs target. Coupled channels decide together: a channel class goes only when
+every BN scale in it is below the threshold (its score is the max |gamma| over its BNs). A group whose
+channels would all go keeps its strongest ones (at least `min_keep`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch.nn as nn
+
+from prune.groups import GroupSet
+from prune.surgery import estimate_flops, keep_count
+
+
+def gamma_scores(model: nn.Module, groups: GroupSet) -> dict[int, np.ndarray]:
+    """Per prunable group: max |gamma| over the BatchNorms of each channel (inf where a channel has none)."""
+    modules = dict(model.named_modules())
+    scores = {}
+    for g in groups.prunable:
+        s = np.full(len(g), -np.inf)
+        for i, ms in enumerate(g.members):
+            for m in ms:
+                bn = modules.get(m.module)
+                if m.param == "weight" and isinstance(bn, nn.modules.batchnorm._BatchNorm):
+                    s[i] = max(s[i], float(bn.weight.detach()[m.index].abs()))
+        scores[g.id] = np.where(np.isinf(s), np.inf, s)  # no BN: slimming has no evidence, keep it
+    return scores
+
+
+def plan_threshold(groups: GroupSet, scores: dict[int, np.ndarray], threshold: float, divisor: int = 1,
+                   min_keep: int = 1) -> dict[int, list[int]]:
+    removed = {}
+    for g in groups.prunable:
+        s = scores[g.id]
+        below = np.flatnonzero(s < threshold)
+        keep = keep_count(len(g), len(below), divisor, min_keep)
+        if keep < len(g):
+            order = np.argsort(s, kind="stable")
+            removed[g.id] = sorted(order[: len(g) - keep].tolist())
+    return removed
+
+
+def percentile_threshold(scores: dict[int, np.ndarray], percent: float) -> float:
+    allv = np.concatenate([s[np.isfinite(s)] for s in scores.values()])
+    if not len(allv):
+        raise ValueError("no BatchNorm scales among the prunable channels: slimming needs BN layers")
+    return float(np.percentile(allv, percent * 100 if percent <= 1 else percent))
+
+
+def threshold_for_flops(groups: GroupSet, scores: dict[int, np.ndarray], target: float, divisor: int = 1,
+                        min_keep: int = 1) -> tuple[float, dict[int, list[int]], float]:
+    """Smallest gamma threshold whose plan keeps <= target x base FLOPs: bisection over the sorted gammas."""
+    base = estimate_flops(groups, {})[0]
+    allv = np.unique(np.concatenate([s[np.isfinite(s)] for s in scores.values()]))
+    lo, hi = 0, len(allv) - 1
+    best = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        t = float(allv[mid]) + 1e-12
+        plan = plan_threshold(groups, scores, t, divisor, min_keep)
+        frac = estimate_flops(groups, plan)[1] / base
+        if frac <= target:
+            best, hi = (t, plan, frac), mid - 1
+        else:
+            lo = mid + 1
+    if best is None:
+        plan = plan_threshold(groups, scores, float(allv[-1]) + 1, divisor, min_keep)
+        reached = estimate_flops(groups, plan)[1] / base
+        raise ValueError(f"target FLOPs {target:.3f} cannot be reached by slimming: at most {reached:.3f} of base")
+    return best
