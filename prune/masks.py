@@ -62,11 +62,14 @@ class ChannelMasks:
 
     def removed(self) -> dict[int, list[int]]:
         """group id -> masked channel positions."""
+        if not hasattr(self, "_group_idx"):
+            self._group_idx = {g.id: np.array([self.index[r] for r in g.classes]) for g in self.groups.groups}
+        zero = self.values.numpy() == 0
         out = {}
-        for g in self.groups.groups:
-            pos = [p for p, r in enumerate(g.classes) if self.values[self.index[r]] == 0]
-            if pos:
-                out[g.id] = pos
+        for gid, idx in self._group_idx.items():
+            pos = np.flatnonzero(zero[idx])
+            if len(pos):
+                out[gid] = pos.tolist()
         return out
 
     def reset(self) -> None:

@@ -1,0 +1,115 @@
+# AGPL-3.0 License
+"""Group Fisher pruning (seeds 001/003): prune during training by the Fisher information of channel masks.
+
+Per sample n and channel class c, t = sum_hw A * dL/dA at the mask; with one mask value per sample and
+class shared by every site of the class, autograd gives exactly that sum over all coupled members
+before squaring. F[c] += sum_n t^2 over `interval` iterations; then the channel(s) with the lowest
+F / cost (cost = FLOPs or activation memory the channel removes) are masked and F is reset, until the
+FLOPs target is reached. A group's last `min_keep` channels are never removed.
+
+Use it inside any training loop:
+
+    gf = GroupFisher(model, groups, target_flops=0.5).attach()
+    for batch in loader:
+        gf.before_forward(batch_size)       # fresh per-sample masks requiring grad
+        loss = criterion(model(x), batch); loss.backward()
+        gf.after_backward()                 # accumulate; every `interval` steps prune the weakest channel
+        optimizer.step()
+        if gf.done: break
+    removed = gf.removed()                  # {group id: positions} for prune.surgery.apply_removal
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from prune.groups import GroupSet
+from prune.masks import ChannelMasks
+from prune.surgery import estimate_flops
+
+
+class GroupFisher:
+    def __init__(self, model: nn.Module, groups: GroupSet, target_flops: float = 0.5, norm: str = "flops",
+                 interval: int = 10, channels_per_step: int = 1, min_keep: int = 1):
+        if norm not in ("flops", "act", "none"):
+            raise ValueError(f"--fisher-norm must be flops, act or none, got '{norm}'")
+        if not 0 < target_flops < 1:
+            raise ValueError(f"--target-flops must be in (0, 1), got {target_flops}")
+        self.model, self.groups = model, groups
+        self.masks = ChannelMasks(model, groups)
+        self.target, self.interval, self.per_step, self.min_keep = target_flops, interval, channels_per_step, min_keep
+        n = len(self.masks.values)
+        self.fisher = torch.zeros(n, dtype=torch.float64)
+        self.prunable = torch.zeros(n, dtype=torch.bool)
+        self.cost = torch.ones(n, dtype=torch.float64)
+        self.group_of = np.full(n, -1)
+        for g in groups.prunable:
+            cost = g.flops if norm == "flops" else g.act if norm == "act" else np.ones(len(g))
+            for pos, r in enumerate(g.classes):
+                i = self.masks.index[r]
+                self.prunable[i] = True
+                self.cost[i] = max(float(cost[pos]), 1e-12)
+                self.group_of[i] = g.id
+        self.steps = 0
+        self.flops_base = estimate_flops(groups, {})[0]
+        self.history: list[tuple[int, int, int]] = []  # (step, group, position) of every masked channel
+
+    def attach(self) -> GroupFisher:
+        self.masks.attach()
+        return self
+
+    def detach(self) -> None:
+        self.masks.detach()
+        self.masks.per_sample = None
+
+    def before_forward(self, batch_size: int, device=None) -> None:
+        self.masks.per_sample = torch.ones(batch_size, len(self.masks.values), device=device, requires_grad=True)
+
+    def after_backward(self) -> None:
+        ps = self.masks.per_sample
+        if ps is None or ps.grad is None:
+            return
+        self.fisher += ps.grad.detach().double().pow(2).sum(0).cpu()
+        self.masks.per_sample = None
+        self.steps += 1
+        if self.steps % self.interval == 0 and not self.done:
+            self.prune_step()
+
+    @property
+    def flops_share(self) -> float:
+        return estimate_flops(self.groups, self.removed())[1] / self.flops_base
+
+    @property
+    def done(self) -> bool:
+        return self.flops_share <= self.target
+
+    def prune_step(self) -> list[tuple[int, int]]:
+        """Mask the `channels_per_step` globally least important channels (Fisher / cost); reset F."""
+        alive = ((self.masks.values > 0) & self.prunable).numpy()
+        kept = dict(zip(*np.unique(self.group_of[alive], return_counts=True)))
+        score = (self.fisher / self.cost).numpy()
+        order = [i for i in np.argsort(score, kind="stable") if alive[i]]
+        pruned = []
+        for i in order:
+            if len(pruned) >= self.per_step:
+                break
+            gid = int(self.group_of[i])
+            if kept[gid] <= self.min_keep:
+                continue
+            self.masks.values[i] = 0.0
+            kept[gid] -= 1
+            pos = self.groups.groups[gid].classes.index(self._root(i))
+            pruned.append((gid, pos))
+            self.history.append((self.steps, gid, pos))
+        self.fisher.zero_()
+        return pruned
+
+    def _root(self, i: int) -> int:
+        if not hasattr(self, "_roots"):
+            self._roots = {v: k for k, v in self.masks.index.items()}
+        return self._roots[i]
+
+    def removed(self) -> dict[int, list[int]]:
+        return self.masks.removed()
