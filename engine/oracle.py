@@ -1,0 +1,59 @@
+# AGPL-3.0 License
+"""Performance-aware oracle for PAGCP: per-task detection losses on a fixed calibration subset.
+
+The reference evaluates the whole validation set for every ratio of every unit. Here a seeded subset of
+`n_images` training images is letterboxed once and kept in memory; every oracle call is one forward
+over it with the current masks (no copies of the model), so a decision costs n_images image-forwards.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+class CalibrationOracle:
+    def __init__(self, model: nn.Module, batches: list[dict], criterion: Callable, tasks: list[str],
+                 device: torch.device | str = "cpu"):
+        self.model, self.batches, self.criterion, self.tasks = model, batches, criterion, tasks
+        self.device = torch.device(device)
+        self.calls = 0
+        self.images = sum(int(b["img"].shape[0]) for b in batches)
+
+    @property
+    def image_forwards(self) -> int:
+        return self.calls * self.images
+
+    @torch.no_grad()
+    def __call__(self) -> np.ndarray:
+        """Mean per-task loss over the calibration images (eval mode: BN running statistics)."""
+        self.calls += 1
+        was_training = self.model.training
+        self.model.eval()
+        total = None
+        for b in self.batches:
+            img = b["img"].to(self.device, non_blocking=True).float() / 255
+            out = self.model(img)
+            raw = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], (list, dict)) else out
+            _, items = self.criterion(raw, b)
+            items = items.detach().float().cpu().numpy() * img.shape[0]
+            total = items if total is None else total + items
+        self.model.train(was_training)
+        return total / max(self.images, 1)
+
+
+def calibration_batches(data: dict, imgsz: int, n_images: int, batch_size: int, seed: int, stride: int = 32,
+                        split: str = "train") -> list[dict]:
+    """A seeded random subset of a split, letterboxed to imgsz squares, loaded once."""
+    from torch.utils.data import DataLoader, Subset
+
+    from engine.data import build_val_loader
+
+    ds = build_val_loader(data, split, imgsz, batch_size, stride, workers=0, rect=False).dataset
+    rng = np.random.default_rng(seed)
+    idx = sorted(rng.choice(len(ds), size=min(n_images, len(ds)), replace=False).tolist())
+    loader = DataLoader(Subset(ds, idx), batch_size=batch_size, shuffle=False, collate_fn=ds.collate_fn)
+    return list(loader)
