@@ -174,12 +174,8 @@ def main(argv=None) -> int:
 
     try:
         opt = parse_opt(argv)
-        weights = opt.weights[0] if len(opt.weights) == 1 else opt.weights
-        for w in opt.weights if isinstance(opt.weights, list) else [opt.weights]:
-            kw = vars(opt).copy()
-            kw["weights"] = w
-            run(**kw)
-        del weights
+        for w in opt.weights:  # several --weights are validated one after another, each in its own run folder
+            run(**{**vars(opt), "weights": w})
     except (UsageError, CheckpointError, DataConfigError, FileNotFoundError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2

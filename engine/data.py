@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import numpy as np
 import yaml
 
 import utils  # noqa: F401  (keeps ultralytics offline before it is imported)
@@ -174,7 +173,3 @@ def is_coco_named(names: dict[int, str]) -> bool:
         return [names[i] for i in range(len(names))] == coco_names()
     except (FileNotFoundError, KeyError):
         return False
-
-
-def label_stats(labels: list[np.ndarray]) -> int:
-    return int(sum(len(x) for x in labels))

@@ -136,7 +136,7 @@ _PASS_UNARY = {
     "mish", "elu", "elu_", "tanh", "hardtanh", "hardtanh_", "dropout", "dropout2d", "clone", "contiguous", "detach",
     "float", "half", "double", "bfloat16", "to", "type_as", "cpu", "cuda", "max_pool2d", "avg_pool2d",
     "adaptive_avg_pool2d", "adaptive_max_pool2d", "max_pool1d", "interpolate", "upsample", "upsample_nearest2d",
-    "__neg__", "neg", "abs", "requires_grad_", "max_pool2d_with_indices", "channel_shuffle_passthrough",
+    "__neg__", "neg", "abs", "requires_grad_", "max_pool2d_with_indices",
 }
 # Not zero-preserving: fine only where the op's output is a module's output (masked there).
 _SHIFT_UNARY = {"sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_", "exp", "softplus", "cos"}
@@ -222,9 +222,6 @@ class _Tracer(TorchFunctionMode):
         if not ins:
             return
         x = ins[0]
-        for t in ins:
-            if id(t) in self.shifted and name not in _BINARY | {"cat"}:
-                pass
         if name in _PASS_UNARY:
             return self.pass_through(func, args, kwargs, out, x)
         if name in _SHIFT_UNARY:
@@ -249,8 +246,7 @@ class _Tracer(TorchFunctionMode):
     def conv(self, func, args, kwargs, out, transpose: bool) -> None:
         x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
         bias = args[2] if len(args) > 2 else kwargs.get("bias")
-        groups = (args[6] if len(args) > 6 else kwargs.get("groups", 1)) if not transpose else (
-            args[6] if len(args) > 6 else kwargs.get("groups", 1))
+        groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)  # same position for both ops
         owner = self.params.get(id(w))
         lab = self.get(x)
         if owner is None:  # a computed weight: nothing to slice
