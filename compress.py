@@ -25,10 +25,15 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"], help="batch size")
     p.add_argument("--device", default=d["device"], help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     p.add_argument("--workers", type=int, default=d["workers"], help="max dataloader workers")
-    p.add_argument("--method", default=d["method"], help="pruning method / criterion: l1 l2 bn bnl1 random taylor")
+    p.add_argument("--method", default=d["method"],
+                   help="pruning method / criterion: l1 l2 l1_largest l2_largest bn bnl1 random taylor slim")
     p.add_argument("--criterion", default=None, help="alias of --method; seed 002's 0-6 are accepted")
     p.add_argument("--target-flops", type=float, default=d["target_flops"], help="keep this share of base FLOPs")
     p.add_argument("--ratio", type=float, default=d["ratio"], help="share of channels to remove per group")
+    p.add_argument("--pruning-params", default=None,
+                   help="seed 002: a rate for every layer, or \"[(layer, rate), ...]\" (layers: --show-groups)")
+    p.add_argument("--slim-threshold", type=float, default=None, help="--method slim: prune BN |gamma| below this")
+    p.add_argument("--slim-percent", type=float, default=None, help="--method slim: prune this share of all gammas")
     p.add_argument("--global", dest="global_ranking", action="store_true", default=d["global_ranking"],
                    help="one ranking across all groups (scores normalized per group)")
     p.add_argument("--divisor", type=int, default=d["divisor"], help="round kept channels up to a multiple")

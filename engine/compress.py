@@ -27,7 +27,7 @@ from utils.checkpoint import save_checkpoint
 from utils.flops import count_params, gflops
 from utils.general import LOGGER, UsageError, increment_path, select_device
 
-ONE_SHOT_METHODS = ("l1", "l2", "bn", "bnl1", "random", "taylor")
+ONE_SHOT_METHODS = ("l1", "l2", "l1_largest", "l2_largest", "bn", "bnl1", "random", "taylor", "slim")
 
 
 class Evaluator:
@@ -46,8 +46,19 @@ class Evaluator:
 def check_args(opt) -> None:
     if opt.method not in ONE_SHOT_METHODS:
         raise UsageError(f"unknown --method '{opt.method}': choose from {', '.join(ONE_SHOT_METHODS)}")
-    if (opt.target_flops is None) == (opt.ratio is None):
-        raise UsageError("give exactly one of --target-flops F (share of base FLOPs to keep) or --ratio R")
+    budgets = [opt.target_flops is not None, opt.ratio is not None, opt.pruning_params is not None]
+    if opt.method == "slim":
+        budgets += [opt.slim_threshold is not None, opt.slim_percent is not None]
+    if sum(budgets) != 1:
+        extra = ", --slim-threshold T, --slim-percent P" if opt.method == "slim" else ""
+        raise UsageError(f"give exactly one of --target-flops F, --ratio R, --pruning-params P{extra}")
+    if opt.pruning_params is not None:
+        from prune.sensitivity import parse_pruning_params
+
+        try:
+            opt.pruning_params = parse_pruning_params(opt.pruning_params)
+        except (ValueError, SyntaxError) as e:
+            raise UsageError(str(e)) from None
     if opt.target_flops is not None and not 0 < opt.target_flops < 1:
         raise UsageError(f"--target-flops must be in (0, 1), got {opt.target_flops}")
     if opt.ratio is not None and not 0 < opt.ratio < 1:
@@ -86,15 +97,8 @@ def run_one_shot(opt) -> dict:
     base = _measure(model, evaluate, opt.imgsz, "before")
     if opt.method == "taylor":
         _accumulate_gradients(model, data, opt, device)
-    crit = get_criterion(opt.method)
-    scores = {g.id: crit(model, g, seed=opt.seed) for g in groups.prunable}
-    planner = plan_global if opt.global_ranking else plan_uniform
-    kw = dict(scores=scores, divisor=opt.divisor, min_keep=opt.min_channels)
-    if opt.target_flops is not None:
-        removed, frac = solve_ratio_for_flops(groups, planner, opt.target_flops, **kw)
-    else:
-        removed = planner(groups, ratio=opt.ratio, **kw)
-        frac = estimate_flops(groups, removed)[1] / estimate_flops(groups, {})[0]
+    removed = _plan(model, groups, opt)
+    frac = estimate_flops(groups, removed)[1] / estimate_flops(groups, {})[0]
     model.zero_grad(set_to_none=True)
     apply_removal(model, groups, removed)
     prune_seconds = time.time() - t0
@@ -132,6 +136,32 @@ def run_one_shot(opt) -> dict:
     LOGGER.info(f"Results saved to {save_dir}: pruned.pt, channels.json, summary.json")
     summary["save_dir"] = str(save_dir)
     return summary
+
+
+def _plan(model: nn.Module, groups, opt) -> dict[int, list[int]]:
+    """Which channels go: criterion scores + a budget (FLOPs target, ratio, per-layer rates or BN threshold)."""
+    kw = dict(divisor=opt.divisor, min_keep=opt.min_channels)
+    if opt.method == "slim":
+        from prune import slim
+
+        scores = slim.gamma_scores(model, groups)
+        if opt.slim_threshold is not None or opt.slim_percent is not None:
+            t = opt.slim_threshold if opt.slim_threshold is not None else slim.percentile_threshold(scores, opt.slim_percent)
+            LOGGER.info(f"slimming threshold |gamma| < {t:.4g}")
+            return slim.plan_threshold(groups, scores, t, **kw)
+        if opt.target_flops is not None:
+            return slim.threshold_for_flops(groups, scores, opt.target_flops, **kw)[1]
+    else:
+        crit = get_criterion(opt.method)
+        scores = {g.id: crit(model, g, seed=opt.seed) for g in groups.prunable}
+    if opt.pruning_params is not None:
+        from prune.sensitivity import layer_plan
+
+        return layer_plan(groups, scores, opt.pruning_params, **kw)
+    planner = plan_global if opt.global_ranking else plan_uniform
+    if opt.target_flops is not None:
+        return solve_ratio_for_flops(groups, planner, opt.target_flops, scores=scores, **kw)[0]
+    return planner(groups, scores=scores, ratio=opt.ratio, **kw)
 
 
 def _measure(model: nn.Module, evaluate: Evaluator, imgsz: int, tag: str) -> dict:

@@ -65,3 +65,22 @@ def test_official_yolov5n_to_70_percent_flops(coco128_yaml, tmp_path):
     res, _ = val.run(weights=str(tmp_path / "runs" / "exp" / "pruned.pt"), data=str(coco128_yaml), imgsz=320,
                      project=str(tmp_path / "val"), no_progress=True, workers=0)
     assert res.images == 128
+
+
+def test_slim_and_pruning_params(shapes_yaml, tmp_path):
+    import torch
+
+    model = load_model("yolov5n.yaml", nc=4)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.weight.data[::2] = 1e-4  # as after sparsity training
+    from utils.checkpoint import save_checkpoint
+
+    w = save_checkpoint({"model": model}, tmp_path / "sparse.pt")
+    common = ["--weights", str(w), "--data", str(shapes_yaml), "--img", "64", "--batch", "8"]
+    assert _run(common + ["--method", "slim", "--slim-threshold", "1e-3"], tmp_path) == 0
+    s = json.loads((tmp_path / "runs" / "exp" / "summary.json").read_text())
+    assert s["params_ratio"] < 0.8
+    assert _run(common + ["--criterion", "0", "--pruning-params", "[(3, 0.5), (10, 0.5)]"], tmp_path) == 0
+    s = json.loads((tmp_path / "runs" / "exp2" / "summary.json").read_text())
+    changed = [g for g in s["groups"] if g["after"] < g["before"]]
+    assert sorted(g["group"] for g in changed) == [3, 10] and s["method"] == "l2"
