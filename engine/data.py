@@ -44,11 +44,17 @@ def _resolve_split(root: Path, spec: Any, key: str, yaml_path: Path) -> list[str
         q = Path(str(s))
         q = q if q.is_absolute() else root / q
         if not q.exists():
-            raise DataConfigError(
-                f"data yaml {yaml_path}: '{key}' path {q} does not exist; fix 'path'/'{key}' or download the dataset"
-            )
+            hint = f" or download it: python -m utils.downloads {yaml_path}" if _has_download(yaml_path) else ""
+            raise DataConfigError(f"data yaml {yaml_path}: '{key}' path {q} does not exist; fix 'path'/'{key}'{hint}")
         out.append(str(q))
     return out
+
+
+def _has_download(yaml_path: Path) -> bool:
+    try:
+        return bool((yaml.safe_load(yaml_path.read_text()) or {}).get("download"))
+    except (OSError, yaml.YAMLError):
+        return False
 
 
 def check_dataset(data: str | Path | dict, splits: tuple[str, ...] = ("val",)) -> dict:

@@ -136,3 +136,49 @@ def test_reproduces_official_yolov5_val_at_640(coco128_yaml, tmp_path):
                      project=str(tmp_path), no_progress=True)
     assert abs(res.map50 - 0.560) <= 0.003 and abs(res.map50_95 - 0.361) <= 0.003
     assert abs(res.precision - 0.572) <= 0.01 and abs(res.recall - 0.508) <= 0.01
+
+
+def _coco_annotations(coco128_yaml) -> Path:
+    """instances_train2017.json for COCO128 built from its YOLO labels (COCO's 91 category ids)."""
+    import cv2
+    from ultralytics.data.converter import coco80_to_coco91_class
+
+    root = coco128_yaml.parent
+    cat91 = coco80_to_coco91_class()
+    images, anns = [], []
+    for img in sorted((root / "images" / "train2017").glob("*.jpg")):
+        h, w = cv2.imread(str(img)).shape[:2]
+        iid = int(img.stem)
+        images.append({"id": iid, "file_name": img.name, "height": h, "width": w})
+        lab = root / "labels" / "train2017" / f"{img.stem}.txt"
+        for line in (lab.read_text().splitlines() if lab.exists() else []):
+            c, x, y, bw, bh = map(float, line.split())
+            box = [(x - bw / 2) * w, (y - bh / 2) * h, bw * w, bh * h]
+            anns.append({"id": len(anns) + 1, "image_id": iid, "category_id": cat91[int(c)], "bbox": box,
+                         "area": box[2] * box[3], "iscrowd": 0})
+    out = root / "annotations" / "instances_train2017.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"images": images, "annotations": anns,
+                               "categories": [{"id": i} for i in sorted(set(cat91))]}))
+    return out
+
+
+@pytest.mark.assets
+@need(YOLOV5N_PT)
+def test_save_json_runs_pycocotools_with_coco_ids(coco128_yaml, tmp_path):
+    """Any 80-class COCO-named dataset gets the 80->91 id mapping (not only paths ending in coco/val2017)."""
+    _coco_annotations(coco128_yaml)
+    res, save_dir = val.run(weights=str(YOLOV5N_PT), data=str(coco128_yaml), imgsz=320, batch_size=32, workers=2,
+                            project=str(tmp_path), no_progress=True, save_json=True)
+    preds = json.loads((save_dir / "yolov5n_predictions.json").read_text())
+    assert {p["category_id"] for p in preds} - set(range(1, 91)) == set() and max(p["category_id"] for p in preds) > 80
+    m = json.loads((save_dir / "metrics.json").read_text())
+    # pycocotools' AP differs a little from YOLOv5's 101-point interpolation, but must be of the same size
+    assert abs(m["coco_map50_95"] - res.map50_95) < 0.03 and abs(m["coco_map50"] - res.map50) < 0.05
+
+
+@pytest.mark.parametrize("cfg", ["yolov7-tiny.yaml", "yolov8n.yaml", "v5.0/yolov5n.yaml"])
+def test_val_every_family(cfg, shapes_yaml, tmp_path):
+    res, save_dir = val.run(weights=cfg, data=str(shapes_yaml), imgsz=64, batch_size=8, workers=0,
+                            project=str(tmp_path), no_progress=True, conf_thres=0.05)
+    assert res.images == 8 and (save_dir / "metrics.json").exists()
