@@ -19,7 +19,7 @@ from utils.general import UsageError
 def parse_opt(argv=None) -> argparse.Namespace:
     d = defaults("compress")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", type=str, required=True, help="checkpoint (.pt) or model yaml (fresh model)")
+    p.add_argument("--weights", type=str, default=None, help="checkpoint (.pt) or model yaml (fresh model)")
     p.add_argument("--data", type=str, default=d["data"], help="dataset yaml or 'shapes' (built-in)")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=d["imgsz"], help="image size (pixels)")
     p.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"], help="batch size")
@@ -30,6 +30,21 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--criterion", default=None, help="alias of --method; seed 002's 0-6 are accepted")
     p.add_argument("--target-flops", type=float, default=d["target_flops"], help="keep this share of base FLOPs")
     p.add_argument("--ratio", type=float, default=d["ratio"], help="share of channels to remove per group")
+    # PAGCP (the reference compress.py's flags and names)
+    p.add_argument("--initial_rate", type=float, default=d["initial_rate"], help="PAGCP: first unit's allowed loss growth")
+    p.add_argument("--initial_thres", type=float, default=d["initial_thres"], help="PAGCP: cap of cumulative growth")
+    p.add_argument("--topk", type=float, default=d["topk"], help="PAGCP: keep the best share of pruned units")
+    p.add_argument("--exp", action="store_true", help="PAGCP: thresholds decay so their product is initial_thres")
+    p.add_argument("--sequential", action="store_true", help="accepted for the reference's command (always sequential)")
+    p.add_argument("--compression", default=d["compression"], choices=("global", "backbone"), help="PAGCP units")
+    p.add_argument("--prunemethod", default=d["prunemethod"], choices=("L1", "L2", "l1", "l2"), help="PAGCP saliency")
+    p.add_argument("--round", type=int, default=0, help="PAGCP round index (with --rate_slope/--thres_slope)")
+    p.add_argument("--rate_slope", type=float, default=0.0, help="PAGCP: initial_rate += round * rate_slope")
+    p.add_argument("--thres_slope", type=float, default=0.0, help="PAGCP: initial_thres += round * thres_slope")
+    p.add_argument("--model", default=None, help="reference flag: model name (informational)")
+    p.add_argument("--dataset", default=None, choices=("COCO", "VOC"), help="reference flag: default --data")
+    p.add_argument("--pruned", action="store_true", help="reference flag: --weights is already pruned (informational)")
+    p.add_argument("--pruned-model", default="", help="reference flag: pruned model path (used as --weights if set)")
     p.add_argument("--pruning-params", default=None,
                    help="seed 002: a rate for every layer, or \"[(layer, rate), ...]\" (layers: --show-groups)")
     p.add_argument("--slim-threshold", type=float, default=None, help="--method slim: prune BN |gamma| below this")
@@ -48,6 +63,12 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     p.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
     opt = p.parse_args(argv)
+    if opt.pruned_model:
+        opt.weights = opt.pruned_model
+    if opt.weights is None:
+        raise UsageError("--weights is required (a checkpoint, or a model yaml such as yolov5n.yaml)")
+    if opt.dataset and "--data" not in " ".join(argv if argv is not None else sys.argv[1:]):
+        opt.data = {"COCO": "coco.yaml", "VOC": "VOC.yaml"}[opt.dataset]
     if opt.criterion is not None:
         from prune.importance import SEED_CRITERIA
 

@@ -27,7 +27,7 @@ from utils.checkpoint import save_checkpoint
 from utils.flops import count_params, gflops
 from utils.general import LOGGER, UsageError, increment_path, select_device
 
-ONE_SHOT_METHODS = ("l1", "l2", "l1_largest", "l2_largest", "bn", "bnl1", "random", "taylor", "slim")
+ONE_SHOT_METHODS = ("pagcp", "l1", "l2", "l1_largest", "l2_largest", "bn", "bnl1", "random", "taylor", "slim")
 
 
 class Evaluator:
@@ -46,6 +46,14 @@ class Evaluator:
 def check_args(opt) -> None:
     if opt.method not in ONE_SHOT_METHODS:
         raise UsageError(f"unknown --method '{opt.method}': choose from {', '.join(ONE_SHOT_METHODS)}")
+    if opt.method == "pagcp":
+        if opt.initial_thres <= 1:
+            raise UsageError(f"--initial_thres must be > 1 (a cap on cumulative loss growth), got {opt.initial_thres}")
+        if not 0 < opt.initial_rate < 1:
+            raise UsageError(f"--initial_rate must be in (0, 1), got {opt.initial_rate}")
+        if not 0 < opt.topk <= 1:
+            raise UsageError(f"--topk must be in (0, 1], got {opt.topk}")
+        return
     budgets = [opt.target_flops is not None, opt.ratio is not None, opt.pruning_params is not None]
     if opt.method == "slim":
         budgets += [opt.slim_threshold is not None, opt.slim_percent is not None]
@@ -75,7 +83,7 @@ def run_one_shot(opt) -> dict:
     torch.manual_seed(opt.seed)
     from_yaml = Path(str(opt.weights)).suffix in (".yaml", ".yml")
     model = None if from_yaml else load_model(opt.weights, trust=opt.trust_checkpoint)
-    data = check_dataset(opt.data, splits=("val",) if opt.method != "taylor" else ("train", "val"))
+    data = check_dataset(opt.data, splits=("train", "val") if opt.method in ("taylor", "pagcp") else ("val",))
     if model is None:
         model = load_model(opt.weights, nc=data["nc"])
     if model.nc != data["nc"]:
@@ -97,7 +105,7 @@ def run_one_shot(opt) -> dict:
     base = _measure(model, evaluate, opt.imgsz, "before")
     if opt.method == "taylor":
         _accumulate_gradients(model, data, opt, device)
-    removed = _plan(model, groups, opt)
+    removed = _plan_pagcp(model, groups, opt, data, device, save_dir) if opt.method == "pagcp" else _plan(model, groups, opt)
     frac = estimate_flops(groups, removed)[1] / estimate_flops(groups, {})[0]
     model.zero_grad(set_to_none=True)
     apply_removal(model, groups, removed)
@@ -129,6 +137,7 @@ def run_one_shot(opt) -> dict:
         "flops_ratio": after["gflops"] / base["gflops"] if base["gflops"] else None,
         "params_ratio": after["params"] / base["params"],
         "seconds": prune_seconds,
+        "image_forwards": getattr(opt, "image_forwards", None),
         "groups": group_sizes(groups, removed),
     }
     write_json(summary, save_dir / "summary.json")
@@ -136,6 +145,40 @@ def run_one_shot(opt) -> dict:
     LOGGER.info(f"Results saved to {save_dir}: pruned.pt, channels.json, summary.json")
     summary["save_dir"] = str(save_dir)
     return summary
+
+
+def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Path) -> dict[int, list[int]]:
+    """PAGCP: greedy sequential pruning of the engine's groups under the per-task loss oracle, evaluated on a
+    seeded calibration subset of training images with masks (see prune/pagcp.py for departures)."""
+    from engine.loss import build_criterion
+    from engine.oracle import CalibrationOracle, calibration_batches
+    from prune.pagcp import PAGCP, PAGCPConfig
+
+    rate = opt.initial_rate + opt.round * opt.rate_slope
+    thres = opt.initial_thres + opt.round * opt.thres_slope
+    cfg = PAGCPConfig(initial_rate=rate, initial_thres=thres, exp=opt.exp, topk=opt.topk,
+                      criterion=opt.prunemethod.lower(), divisor=opt.divisor, min_keep=opt.min_channels)
+    units = groups.prunable
+    if opt.compression == "backbone":
+        n_backbone = len((getattr(model, "yaml", None) or {}).get("backbone", [])) or len(model.model)
+        units = [g for g in units if all(int(p.split(".")[1]) < n_backbone for p in g.producers if p.startswith("model."))]
+    stride = int(max(model.stride.max(), 32))
+    batches = calibration_batches(data, opt.imgsz, opt.calib_images, min(opt.batch_size, 16), opt.seed, stride)
+    criterion = build_criterion(model, None, opt.imgsz)
+    oracle = CalibrationOracle(model, batches, criterion, list(criterion.names), device)
+    t = time.time()
+    policy = PAGCP(model, groups, oracle, list(criterion.names), cfg, units=units)
+    removed, decisions = policy.run()
+    rows = [d.row(list(criterion.names)) for d in decisions]
+    (save_dir / "units.txt").write_text(
+        f"PAGCP rate {rate} thres {thres} exp {opt.exp} lambda {policy.lam:.5f} topk {opt.topk}\n"
+        f"oracle calls {oracle.calls}, image-forwards {oracle.image_forwards}, {time.time() - t:.1f}s\n"
+        "unit  ch -> kept  ratio  threshold  tripped-by  accepted loss/base  producers\n" + "\n".join(rows) + "\n")
+    write_json([vars(d) for d in decisions], save_dir / "units.json")
+    LOGGER.info(f"PAGCP: {len(removed)} of {len(units)} units pruned, {oracle.calls} oracle calls, "
+                f"{oracle.image_forwards} image-forwards ({time.time() - t:.1f}s); decisions in units.txt")
+    opt.image_forwards = oracle.image_forwards
+    return removed
 
 
 def _plan(model: nn.Module, groups, opt) -> dict[int, list[int]]:
