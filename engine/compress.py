@@ -156,7 +156,7 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
 
     rate = opt.initial_rate + opt.round * opt.rate_slope
     thres = opt.initial_thres + opt.round * opt.thres_slope
-    cfg = PAGCPConfig(initial_rate=rate, initial_thres=thres, exp=opt.exp, topk=opt.topk,
+    cfg = PAGCPConfig(initial_rate=rate, initial_thres=thres, exp=opt.exp, topk=opt.topk, step=opt.ratio_step,
                       criterion=opt.prunemethod.lower(), divisor=opt.divisor, min_keep=opt.min_channels)
     units = groups.prunable
     if opt.compression == "backbone":

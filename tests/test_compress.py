@@ -84,3 +84,23 @@ def test_slim_and_pruning_params(shapes_yaml, tmp_path):
     s = json.loads((tmp_path / "runs" / "exp2" / "summary.json").read_text())
     changed = [g for g in s["groups"] if g["after"] < g["before"]]
     assert sorted(g["group"] for g in changed) == [3, 10] and s["method"] == "l2"
+
+
+def test_pagcp_reference_command_shape(shapes_yaml, tmp_path):
+    """The seed README's flags are accepted; one PAGCP round writes its decision table."""
+    rc = _run(["--model", "yolov5n", "--data", str(shapes_yaml), "--batch", "8", "--weights", "yolov5n.yaml",
+               "--initial_rate", "0.06", "--initial_thres", "6.", "--topk", "0.8", "--exp", "--sequential",
+               "--device", "cpu", "--method", "pagcp", "--img", "64", "--calib-images", "4", "--ratio-step", "0.3"], tmp_path)
+    assert rc == 0
+    out = tmp_path / "runs" / "exp"
+    units = json.loads((out / "units.json").read_text())
+    assert units and all({"group", "ratio", "tripped_by", "loss_ratios"} <= set(u) for u in units)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["method"] == "pagcp" and s["image_forwards"] > 0
+
+
+@pytest.mark.parametrize("extra, message", [(["--initial_thres", "0.5"], "--initial_thres must be > 1"),
+                                            (["--topk", "0"], "--topk must be in (0, 1]")])
+def test_pagcp_bad_arguments(extra, message, shapes_yaml, tmp_path, capsys):
+    rc = _run(["--weights", "yolov5n.yaml", "--data", str(shapes_yaml), "--method", "pagcp"] + extra, tmp_path)
+    assert rc == 2 and message in capsys.readouterr().err
