@@ -52,6 +52,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--slim-percent", type=float, default=None, help="--method slim: prune this share of all gammas")
     p.add_argument("--global", dest="global_ranking", action="store_true", default=d["global_ranking"],
                    help="one ranking across all groups (scores normalized per group)")
+    p.add_argument("--bias-compensation", action="store_true", default=d["bias_compensation"],
+                   help="fold removed channels' mean activation into their consumers (uses --calib-images)")
     p.add_argument("--divisor", type=int, default=d["divisor"], help="round kept channels up to a multiple")
     p.add_argument("--min-channels", type=int, default=d["min_channels"], help="minimum channels kept per group")
     p.add_argument("--ignore", nargs="*", default=d["ignore"], help="module-name patterns never pruned")

@@ -83,7 +83,8 @@ def run_one_shot(opt) -> dict:
     torch.manual_seed(opt.seed)
     from_yaml = Path(str(opt.weights)).suffix in (".yaml", ".yml")
     model = None if from_yaml else load_model(opt.weights, trust=opt.trust_checkpoint)
-    data = check_dataset(opt.data, splits=("train", "val") if opt.method in ("taylor", "pagcp") else ("val",))
+    needs_train = opt.method in ("taylor", "pagcp") or opt.bias_compensation
+    data = check_dataset(opt.data, splits=("train", "val") if needs_train else ("val",))
     if model is None:
         model = load_model(opt.weights, nc=data["nc"])
     if model.nc != data["nc"]:
@@ -108,6 +109,13 @@ def run_one_shot(opt) -> dict:
     removed = _plan_pagcp(model, groups, opt, data, device, save_dir) if opt.method == "pagcp" else _plan(model, groups, opt)
     frac = estimate_flops(groups, removed)[1] / estimate_flops(groups, {})[0]
     model.zero_grad(set_to_none=True)
+    if opt.bias_compensation:
+        from engine.oracle import calibration_batches
+        from prune.surgery import compensate_biases, input_means
+
+        batches = calibration_batches(data, opt.imgsz, opt.calib_images, min(opt.batch_size, 16), opt.seed, stride)
+        images = (b["img"].to(device).float() / 255 for b in batches)
+        compensate_biases(model, groups, removed, input_means(model, groups, removed, images))
     apply_removal(model, groups, removed)
     prune_seconds = time.time() - t0
     LOGGER.info(f"pruned {sum(map(len, removed.values()))} channels in {len(removed)} groups: "

@@ -180,3 +180,76 @@ def load_pruned_state(model: nn.Module, channels: dict, state_dict: dict) -> nn.
     for m in model.modules():
         _fix_attributes(m)
     return model
+
+
+@torch.no_grad()
+def input_means(model: nn.Module, groups: GroupSet, removed: dict[int, list[int]], images) -> dict[str, torch.Tensor]:
+    """Mean input activation per channel of every conv/linear that consumes a removed channel, over `images`
+    (an iterable of float image batches): what bias compensation folds into the consumers."""
+    consumers = {mod for (mod, tname, dim) in removal_slices(groups, removed) if tname == "weight" and dim == 1}
+    modules = dict(model.named_modules())
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    handles = []
+    for name in consumers:
+        mod = modules[name]
+        if not isinstance(mod, (nn.Conv2d, nn.Linear)):
+            continue
+
+        def hook(m, inp, name=name):
+            x = inp[0].detach().float()
+            dims = [0] + list(range(2, x.dim()))
+            sums[name] = sums.get(name, 0) + x.mean(dims) * x.shape[0]
+            counts[name] = counts.get(name, 0) + x.shape[0]
+
+        handles.append(mod.register_forward_pre_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        for x in images:
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {k: sums[k] / counts[k] for k in sums}
+
+
+@torch.no_grad()
+def compensate_biases(model: nn.Module, groups: GroupSet, removed: dict[int, list[int]],
+                      means: dict[str, torch.Tensor]) -> None:
+    """Before cutting: add each removed input channel's mean contribution (weight sum x mean activation) to
+    its consumer's bias — or, for a conv followed by BatchNorm without bias, subtract it from the BN's
+    running mean — so consumers see roughly what they saw before (REFERENCE.md section 2)."""
+    modules = dict(model.named_modules())
+    following_bn = _following_bn(model)
+    for (mod, tname, dim), idx in removal_slices(groups, removed).items():
+        if tname != "weight" or dim != 1 or mod not in means:
+            continue
+        m = modules[mod]
+        idx_t = torch.tensor(sorted(idx), device=m.weight.device)
+        mu = means[mod].to(m.weight.device)[idx_t]
+        if isinstance(m, nn.Conv2d) and m.groups != 1:
+            continue  # grouped consumers: a shared column serves several inputs; skip rather than guess
+        w = m.weight.index_select(1, idx_t)
+        delta = (w.flatten(2).sum(-1) if w.dim() > 2 else w) @ mu  # (out,)
+        if m.bias is not None:
+            m.bias.add_(delta)
+        elif mod in following_bn:
+            following_bn[mod].running_mean.sub_(delta)
+        else:
+            m.bias = nn.Parameter(delta.clone())
+
+
+def _following_bn(model: nn.Module) -> dict[str, nn.Module]:
+    """conv name -> the BatchNorm applied right after it in the same block (YOLO Conv, torchvision pairs)."""
+    out = {}
+    for name, m in model.named_modules():
+        conv, bn = getattr(m, "conv", None), getattr(m, "bn", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            out[f"{name}.conv" if name else "conv"] = bn
+        if isinstance(m, nn.Sequential) and len(m) >= 2:
+            for i in range(len(m) - 1):
+                if isinstance(m[i], nn.Conv2d) and isinstance(m[i + 1], nn.modules.batchnorm._BatchNorm):
+                    out[f"{name}.{i}"] = m[i + 1]
+    return out

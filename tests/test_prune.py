@@ -296,3 +296,22 @@ def json_roundtrip(obj):
     import json
 
     return json.loads(json.dumps(obj))
+
+
+def test_bias_compensation_keeps_outputs_closer():
+    from prune.surgery import compensate_biases, input_means
+
+    torch.manual_seed(0)
+    model = load_model("yolov5n.yaml", nc=3).eval()
+    _randomize_bn(model)
+    groups = build_groups(model)
+    plan = _random_plan(groups, seed=7, ratio=0.2, share=1.0)
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)[0]
+        plain = apply_removal(copy.deepcopy(model), groups, plan)(x)[0]
+        comp = copy.deepcopy(model)
+        compensate_biases(comp, groups, plan, input_means(comp, groups, plan, [x]))
+        comp = apply_removal(comp, groups, plan)(x)[0]
+    err = lambda y: float((y - ref).abs().mean())  # noqa: E731
+    assert err(comp) < err(plain)
