@@ -133,3 +133,47 @@ def fuse_model(model: nn.Module) -> nn.Module:
     if not hasattr(model, "fuse"):
         return model
     return model.fuse() if isinstance(model, Model) else model.fuse(verbose=False)
+
+
+def reset_classes(model: nn.Module, nc: int) -> nn.Module:
+    """Give a trained detector (full or pruned) a head for `nc` classes, in place, keeping every other weight.
+
+    Only the class outputs change: anchor-based heads keep their box and objectness rows per anchor;
+    ultralytics heads replace the last conv of each class branch. Used when fine-tuning COCO weights on
+    another dataset without rebuilding the (possibly pruned) model from a yaml.
+    """
+    from models.common import ImplicitM
+
+    head = detection_head(model)
+    old = int(head.nc)
+    if old == nc:
+        return model
+    if isinstance(head, Detect):
+        na, no_old, no_new = head.na, old + 5, nc + 5
+        for i, conv in enumerate(head.m):
+            new = nn.Conv2d(conv.in_channels, na * no_new, 1).to(conv.weight.device)
+            with torch.no_grad():
+                for a in range(na):
+                    new.weight[a * no_new: a * no_new + 5] = conv.weight[a * no_old: a * no_old + 5]
+                    new.bias[a * no_new: a * no_new + 5] = conv.bias[a * no_old: a * no_old + 5]
+                    new.bias[a * no_new + 5: (a + 1) * no_new] = -4.6  # a low class prior, as fresh heads start
+            head.m[i] = new
+            if isinstance(head, IDetect):
+                head.im[i] = ImplicitM(na * no_new).to(conv.weight.device)
+        head.nc, head.no = nc, no_new
+    elif hasattr(head, "cv3") and getattr(head, "cv3", None) is not None:
+        for branch in head.cv3:
+            last = branch[-1]
+            if not isinstance(last, nn.Conv2d):
+                raise CheckpointError(f"cannot change the number of classes of this {type(head).__name__} head")
+            new = nn.Conv2d(last.in_channels, nc, 1).to(last.weight.device)
+            nn.init.constant_(new.bias, -4.6)
+            branch[-1] = new
+        if getattr(head, "one2one_cv3", None) is not None:
+            raise CheckpointError("changing the number of classes of an end-to-end (one-to-one) head is not supported")
+        head.nc, head.no = nc, nc + head.reg_max * 4
+    else:
+        raise CheckpointError(f"cannot change the number of classes of a {type(head).__name__} head")
+    model.nc = nc
+    model.names = {i: f"class{i}" for i in range(nc)}
+    return model

@@ -8,6 +8,7 @@ channels would all go keeps its strongest ones (at least `min_keep`)."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 import torch.nn as nn
 
 from prune.groups import GroupSet
@@ -70,3 +71,28 @@ def threshold_for_flops(groups: GroupSet, scores: dict[int, np.ndarray], target:
         reached = estimate_flops(groups, plan)[1] / base
         raise ValueError(f"target FLOPs {target:.3f} cannot be reached by slimming: at most {reached:.3f} of base")
     return best
+
+
+class SparsityPenalty:
+    """Network-slimming sparsity training: the subgradient of sl·Σ|γ| over BatchNorm scales, added to the
+    gradients before each optimizer step. `sl` is scaled like weight decay (by the images per step / nbs)
+    so one setting works at any batch size; BNs whose module name matches an `ignore` pattern are skipped."""
+
+    def __init__(self, model: nn.Module, sl: float, ignore: list[str] | tuple = (), images_per_step: int = 64,
+                 nbs: int = 64):
+        from fnmatch import fnmatch
+
+        self.sl = sl * images_per_step / nbs
+        self.bns = [(n, m) for n, m in model.named_modules()
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
+                    and not any(fnmatch(n, p) for p in ignore)]
+
+    def apply(self) -> None:
+        for _, bn in self.bns:
+            if bn.weight.grad is not None:
+                bn.weight.grad.add_(torch.sign(bn.weight.detach()), alpha=self.sl)
+
+    def gammas(self) -> np.ndarray:
+        if not self.bns:
+            return np.zeros(0)
+        return torch.cat([bn.weight.detach().abs().flatten().cpu() for _, bn in self.bns]).numpy()
