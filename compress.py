@@ -1,15 +1,19 @@
 # AGPL-3.0 License
-"""Compress a YOLO detector by structured channel pruning.
+"""Compress a YOLO detector by structured channel pruning: rounds of prune -> fine-tune -> validate.
 
-One-shot engine methods (prune once, validate, save):
-    python compress.py --method l1 --target-flops 0.7 --weights yolov5n.pt --data coco128.yaml --img 320
-    python compress.py --method l2 --ratio 0.3 --global --weights yolov8n.yaml --data shapes
+    python compress.py                                   # offline demo: base model on the built-in data, PAGCP, fine-tune
+    python compress.py --weights yolov5n.pt --data coco128.yaml --img 320 --initial_rate 0.02 --epochs 5
+    python compress.py --model yolov5m --dataset COCO --data coco.yaml --batch 64 --weights W \
+        --initial_rate 0.06 --initial_thres 6. --topk 0.8 --exp --sequential --device 0     # the PAGCP paper's command
+    python compress.py --method l1 --target-flops 0.7 --epochs 0 --weights yolov5n.pt --data coco128.yaml
+    python compress.py --resume runs/compress/exp3         # continue an interrupted run
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
 from utils.config import defaults
@@ -17,8 +21,10 @@ from utils.general import UsageError
 
 
 def parse_opt(argv=None) -> argparse.Namespace:
-    d = defaults("compress")
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from train import add_train_args
+
+    d = {**defaults("train"), **defaults("compress")}
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", type=str, default=None, help="checkpoint (.pt) or model yaml (fresh model)")
     p.add_argument("--data", type=str, default=d["data"], help="dataset yaml or 'shapes' (built-in)")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=d["imgsz"], help="image size (pixels)")
@@ -57,7 +63,18 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--divisor", type=int, default=d["divisor"], help="round kept channels up to a multiple")
     p.add_argument("--min-channels", type=int, default=d["min_channels"], help="minimum channels kept per group")
     p.add_argument("--ignore", nargs="*", default=d["ignore"], help="module-name patterns never pruned")
-    p.add_argument("--epochs", type=int, default=d["epochs"], help="fine-tuning epochs after pruning")
+    p.add_argument("--epochs", type=int, default=d["epochs"], help="fine-tuning epochs after each pruning round")
+    p.add_argument("--rounds", type=int, default=d["rounds"], help="prune -> fine-tune -> validate rounds")
+    p.add_argument("--resume", nargs="?", const=True, default=False, help="continue the latest (or given) run")
+    p.add_argument("--distill", action="store_true", default=d["distill"],
+                   help="fine-tune with the unpruned model as output-distillation teacher")
+    p.add_argument("--no-latency", dest="latency", action="store_false", default=d["latency"],
+                   help="skip the base vs pruned onnxruntime latency measurement")
+    p.add_argument("--base-cfg", default=d["base_cfg"], help="no --weights: model yaml of the base model to train")
+    p.add_argument("--base-epochs", type=int, default=d["base_epochs"], help="no --weights: base training epochs")
+    p.add_argument("--base-hyp", default=d["base_hyp"], help="no --weights: base training hyperparameters")
+    p.add_argument("--base-optimizer", default=d["base_optimizer"], help="no --weights: base training optimizer")
+    add_train_args(p, d)
     p.add_argument("--calib-images", type=int, default=d["calib_images"], help="images for gradient criteria")
     p.add_argument("--seed", type=int, default=d["seed"], help="random seed")
     p.add_argument("--show-groups", action="store_true", help="print every channel group and why fixed ones are")
@@ -65,11 +82,24 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--name", default=d["name"], help="save to project/name")
     p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     p.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
+    p.add_argument("--cfg", default="", help="YAML recipe setting any of these flags (cfg/pagcp/*.yaml); the CLI wins")
+    argv = sys.argv[1:] if argv is None else list(argv)
     opt = p.parse_args(argv)
+    given = explicit_flags(p, argv)
+    layers = []
+    if not opt.weights and not opt.pruned_model and not opt.resume and not opt.cfg:
+        layers.append(("the offline demo (no --weights)", defaults("compress").get("demo") or {}))
+    if opt.cfg:
+        layers.append((opt.cfg, load_recipe(opt.cfg)))
+    for source, values in layers:
+        for k, v in values.items():
+            key = k.replace("-", "_")
+            if not hasattr(opt, key):
+                raise UsageError(f"{source}: unknown option '{k}' (use compress.py's flag names)")
+            if key not in given:
+                setattr(opt, key, v)
     if opt.pruned_model:
         opt.weights = opt.pruned_model
-    if opt.weights is None:
-        raise UsageError("--weights is required (a checkpoint, or a model yaml such as yolov5n.yaml)")
     if opt.dataset and "--data" not in " ".join(argv if argv is not None else sys.argv[1:]):
         opt.data = {"COCO": "coco.yaml", "VOC": "VOC.yaml"}[opt.dataset]
     if opt.criterion is not None:
@@ -81,20 +111,47 @@ def parse_opt(argv=None) -> argparse.Namespace:
     return opt
 
 
+def explicit_flags(p: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Destinations the user actually typed (recipes and the demo profile must not override them)."""
+    saved = {a.dest: a.default for a in p._actions}
+    try:
+        for a in p._actions:
+            a.default = argparse.SUPPRESS
+        return set(vars(p.parse_known_args(argv)[0]))
+    finally:
+        for a in p._actions:
+            a.default = saved[a.dest]
+
+
+def load_recipe(path: str) -> dict:
+    import yaml
+
+    from utils.config import ROOT
+
+    for f in (Path(path), ROOT / path, ROOT / "cfg" / "pagcp" / path, ROOT / "cfg" / "pagcp" / f"{path}.yaml"):
+        if f.is_file():
+            d = yaml.safe_load(f.read_text()) or {}
+            if not isinstance(d, dict):
+                raise UsageError(f"--cfg {f}: a recipe must be a mapping of flag: value")
+            return d
+    raise UsageError(f"--cfg {path}: recipe not found (see cfg/pagcp/)")
+
+
 def main(argv=None) -> int:
     from engine.data import DataConfigError
     from utils.checkpoint import CheckpointError
 
     try:
         opt = parse_opt(argv)
-        if opt.epochs:
-            raise UsageError("fine-tuning after one-shot pruning arrives with train.py; use --epochs 0 for now")
-        from engine.compress import run_one_shot
+        from engine.compress import run
 
-        run_one_shot(opt)
+        run(opt)
     except (UsageError, CheckpointError, DataConfigError, FileNotFoundError, ValueError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: continue with python compress.py --resume", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import copy
 import datetime
+import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -26,6 +28,7 @@ from prune.uniform import plan_global, plan_uniform, solve_ratio_for_flops
 from utils.checkpoint import save_checkpoint
 from utils.flops import count_params, gflops
 from utils.general import LOGGER, UsageError, increment_path, select_device
+from utils.plots import plot_channels, plot_loss_curves, plot_rounds
 
 ONE_SHOT_METHODS = ("pagcp", "l1", "l2", "l1_largest", "l2_largest", "bn", "bnl1", "random", "taylor", "slim")
 
@@ -53,6 +56,7 @@ def check_args(opt) -> None:
             raise UsageError(f"--initial_rate must be in (0, 1), got {opt.initial_rate}")
         if not 0 < opt.topk <= 1:
             raise UsageError(f"--topk must be in (0, 1], got {opt.topk}")
+        _check_common(opt)
         return
     budgets = [opt.target_flops is not None, opt.ratio is not None, opt.pruning_params is not None]
     if opt.method == "slim":
@@ -73,40 +77,154 @@ def check_args(opt) -> None:
         raise UsageError(f"--ratio must be in (0, 1), got {opt.ratio}")
     if opt.divisor < 1 or opt.min_channels < 1:
         raise UsageError("--divisor and --min-channels must be >= 1")
+    _check_common(opt)
+
+
+def _check_common(opt) -> None:
     if opt.epochs < 0:
         raise UsageError(f"--epochs must be >= 0, got {opt.epochs}")
+    if opt.rounds < 1:
+        raise UsageError(f"--rounds must be >= 1, got {opt.rounds}")
+    if opt.distill and opt.epochs == 0:
+        raise UsageError("--distill needs fine-tuning: give --epochs N > 0")
 
 
-def run_one_shot(opt) -> dict:
+def run(opt) -> dict:
+    """compress.py: `--rounds` x (prune -> fine-tune `--epochs` -> validate), each round starting from the
+    previous round's result; `--resume` continues an interrupted run at its last unfinished stage."""
     check_args(opt)
     device = select_device(opt.device)
     torch.manual_seed(opt.seed)
-    from_yaml = Path(str(opt.weights)).suffix in (".yaml", ".yml")
-    model = None if from_yaml else load_model(opt.weights, trust=opt.trust_checkpoint)
-    needs_train = opt.method in ("taylor", "pagcp") or opt.bias_compensation
+    np.random.seed(opt.seed)
+    needs_train = opt.method in ("taylor", "pagcp") or opt.bias_compensation or opt.epochs > 0
     data = check_dataset(opt.data, splits=("train", "val") if needs_train else ("val",))
-    if model is None:
-        model = load_model(opt.weights, nc=data["nc"])
+    save_dir, summary = _open_run(opt)
+    if opt.weights is None:
+        opt.weights = str(ensure_base_model(opt, data))
+    from_yaml = Path(str(opt.weights)).suffix in (".yaml", ".yml")
+    model = load_model(opt.weights, nc=data["nc"] if from_yaml else None, trust=opt.trust_checkpoint)
     if model.nc != data["nc"]:
         raise UsageError(f"{opt.weights} predicts {model.nc} classes but {data['yaml_file']} has {data['nc']}")
     model.to(device).eval()
-    save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
     stride = int(max(model.stride.max(), 32))
     evaluate = Evaluator(data, opt.imgsz, opt.batch_size, device, opt.workers, stride)
+    base_channels = channel_table(model)
+    if summary is None:
+        summary = {"method": opt.method, "family": model_family(model), "weights": str(opt.weights),
+                   "data": data["yaml_file"], "imgsz": opt.imgsz, "rounds_planned": opt.rounds, "epochs": opt.epochs,
+                   "base": _measure(model, evaluate, opt.imgsz, "base"), "rounds": []}
+        write_json(summary, save_dir / "summary.json")
+    teacher = copy.deepcopy(model).eval() if opt.distill else None
 
+    for k in range(opt.rounds):
+        rdir = save_dir / f"round_{k}"
+        if k < len(summary["rounds"]):  # finished before an interruption
+            model = load_model(rdir / summary["rounds"][k]["model"]).to(device)
+            continue
+        model, entry = _round(k, model, data, opt, device, evaluate, rdir, teacher)
+        summary["rounds"].append(entry)
+        write_json(summary, save_dir / "summary.json")
+        _write_results(summary, save_dir / "results.csv")
+        plot_rounds(summary, save_dir / "rounds.png")
+
+    final = summary["rounds"][-1]
+    summary["before"], summary["after"] = summary["base"], {k: final[k] for k in ("params", "gflops", "map50",
+                                                                                  "map50_95", "precision", "recall")}
+    summary["flops_ratio"] = final["gflops"] / summary["base"]["gflops"] if summary["base"]["gflops"] else None
+    summary["params_ratio"] = final["params"] / summary["base"]["params"]
+    summary["image_forwards"] = sum(r.get("image_forwards") or 0 for r in summary["rounds"]) or None
+    summary["seconds"] = sum(r["seconds"] for r in summary["rounds"])
+    summary["groups"] = final.get("groups")  # per group channels before/after, last round
+    if opt.latency:
+        summary["latency"] = _latency(load_model(opt.weights, nc=data["nc"] if from_yaml else None,
+                                                 trust=opt.trust_checkpoint), model, opt.imgsz)
+    final_file = save_dir / f"round_{len(summary['rounds']) - 1}" / final["model"]
+    _copy_atomic(final_file, save_dir / "pruned.pt")
+    write_json(channel_table(model), save_dir / "channels.json")
+    plot_channels(base_channels, channel_table(model), save_dir / "channels.png")
+    write_json(summary, save_dir / "summary.json")
+    (save_dir / "report.md").write_text(_report(summary, opt))
+    LOGGER.info(_table(summary))
+    LOGGER.info(f"Results saved to {save_dir}: pruned.pt (final model), summary.json, results.csv, report.md, "
+                f"round_*/")
+    summary["save_dir"] = str(save_dir)
+    return summary
+
+
+run_one_shot = run  # the name earlier code used
+
+
+def _open_run(opt) -> tuple[Path, dict | None]:
+    """A new incremented run folder, or with --resume the given/latest one and its summary so far."""
+    if not opt.resume:
+        return increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok), None
+    if opt.resume is True or str(opt.resume) == "True":
+        runs = sorted(Path(opt.project).glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise UsageError(f"--resume: no compression run under {opt.project}; pass --resume runs/compress/expN")
+        save_dir = runs[-1].parent
+    else:
+        save_dir = Path(opt.resume)
+        if not (save_dir / "summary.json").exists():
+            raise UsageError(f"--resume {save_dir}: not a compression run folder (no summary.json)")
+    summary = json.loads((save_dir / "summary.json").read_text())
+    LOGGER.info(f"resuming {save_dir}: {len(summary['rounds'])} of {opt.rounds} rounds done")
+    return save_dir, summary
+
+
+def _round(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluator, rdir: Path,
+           teacher: nn.Module | None) -> tuple[nn.Module, dict]:
+    """One round: prune (or reuse this round's pruned.pt after an interruption), fine-tune, validate."""
+    t0 = time.time()
+    rdir.mkdir(parents=True, exist_ok=True)
+    stage = rdir / "pruned.json"
+    if stage.exists() and (rdir / "pruned.pt").exists():
+        pruned = json.loads(stage.read_text())
+        model = load_model(rdir / "pruned.pt").to(device)
+        LOGGER.info(f"round {k}: reusing {rdir / 'pruned.pt'}")
+    else:
+        pruned = _prune(k, model, data, opt, device, evaluate, rdir)
+    entry = {"round": k, **pruned}
+    if opt.epochs > 0:
+        from engine.trainer import train
+
+        last = rdir / "weights" / "last.pt"
+        resume = last.exists() and _has_train_state(last)
+        done = (rdir / "weights" / "best.pt").exists() and not resume
+        if done:
+            model = load_model(rdir / "weights" / "best.pt").to(device)
+        else:
+            kw = {} if resume else dict(_train_kwargs(opt), save_dir=str(rdir))
+            res = train(model=None if resume else model, resume=str(last) if resume else False,
+                        teacher_model=teacher, **kw)
+            model = res.model.to(device)
+        after = _measure(model, evaluate, opt.imgsz, f"round {k} after fine-tuning")
+        entry.update(after, model="weights/best.pt")
+    else:
+        entry.update({k2: pruned["pruned_metrics"][k2] for k2 in ("params", "gflops", "map50", "map50_95",
+                                                                  "precision", "recall")}, model="pruned.pt")
+    entry["map50_95_before_finetune"] = pruned["pruned_metrics"]["map50_95"]
+    entry["seconds"] = pruned["prune_seconds"] + (time.time() - t0 if opt.epochs > 0 else 0.0)
+    return model, entry
+
+
+def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluator, rdir: Path) -> dict:
     t0 = time.time()
     groups = build_groups(model, imgsz=opt.imgsz, ignore=opt.ignore)
-    (save_dir / "groups.txt").write_text(groups.dump())
-    LOGGER.info(f"{len(groups.prunable)} prunable groups of {len(groups.groups)} ({time.time() - t0:.1f}s)")
+    (rdir / "groups.txt").write_text(groups.dump())
+    LOGGER.info(f"round {k}: {len(groups.prunable)} prunable groups of {len(groups.groups)} ({time.time() - t0:.1f}s)")
     if opt.show_groups:
         LOGGER.info(groups.dump())
     if not groups.prunable:
         raise UsageError("no prunable channel groups in this model (see groups.txt for the reasons)")
-
-    base = _measure(model, evaluate, opt.imgsz, "before")
+    stride = int(max(model.stride.max(), 32))
     if opt.method == "taylor":
         _accumulate_gradients(model, data, opt, device)
-    removed = _plan_pagcp(model, groups, opt, data, device, save_dir) if opt.method == "pagcp" else _plan(model, groups, opt)
+    opt.image_forwards = None
+    if opt.method == "pagcp":
+        removed = _plan_pagcp(model, groups, opt, data, device, rdir, round_index=opt.round + k)
+    else:
+        removed = _plan(model, groups, opt)
     frac = estimate_flops(groups, removed)[1] / estimate_flops(groups, {})[0]
     model.zero_grad(set_to_none=True)
     if opt.bias_compensation:
@@ -118,52 +236,143 @@ def run_one_shot(opt) -> dict:
         compensate_biases(model, groups, removed, input_means(model, groups, removed, images))
     apply_removal(model, groups, removed)
     prune_seconds = time.time() - t0
-    LOGGER.info(f"pruned {sum(map(len, removed.values()))} channels in {len(removed)} groups: "
+    LOGGER.info(f"round {k}: pruned {sum(map(len, removed.values()))} channels in {len(removed)} groups: "
                 f"conv FLOPs x{frac:.3f} ({prune_seconds:.1f}s)")
-
     ckpt = {
         "model": copy.deepcopy(model).half(),
         "epoch": -1,
         "date": datetime.datetime.now().isoformat(),
-        "pruning": {"method": opt.method, "global": opt.global_ranking, "removed": removed, "source": str(opt.weights)},
+        "pruning": {"method": opt.method, "round": k, "global": opt.global_ranking, "removed": removed,
+                    "source": str(opt.weights)},
         "channels": channel_table(model),
     }
-    save_checkpoint(ckpt, save_dir / "pruned.pt")
-    write_json(channel_table(model), save_dir / "channels.json")
-    after = _measure(model, evaluate, opt.imgsz, "after")
-    summary = {
-        "method": opt.method,
-        "family": model_family(model),
-        "weights": str(opt.weights),
-        "data": data["yaml_file"],
-        "imgsz": opt.imgsz,
-        "target_flops": opt.target_flops,
-        "ratio": opt.ratio,
-        "global": opt.global_ranking,
-        "before": base,
-        "after": after,
-        "flops_ratio": after["gflops"] / base["gflops"] if base["gflops"] else None,
-        "params_ratio": after["params"] / base["params"],
-        "seconds": prune_seconds,
-        "image_forwards": getattr(opt, "image_forwards", None),
-        "groups": group_sizes(groups, removed),
-    }
-    write_json(summary, save_dir / "summary.json")
-    LOGGER.info(_table(base, after))
-    LOGGER.info(f"Results saved to {save_dir}: pruned.pt, channels.json, summary.json")
-    summary["save_dir"] = str(save_dir)
-    return summary
+    save_checkpoint(ckpt, rdir / "pruned.pt")
+    write_json(channel_table(model), rdir / "channels.json")
+    info = {"pruned_metrics": _measure(model, evaluate, opt.imgsz, f"round {k} pruned"),
+            "prune_seconds": prune_seconds, "image_forwards": opt.image_forwards,
+            "groups_pruned": len(removed), "channels_removed": int(sum(map(len, removed.values()))),
+            "groups": group_sizes(groups, removed)}
+    write_json(info, rdir / "pruned.json")  # marks the pruning stage done (for --resume)
+    return info
 
 
-def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Path) -> dict[int, list[int]]:
+def _has_train_state(path: Path) -> bool:
+    from utils.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(path).get("optimizer") is not None
+    except Exception:  # an unreadable last.pt: fine-tune again from pruned.pt
+        return False
+
+
+def _train_kwargs(opt) -> dict:
+    """compress.py's fine-tuning options, in train.py's names."""
+    from engine.trainer import train_options
+
+    keys = set(vars(train_options())) - {"weights", "cfg", "resume", "save_dir", "name", "project", "exist_ok",
+                                         "teacher"}
+    kw = {k: getattr(opt, k) for k in keys if hasattr(opt, k)}
+    kw["teacher"] = opt.teacher
+    return kw
+
+
+def ensure_base_model(opt, data: dict) -> Path:
+    """No --weights: a small base model trained from scratch on --data, cached for reuse (the README's demo)."""
+    from data.shapes import shapes_root
+    from engine.trainer import train
+
+    tag = f"{Path(data['yaml_file']).parent.name}-{opt.base_cfg.replace('.yaml', '')}-{opt.imgsz}-{opt.base_epochs}"
+    path = shapes_root() / "base" / f"{tag}.pt"
+    if path.exists():
+        LOGGER.info(f"base model: {path} (cached)")
+        return path
+    LOGGER.info(f"no --weights: training a base {opt.base_cfg} on {data['yaml_file']} for {opt.base_epochs} epochs "
+                f"(cached at {path} for later runs)")
+    res = train(cfg=opt.base_cfg, data=opt.data, epochs=opt.base_epochs, imgsz=opt.imgsz, batch_size=opt.batch_size,
+                device=opt.device, workers=opt.workers, hyp=opt.base_hyp, optimizer=opt.base_optimizer,
+                seed=opt.seed, save_dir=str(path.parent / f".{tag}-run"), exist_ok=True)
+    _copy_atomic(res.best, path)
+    return path
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    import os
+    import shutil
+
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _latency(base: nn.Module, pruned: nn.Module, imgsz: int) -> dict | None:
+    """Base vs pruned onnxruntime CPU batch-1 latency (engine.speed), or None where it cannot run."""
+    try:
+        from engine.speed import compare_latency
+    except ImportError:
+        return None
+    from utils.config import defaults
+
+    try:
+        rows = compare_latency({"base": base, "pruned": pruned}, imgsz, batch_sizes=(1,), backends=("onnxruntime",),
+                               repeats=defaults("export")["compress_repeats"])
+    except Exception as e:  # latency is a report extra: never lose a finished compression run over it
+        LOGGER.warning(f"latency measurement skipped: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        return None
+    ms = {r["model"]: r["ms_per_image"] for r in rows if r["device"] == "cpu" and r["batch"] == 1}
+    if "base" not in ms or "pruned" not in ms:
+        return None
+    return {"backend": "onnxruntime CPU, batch 1", "threads": rows[0].get("threads"), "base_ms": ms["base"],
+            "pruned_ms": ms["pruned"], "speedup": ms["base"] / ms["pruned"]}
+
+
+def _write_results(summary: dict, path: Path) -> None:
+    cols = ("round", "params", "gflops", "map50", "map50_95", "map50_95_before_finetune", "image_forwards", "seconds")
+    b = summary["base"]
+    lines = [",".join(cols), ",".join(str(x) for x in ("base", b["params"], b["gflops"], b["map50"], b["map50_95"],
+                                                         "", "", ""))]
+    lines += [",".join("" if r.get(c) is None else str(r.get(c)) for c in cols) for r in summary["rounds"]]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+
+
+def _report(summary: dict, opt) -> str:
+    b, a = summary["before"], summary["after"]
+    lat = summary.get("latency") or {}
+    lines = [f"# Compression report: {summary['method']} on {Path(str(summary['weights'])).name}", "",
+             f"data `{summary['data']}`, image size {summary['imgsz']}, {len(summary['rounds'])} round(s), "
+             f"{summary['epochs']} fine-tune epoch(s) per round", "",
+             "| model | params | GFLOPs | mAP50 | mAP50-95 | latency (ms, ORT CPU b1) |", "|---|---|---|---|---|---|"]
+
+    def ms(tag):
+        v = lat.get(f"{tag}_ms")
+        return f"{v:.1f}" if isinstance(v, (int, float)) else "-"
+
+    lines.append(f"| base | {b['params']:,} | {b['gflops']:.2f} | {b['map50']:.3f} | {b['map50_95']:.3f} | {ms('base')} |")
+    for r in summary["rounds"]:
+        lines.append(f"| round {r['round']} | {r['params']:,} | {r['gflops']:.2f} | {r['map50']:.3f} | "
+                     f"{r['map50_95']:.3f} (pruned {r['map50_95_before_finetune']:.3f}) | - |")
+    lines.append(f"| **final** | {a['params']:,} | {a['gflops']:.2f} | {a['map50']:.3f} | {a['map50_95']:.3f} | "
+                 f"{ms('pruned')} |")
+    lines += ["", f"FLOPs x{summary['flops_ratio']:.3f}, params x{summary['params_ratio']:.3f}"
+              + (f", speedup x{lat['speedup']:.2f}" if isinstance(lat.get("speedup"), (int, float)) else ""), ""]
+    if summary.get("image_forwards"):
+        lines.append(f"PAGCP oracle: {summary['image_forwards']:,} image-forwards; {summary['seconds']:.0f} s in all")
+    lines += ["", "Files: `pruned.pt` final model, `round_k/` (pruned.pt, weights/best.pt, units.txt, channels.json), "
+              "`summary.json`, `results.csv`, `rounds.png`, `channels.png`."]
+    return "\n".join(lines) + "\n"
+
+
+def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Path,
+                round_index: int = 0) -> dict[int, list[int]]:
     """PAGCP: greedy sequential pruning of the engine's groups under the per-task loss oracle, evaluated on a
     seeded calibration subset of training images with masks (see prune/pagcp.py for departures)."""
     from engine.loss import build_criterion
     from engine.oracle import CalibrationOracle, calibration_batches
     from prune.pagcp import PAGCP, PAGCPConfig
 
-    rate = opt.initial_rate + opt.round * opt.rate_slope
-    thres = opt.initial_thres + opt.round * opt.thres_slope
+    rate = opt.initial_rate + round_index * opt.rate_slope
+    thres = opt.initial_thres + round_index * opt.thres_slope
     cfg = PAGCPConfig(initial_rate=rate, initial_thres=thres, exp=opt.exp, topk=opt.topk, step=opt.ratio_step,
                       criterion=opt.prunemethod.lower(), divisor=opt.divisor, min_keep=opt.min_channels)
     units = groups.prunable
@@ -183,6 +392,7 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
         f"oracle calls {oracle.calls}, image-forwards {oracle.image_forwards}, {time.time() - t:.1f}s\n"
         "unit  ch -> kept  ratio  threshold  tripped-by  accepted loss/base  producers\n" + "\n".join(rows) + "\n")
     write_json([vars(d) for d in decisions], save_dir / "units.json")
+    plot_loss_curves([vars(d) for d in decisions], list(criterion.names), save_dir / "loss_curves.png")
     LOGGER.info(f"PAGCP: {len(removed)} of {len(units)} units pruned, {oracle.calls} oracle calls, "
                 f"{oracle.image_forwards} image-forwards ({time.time() - t:.1f}s); decisions in units.txt")
     opt.image_forwards = oracle.image_forwards
@@ -210,8 +420,9 @@ def _plan(model: nn.Module, groups, opt) -> dict[int, list[int]]:
 
         return layer_plan(groups, scores, opt.pruning_params, **kw)
     planner = plan_global if opt.global_ranking else plan_uniform
-    if opt.target_flops is not None:
-        return solve_ratio_for_flops(groups, planner, opt.target_flops, scores=scores, **kw)[0]
+    if opt.target_flops is not None:  # over several rounds, each round takes an equal share of the reduction
+        target = opt.target_flops ** (1 / max(opt.rounds, 1))
+        return solve_ratio_for_flops(groups, planner, target, scores=scores, **kw)[0]
     return planner(groups, scores=scores, ratio=opt.ratio, **kw)
 
 
@@ -249,9 +460,12 @@ def _accumulate_gradients(model, data, opt, device) -> None:
     model.eval()
 
 
-def _table(before: dict, after: dict) -> str:
-    row = "%-8s%12s%10s%10s%11s"
-    lines = [row % ("", "params", "GFLOPs", "mAP50", "mAP50-95")]
-    for tag, d in (("before", before), ("after", after)):
-        lines.append(row % (tag, f"{d['params']:,}", f"{d['gflops']:.2f}", f"{d['map50']:.3f}", f"{d['map50_95']:.3f}"))
+def _table(summary: dict) -> str:
+    row = "%-10s%12s%10s%10s%11s%16s"
+    lines = [row % ("", "params", "GFLOPs", "mAP50", "mAP50-95", "before-finetune")]
+    b = summary["base"]
+    lines.append(row % ("base", f"{b['params']:,}", f"{b['gflops']:.2f}", f"{b['map50']:.3f}", f"{b['map50_95']:.3f}", ""))
+    for r in summary["rounds"]:
+        lines.append(row % (f"round {r['round']}", f"{r['params']:,}", f"{r['gflops']:.2f}", f"{r['map50']:.3f}",
+                            f"{r['map50_95']:.3f}", f"{r['map50_95_before_finetune']:.3f}"))
     return "\n".join(lines)

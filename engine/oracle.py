@@ -32,7 +32,8 @@ class CalibrationOracle:
         """Mean per-task loss over the calibration images (eval mode: BN running statistics)."""
         self.calls += 1
         was_training = self.model.training
-        self.model.eval()
+        if was_training:  # train()/eval() walk every module: skip when already in eval mode
+            self.model.eval()
         total = None
         for b in self.batches:
             img = b["img"].to(self.device, non_blocking=True).float() / 255
@@ -41,7 +42,8 @@ class CalibrationOracle:
             _, items = self.criterion(raw, b)
             items = items.detach().float().cpu().numpy() * img.shape[0]
             total = items if total is None else total + items
-        self.model.train(was_training)
+        if was_training:
+            self.model.train()
         return total / max(self.images, 1)
 
 

@@ -123,8 +123,9 @@ def resume_options(opt: Namespace) -> tuple[Namespace, dict]:
 
 
 class Trainer:
-    def __init__(self, opt: Namespace, model: nn.Module | None = None, callbacks: dict | None = None):
-        self.opt, self._given_model = opt, model
+    def __init__(self, opt: Namespace, model: nn.Module | None = None, callbacks: dict | None = None,
+                 teacher_model: nn.Module | None = None):
+        self.opt, self._given_model, self._teacher_model = opt, model, teacher_model
         self.callbacks = {e: list((callbacks or {}).get(e, [])) for e in CALLBACK_EVENTS}
         self.rank = int(os.environ.get("RANK", -1))
         self.local_rank = int(os.environ.get("LOCAL_RANK", -1))
@@ -308,11 +309,12 @@ class Trainer:
             self.sparsity = SparsityPenalty(model, opt.sparsity, opt.sparsity_ignore, batch * accumulate * self.world,
                                             opt.nbs)
         self.distiller = None
-        if opt.teacher:
-            teacher = load_model(opt.teacher, trust=opt.trust_checkpoint).to(device)
+        if opt.teacher or self._teacher_model is not None:
+            teacher = self._teacher_model or load_model(opt.teacher, trust=opt.trust_checkpoint)
+            teacher = copy.deepcopy(teacher).float().to(device)
             gains = getattr(self.criterion, "h", None) or {}
             self.distiller = OutputDistiller(teacher, model, gains, opt.dist)
-            LOGGER.info(f"distilling from {opt.teacher} (weight {opt.dist})")
+            LOGGER.info(f"distilling from {opt.teacher or 'the unpruned model'} (weight {opt.dist})")
 
         start_epoch, best_fitness, best_epoch, rows = 0, 0.0, -1, []
         if ckpt is not None:
@@ -611,8 +613,10 @@ def _plot_gammas(history: list[np.ndarray], path: Path) -> None:
     plt.close(fig)
 
 
-def train(model: nn.Module | None = None, callbacks: dict | None = None, **kw) -> TrainResult:
-    """Python API: `train(model=pruned, data='coco128.yaml', epochs=5, hyp='finetune', save_dir=...)`."""
+def train(model: nn.Module | None = None, callbacks: dict | None = None, teacher_model: nn.Module | None = None,
+          **kw) -> TrainResult:
+    """Python API: `train(model=pruned, data='coco128.yaml', epochs=5, hyp='finetune', save_dir=...)`;
+    `teacher_model` distils from a model object (compress.py --distill: the unpruned model)."""
     if model is not None and not kw.get("weights") and not kw.get("cfg"):
         kw["weights"] = "<model object>"
-    return Trainer(train_options(**kw), model=model, callbacks=callbacks).train()
+    return Trainer(train_options(**kw), model=model, callbacks=callbacks, teacher_model=teacher_model).train()

@@ -61,6 +61,7 @@ class UnitDecision:
     flops_removed: float = 0.0
     threshold: float = 0.0
     trials: int = 0
+    curve: list = field(default_factory=list)  # [ratio, loss/base per task] for every ratio tried
 
     def row(self, tasks: list[str]) -> str:
         lr = " ".join(f"{t}={r:.3f}" for t, r in zip(tasks, self.loss_ratios))
@@ -176,6 +177,7 @@ class PAGCP:
                     self.masks.set_removed(g.id, order[:n_rm])
                     losses = self._losses()
                     d.trials += 1
+                    d.curve.append([r, *(losses / np.maximum(base, 1e-12)).tolist()])
                     over = losses > (1 + thres) * base
                     if over.any():
                         d.tripped_by = self.tasks[int(np.argmax(losses / np.maximum(base, 1e-12) * over))]

@@ -14,7 +14,7 @@ from models.loader import load_model
 
 
 def _run(args, tmp_path):
-    return compress.main(args + ["--project", str(tmp_path / "runs"), "--workers", "0"])
+    return compress.main(["--epochs", "0", "--no-latency"] + args + ["--project", str(tmp_path / "runs"), "--workers", "0"])
 
 
 @pytest.mark.parametrize("cfg", ["yolov5n.yaml", "yolov8n.yaml"])
@@ -23,7 +23,7 @@ def test_one_shot_writes_outputs(cfg, shapes_yaml, tmp_path):
                "--ratio", "0.3", "--divisor", "4"], tmp_path)
     assert rc == 0
     out = tmp_path / "runs" / "exp"
-    for f in ("pruned.pt", "channels.json", "summary.json", "groups.txt"):
+    for f in ("pruned.pt", "channels.json", "summary.json", "report.md", "results.csv", "round_0/groups.txt"):
         assert (out / f).exists(), f
     s = json.loads((out / "summary.json").read_text())
     assert s["after"]["params"] < s["before"]["params"] and s["after"]["gflops"] < s["before"]["gflops"]
@@ -46,7 +46,7 @@ def test_one_shot_writes_outputs(cfg, shapes_yaml, tmp_path):
     ],
 )
 def test_bad_arguments(extra, message, shapes_yaml, tmp_path, capsys):
-    rc = _run(["--weights", "yolov5n.yaml", "--data", str(shapes_yaml), "--img", "64"] + extra, tmp_path)
+    rc = _run(["--weights", "yolov5n.yaml", "--data", str(shapes_yaml), "--img", "64", "--method", "l1"] + extra, tmp_path)
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and len(err.splitlines()) == 1
 
@@ -93,7 +93,7 @@ def test_pagcp_reference_command_shape(shapes_yaml, tmp_path):
                "--device", "cpu", "--method", "pagcp", "--img", "64", "--calib-images", "4", "--ratio-step", "0.3"], tmp_path)
     assert rc == 0
     out = tmp_path / "runs" / "exp"
-    units = json.loads((out / "units.json").read_text())
+    units = json.loads((out / "round_0" / "units.json").read_text())
     assert units and all({"group", "ratio", "tripped_by", "loss_ratios"} <= set(u) for u in units)
     s = json.loads((out / "summary.json").read_text())
     assert s["method"] == "pagcp" and s["image_forwards"] > 0
@@ -104,3 +104,78 @@ def test_pagcp_reference_command_shape(shapes_yaml, tmp_path):
 def test_pagcp_bad_arguments(extra, message, shapes_yaml, tmp_path, capsys):
     rc = _run(["--weights", "yolov5n.yaml", "--data", str(shapes_yaml), "--method", "pagcp"] + extra, tmp_path)
     assert rc == 2 and message in capsys.readouterr().err
+
+
+def _channels(run):
+    return json.loads((run / "channels.json").read_text())
+
+
+def test_rounds_finetune_resume_after_crash_mid_finetune(shapes_yaml, tmp_path, monkeypatch):
+    """--rounds 2 with fine-tuning; a crash after round 0's first fine-tune epoch resumes to the same result."""
+    import engine.trainer
+
+    args = ["--weights", "yolov5n.yaml", "--data", str(shapes_yaml), "--img", "64", "--batch", "8", "--method", "l1",
+            "--ratio", "0.2", "--rounds", "2", "--epochs", "2", "--hyp", "scratch-low"]
+    assert compress.main(args + ["--no-latency", "--project", str(tmp_path / "a"), "--workers", "0"]) == 0
+    ref = tmp_path / "a" / "exp"
+    s = json.loads((ref / "summary.json").read_text())
+    assert len(s["rounds"]) == 2 and s["rounds"][1]["params"] < s["rounds"][0]["params"] < s["base"]["params"]
+    assert all(r["model"] == "weights/best.pt" and "map50_95_before_finetune" in r for r in s["rounds"])
+    for f in ("report.md", "results.csv", "rounds.png", "channels.png", "round_1/weights/best.pt", "round_1/pruned.pt"):
+        assert (ref / f).exists(), f
+    assert load_model(ref / "pruned.pt").nc == 4
+
+    class Crash(KeyboardInterrupt):
+        pass
+
+    real = engine.trainer.Trainer._run_callbacks
+
+    def crash(self, event):
+        if event == "on_fit_epoch_end" and self.epoch == 0 and "round_0" in str(self.save_dir):
+            raise Crash()
+        return real(self, event)
+
+    monkeypatch.setattr(engine.trainer.Trainer, "_run_callbacks", crash)
+    assert compress.main(args + ["--no-latency", "--project", str(tmp_path / "b"), "--workers", "0"]) == 130
+    run = tmp_path / "b" / "exp"
+    assert (run / "round_0" / "weights" / "last.pt").exists() and not (run / "round_1").exists()
+    monkeypatch.setattr(engine.trainer.Trainer, "_run_callbacks", real)
+    assert compress.main(["--resume", str(run), "--no-latency", "--workers", "0"] + args) == 0
+    assert _channels(run) == _channels(ref)
+    rows = (run / "round_0" / "results.csv").read_text().splitlines()
+    assert len(rows) == 3  # epochs 0 and 1, the first one not repeated
+
+
+def test_pagcp_resume_between_rounds_same_structure(shapes_yaml, tmp_path, monkeypatch):
+    import engine.compress
+
+    args = ["--weights", "yolov5n.yaml", "--data", str(shapes_yaml), "--img", "64", "--batch", "8",
+            "--calib-images", "4", "--ratio-step", "0.25", "--initial_rate", "0.3", "--rounds", "2", "--seed", "3"]
+    assert _run(args, tmp_path / "a") == 0
+    real = engine.compress._prune
+
+    def crash(k, *a, **kw):
+        if k == 1:
+            raise KeyboardInterrupt()
+        return real(k, *a, **kw)
+
+    monkeypatch.setattr(engine.compress, "_prune", crash)
+    assert _run(args, tmp_path / "b") == 130
+    monkeypatch.setattr(engine.compress, "_prune", real)
+    run = tmp_path / "b" / "runs" / "exp"
+    assert _run(args + ["--resume", str(run)], tmp_path / "c") == 0
+    assert _channels(run) == _channels(tmp_path / "a" / "runs" / "exp")
+
+
+def test_recipe_sets_flags_cli_wins(tmp_path):
+    y = tmp_path / "r.yaml"
+    y.write_text("initial_rate: 0.07\ntopk: 0.5\nexp: true\nimgsz: 96\n")
+    opt = compress.parse_opt(["--cfg", str(y), "--weights", "w.pt", "--img", "128"])
+    assert (opt.initial_rate, opt.topk, opt.exp, opt.imgsz) == (0.07, 0.5, True, 128)
+    opt = compress.parse_opt(["--cfg", "yolov5m_coco", "--weights", "w.pt"])
+    assert (opt.initial_rate, opt.initial_thres, opt.topk, opt.data) == (0.06, 6.0, 0.8, "coco.yaml")
+    y.write_text("initial_rat: 0.07\n")
+    with pytest.raises(Exception, match="unknown option 'initial_rat'"):
+        compress.parse_opt(["--cfg", str(y), "--weights", "w.pt"])
+    demo = compress.parse_opt([])  # the README's main command: the demo profile
+    assert demo.weights is None and demo.imgsz == 160 and demo.method == "pagcp" and demo.epochs > 0
