@@ -54,6 +54,11 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--pruned-model", default="", help="reference flag: pruned model path (used as --weights if set)")
     p.add_argument("--pruning-params", default=None,
                    help="seed 002: a rate for every layer, or \"[(layer, rate), ...]\" (layers: --show-groups)")
+    p.add_argument("--fisher-norm", default=d["fisher_norm"], choices=("flops", "act", "none"),
+                   help="--method fisher: importance per FLOP or per activation removed")
+    p.add_argument("--interval", type=int, default=d["interval"], help="--method fisher: steps between prunes")
+    p.add_argument("--channels-per-step", type=int, default=d["channels_per_step"],
+                   help="--method fisher: channels masked at each prune")
     p.add_argument("--slim-threshold", type=float, default=None, help="--method slim: prune BN |gamma| below this")
     p.add_argument("--slim-percent", type=float, default=None, help="--method slim: prune this share of all gammas")
     p.add_argument("--global", dest="global_ranking", action="store_true", default=d["global_ranking"],

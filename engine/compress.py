@@ -30,7 +30,7 @@ from utils.flops import count_params, gflops
 from utils.general import LOGGER, UsageError, increment_path, select_device
 from utils.plots import plot_channels, plot_loss_curves, plot_rounds
 
-ONE_SHOT_METHODS = ("pagcp", "l1", "l2", "l1_largest", "l2_largest", "bn", "bnl1", "random", "taylor", "slim")
+ONE_SHOT_METHODS = ("pagcp", "fisher", "l1", "l2", "l1_largest", "l2_largest", "bn", "bnl1", "random", "taylor", "slim")
 
 
 class Evaluator:
@@ -58,6 +58,8 @@ def check_args(opt) -> None:
             raise UsageError(f"--topk must be in (0, 1], got {opt.topk}")
         _check_common(opt)
         return
+    if opt.method == "fisher" and (opt.target_flops is None or opt.ratio is not None or opt.pruning_params):
+        raise UsageError("--method fisher prunes during training to a FLOPs target: give --target-flops F only")
     budgets = [opt.target_flops is not None, opt.ratio is not None, opt.pruning_params is not None]
     if opt.method == "slim":
         budgets += [opt.slim_threshold is not None, opt.slim_percent is not None]
@@ -223,6 +225,8 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
     opt.image_forwards = None
     if opt.method == "pagcp":
         removed = _plan_pagcp(model, groups, opt, data, device, rdir, round_index=opt.round + k)
+    elif opt.method == "fisher":
+        removed = _plan_fisher(model, groups, opt, rdir)
     else:
         removed = _plan(model, groups, opt)
     frac = estimate_flops(groups, removed)[1] / estimate_flops(groups, {})[0]
@@ -396,6 +400,40 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
     LOGGER.info(f"PAGCP: {len(removed)} of {len(units)} units pruned, {oracle.calls} oracle calls, "
                 f"{oracle.image_forwards} image-forwards ({time.time() - t:.1f}s); decisions in units.txt")
     opt.image_forwards = oracle.image_forwards
+    return removed
+
+
+def _plan_fisher(model: nn.Module, groups, opt, rdir: Path) -> dict[int, list[int]]:
+    """Group Fisher (seeds 001/003): train with per-sample channel masks, accumulate the Fisher information
+    of every channel class, and mask the globally least important one(s) every --interval steps until the
+    FLOPs target is reached. The fine-tuning (--epochs) runs after this phase, on the materialized model."""
+    from engine.trainer import train
+    from prune.fisher import GroupFisher
+
+    target = opt.target_flops ** (1 / max(opt.rounds, 1))
+    gf = GroupFisher(model, groups, target_flops=target, norm=opt.fisher_norm, interval=opt.interval,
+                     channels_per_step=opt.channels_per_step, min_keep=opt.min_channels).attach()
+
+    def before(trainer):
+        gf.before_forward(trainer.batch_images, device=next(model.parameters()).device)
+
+    def after(trainer):
+        gf.after_backward()
+        if gf.done:
+            trainer.stop = True
+
+    t = time.time()
+    try:
+        kw = dict(_train_kwargs(opt), epochs=10_000, noval=True, nosave=True, patience=10_000,
+                  save_dir=str(rdir / "fisher"))
+        train(model=model, callbacks={"on_train_batch_start": [before], "on_after_backward": [after]}, **kw)
+    finally:
+        gf.detach()
+    removed = gf.removed()
+    write_json({"steps": gf.steps, "flops_share": gf.flops_share, "history": gf.history}, rdir / "fisher.json")
+    LOGGER.info(f"Group Fisher: {len(gf.history)} channels masked in {gf.steps} steps ({time.time() - t:.0f}s), "
+                f"FLOPs share {gf.flops_share:.3f}")
+    model.eval()
     return removed
 
 

@@ -40,7 +40,8 @@ from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.config import defaults
 from utils.general import LOGGER, UsageError, increment_path, select_device
 
-CALLBACK_EVENTS = ("on_train_start", "on_train_epoch_start", "on_after_backward", "on_optimizer_step",
+CALLBACK_EVENTS = ("on_train_start", "on_train_epoch_start", "on_train_batch_start", "on_after_backward",
+                   "on_optimizer_step",
                    "on_train_epoch_end", "on_fit_epoch_end", "on_train_end")
 AUGMENT_KEYS = ("hsv_h", "hsv_s", "hsv_v", "degrees", "translate", "scale", "shear", "perspective", "flipud",
                 "fliplr", "mosaic", "mixup", "copy_paste")
@@ -374,6 +375,8 @@ class Trainer:
             for i, batch_data in pbar:
                 ni = i + nb * epoch
                 imgs = batch_data["img"].to(device, non_blocking=True).float() / 255
+                self.batch_images = imgs.shape[0]
+                self._run_callbacks("on_train_batch_start")
                 if ni <= nw:
                     xi = [0, nw]
                     accumulate = max(1, int(np.interp(ni, xi, [1, opt.nbs / opt.batch_size]).round()))
@@ -407,6 +410,8 @@ class Trainer:
                         ema.update(model)
                     last_opt_step = ni
                     self._run_callbacks("on_optimizer_step")
+                    if self.stop:  # a policy (e.g. Group Fisher) finished its pruning phase
+                        break
                 mloss = (mloss * i + items.float().cpu()) / (i + 1)
                 if self.main:
                     mem = f"{torch.cuda.memory_reserved() / 1e9:.3g}G" if device.type == "cuda" else "0G"

@@ -84,3 +84,21 @@ def test_bad_arguments():
         GroupFisher(model, groups, norm="params")
     with pytest.raises(ValueError, match="--target-flops"):
         GroupFisher(model, groups, target_flops=1.5)
+
+
+@pytest.mark.parametrize("cfg", ["yolov5n.yaml", "yolov8n.yaml"])
+def test_compress_method_fisher_cli(cfg, shapes_yaml, tmp_path):
+    """compress.py --method fisher: prune during training to the FLOPs target, then fine-tune the cut model."""
+    import json
+
+    import compress
+
+    rc = compress.main(["--weights", cfg, "--data", str(shapes_yaml), "--img", "64", "--batch", "8", "--workers", "0",
+                        "--method", "fisher", "--target-flops", "0.9", "--interval", "1", "--channels-per-step", "40",
+                        "--epochs", "1", "--no-latency", "--hyp", "scratch-low", "--project", str(tmp_path)])
+    assert rc == 0
+    run = tmp_path / "exp"
+    s = json.loads((run / "summary.json").read_text())
+    f = json.loads((run / "round_0" / "fisher.json").read_text())
+    assert f["flops_share"] <= 0.9 and len(f["history"]) >= 40
+    assert s["after"]["params"] < s["before"]["params"] and s["rounds"][0]["model"] == "weights/best.pt"
