@@ -65,6 +65,10 @@ def parse_opt(argv=None) -> argparse.Namespace:
                    help="one ranking across all groups (scores normalized per group)")
     p.add_argument("--bias-compensation", action="store_true", default=d["bias_compensation"],
                    help="fold removed channels' mean activation into their consumers (uses --calib-images)")
+    p.add_argument("--oracle-bn", default=d["oracle_bn"], choices=("running", "batch"),
+                   help="PAGCP oracle: BN with running statistics, or each batch's (the loss after --bn-recalib)")
+    p.add_argument("--bn-recalib", type=int, default=d["bn_recalib"],
+                   help="re-estimate BN statistics on this many training images after each cut (0 = off)")
     p.add_argument("--divisor", type=int, default=d["divisor"], help="round kept channels up to a multiple")
     p.add_argument("--min-channels", type=int, default=d["min_channels"], help="minimum channels kept per group")
     p.add_argument("--ignore", nargs="*", default=d["ignore"], help="module-name patterns never pruned")

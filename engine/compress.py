@@ -98,7 +98,8 @@ def run(opt) -> dict:
     device = select_device(opt.device)
     torch.manual_seed(opt.seed)
     np.random.seed(opt.seed)
-    needs_train = opt.method in ("taylor", "pagcp") or opt.bias_compensation or opt.epochs > 0
+    needs_train = opt.method in ("taylor", "pagcp", "fisher") or opt.bias_compensation or opt.epochs > 0 \
+        or opt.bn_recalib > 0
     data = check_dataset(opt.data, splits=("train", "val") if needs_train else ("val",))
     save_dir, summary = _open_run(opt)
     if opt.weights is None:
@@ -239,6 +240,12 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
         images = (b["img"].to(device).float() / 255 for b in batches)
         compensate_biases(model, groups, removed, input_means(model, groups, removed, images))
     apply_removal(model, groups, removed)
+    if opt.bn_recalib > 0 and removed:
+        from engine.oracle import calibration_batches, recalibrate_bn
+
+        batches = calibration_batches(data, opt.imgsz, opt.bn_recalib, min(opt.batch_size, 16), opt.seed + 1, stride)
+        recalibrate_bn(model, batches, device)
+        model.eval()
     prune_seconds = time.time() - t0
     LOGGER.info(f"round {k}: pruned {sum(map(len, removed.values()))} channels in {len(removed)} groups: "
                 f"conv FLOPs x{frac:.3f} ({prune_seconds:.1f}s)")
@@ -386,7 +393,7 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
     stride = int(max(model.stride.max(), 32))
     batches = calibration_batches(data, opt.imgsz, opt.calib_images, min(opt.batch_size, 16), opt.seed, stride)
     criterion = build_criterion(model, None, opt.imgsz)
-    oracle = CalibrationOracle(model, batches, criterion, list(criterion.names), device)
+    oracle = CalibrationOracle(model, batches, criterion, list(criterion.names), device, bn=opt.oracle_bn)
     t = time.time()
     policy = PAGCP(model, groups, oracle, list(criterion.names), cfg, units=units)
     removed, decisions = policy.run()

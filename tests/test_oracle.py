@@ -45,3 +45,27 @@ def test_oracle_sees_masks(shapes_yaml):
         pruned = oracle()
     assert base.shape == (3,) and not np.allclose(base, pruned)
     assert oracle.calls == 2 and oracle.image_forwards == 8
+
+
+def test_bn_recalibration_and_batch_mode_oracle(shapes_yaml):
+    """recalibrate_bn re-estimates running stats without touching weights; the 'batch' oracle leaves them intact."""
+    import torch
+
+    from engine.data import check_dataset
+    from engine.loss import build_criterion
+    from engine.oracle import CalibrationOracle, calibration_batches, recalibrate_bn
+    from models.loader import load_model
+
+    model = load_model("yolov5n.yaml", nc=4).eval()
+    data = check_dataset(str(shapes_yaml), splits=("train", "val"))
+    batches = calibration_batches(data, 64, 8, 4, seed=0)
+    bn = model.model[0].bn
+    w = bn.weight.clone()
+    assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+    crit = build_criterion(model, None, 64)
+    o = CalibrationOracle(model, batches, crit, list(crit.names), bn="batch")
+    o()
+    assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean)) and not model.training
+    assert recalibrate_bn(model, batches) > 0
+    assert not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean)) and torch.equal(bn.weight, w)
+    assert bn.momentum == 0.03  # restored (YOLOv5 sets 0.03)
