@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
+from engine.sensitivity import add_sensitivity_args
 from utils.config import defaults
 from utils.general import LOGGER, UsageError, increment_path, select_device
 
@@ -27,7 +28,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--conf-thres", type=float, default=d["conf_thres"], help="confidence threshold")
     p.add_argument("--iou-thres", type=float, default=d["iou_thres"], help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=d["max_det"], help="maximum detections per image")
-    p.add_argument("--task", default=d["task"], choices=("train", "val", "test"), help="dataset split to evaluate")
+    p.add_argument("--task", default=d["task"], choices=("train", "val", "test", "sensitivity"),
+                   help="dataset split to evaluate, or sensitivity (per-layer pruning analysis, seed 002)")
     p.add_argument("--device", default=d["device"], help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     p.add_argument("--workers", type=int, default=d["workers"], help="max dataloader workers")
     p.add_argument("--single-cls", action="store_true", help="treat as single-class dataset")
@@ -41,6 +43,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA only)")
     p.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_sensitivity_args(p)
     opt = p.parse_args(argv)
     if opt.imgsz <= 0 or opt.imgsz % 32:
         opt.imgsz = max(32, (opt.imgsz + 31) // 32 * 32) if opt.imgsz > 0 else opt.imgsz
@@ -174,6 +177,12 @@ def main(argv=None) -> int:
 
     try:
         opt = parse_opt(argv)
+        if opt.task == "sensitivity":
+            from engine.sensitivity import run_sensitivity
+
+            for w in opt.weights:
+                run_sensitivity(opt, w)
+            return 0
         for w in opt.weights:  # several --weights are validated one after another, each in its own run folder
             run(**{**vars(opt), "weights": w})
     except (UsageError, CheckpointError, DataConfigError, FileNotFoundError) as e:

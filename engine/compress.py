@@ -50,6 +50,8 @@ def check_args(opt) -> None:
     if opt.method not in ONE_SHOT_METHODS:
         raise UsageError(f"unknown --method '{opt.method}': choose from {', '.join(ONE_SHOT_METHODS)}")
     if opt.method == "pagcp":
+        if opt.pruning_params is not None:
+            raise UsageError("--pruning-params prunes by a criterion: add --criterion 0-6 (or --method l2, ...)")
         if opt.initial_thres <= 1:
             raise UsageError(f"--initial_thres must be > 1 (a cap on cumulative loss growth), got {opt.initial_thres}")
         if not 0 < opt.initial_rate < 1:

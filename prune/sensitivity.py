@@ -80,7 +80,8 @@ def show_layers(groups: GroupSet) -> str:
     return "\n".join(lines)
 
 
-def _done(path: Path) -> dict[int, tuple]:
+def done_layers(path: Path) -> dict[int, tuple]:
+    """layer id -> record of the complete lines of an output_{rate}.txt (empty if missing)."""
     out = {}
     if path.exists():
         for line in path.read_text().splitlines():
@@ -94,24 +95,32 @@ def _done(path: Path) -> dict[int, tuple]:
 
 def run_analysis(model: nn.Module, groups: GroupSet, evaluate: Callable[[], dict], scores: dict[int, np.ndarray],
                  rates: list[float], out_dir: Path, base_params: int, base_gflops: float,
-                 progress: Callable[[str], None] = print) -> dict[float, dict[int, tuple]]:
-    """evaluate() -> {'p','r','map50','map50_95','maps','t_inf','t_nms','h','w','batch'} on the masked model."""
+                 progress: Callable[[str], None] = print, layers: list[int] | None = None,
+                 meta: dict | None = None) -> dict[float, dict[int, tuple]]:
+    """evaluate() -> {'p','r','map50','map50_95','maps','t_inf','t_nms','h','w','batch'} on the masked model.
+
+    `layers` limits the analysis to these group ids (default: every prunable group). Each layer loses the
+    channels `layer_plan` would remove at that rate (even count, as compress.py --pruning-params does).
+    `meta` (e.g. the unpruned model's mAP) is stored in meta.json beside params/GFLOPs, written first so
+    that layer_selection works on a partial analysis too."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"params": base_params, "gflops": base_gflops, **(meta or {})}
+    _write_meta(out_dir, meta, rates)
+    todo = groups.prunable if layers is None else [g for g in groups.prunable if g.id in set(layers)]
     flops0 = estimate_flops(groups, {})[0]
     results: dict[float, dict[int, tuple]] = {}
     masks = ChannelMasks(model, groups)
     with masks:
         for rate in rates:
             f = out_dir / f"output_{rate}.txt"
-            done = _done(f)
+            done = done_layers(f)
             if done:  # rewrite only the complete lines, then append
                 f.write_text("".join(f"{done[k]!r}\n" for k in done))
             with open(f, "a") as fh:
-                for g in groups.prunable:
+                for g in todo:
                     if g.id in done:
                         continue
-                    n_rm = len(g) - keep_count(len(g), int(round(rate * len(g))))
-                    pos = np.argsort(scores[g.id], kind="stable")[:n_rm].tolist()
+                    pos = layer_plan(groups, scores, [(g.id, rate)]).get(g.id, [])
                     masks.set_removed(g.id, pos)
                     m = evaluate()
                     masks.set_removed(g.id, [])
@@ -126,11 +135,20 @@ def run_analysis(model: nn.Module, groups: GroupSet, evaluate: Callable[[], dict
                     done[g.id] = rec
                     progress(f"rate {rate}: layer {g.id} ({', '.join(g.producers)}) mAP50-95 {m['map50_95']:.4f}")
             results[rate] = done
-    _write_summary(results, out_dir, base_params, base_gflops)
+    _write_summary(results, out_dir, meta)
     return results
 
 
-def _write_summary(results, out_dir: Path, base_params: int, base_gflops: float) -> None:
+def _write_meta(out_dir: Path, meta: dict, rates: list[float]) -> None:
+    f = out_dir / "meta.json"
+    old = json.loads(f.read_text()) if f.exists() else {}
+    meta = {**old, **meta, "rates": sorted(set(old.get("rates", [])) | set(rates))}
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, f)
+
+
+def _write_summary(results, out_dir: Path, meta: dict) -> None:
     rates = sorted(results)
     layers = sorted({k for r in rates for k in results[r]})
     with open(out_dir / "sensitivity.csv", "w") as f:
@@ -139,8 +157,8 @@ def _write_summary(results, out_dir: Path, base_params: int, base_gflops: float)
             for k in layers:
                 if k in results[r]:
                     _, (p, rc, m50, m, _maps, _t, params, gfl) = results[r][k]
-                    f.write(f"{k},{r},{p:.5f},{rc:.5f},{m50:.5f},{m:.5f},{params},{gfl:.4f}\n")
-    (out_dir / "meta.json").write_text(json.dumps({"params": base_params, "gflops": base_gflops, "rates": rates}))
+                    f.write(f"{k},{r},{p:.6g},{rc:.6g},{m50:.6g},{m:.6g},{params},{gfl:.6g}\n")
+    _write_meta(out_dir, meta, rates)
     try:
         import matplotlib
 
@@ -165,7 +183,7 @@ def _write_summary(results, out_dir: Path, base_params: int, base_gflops: float)
 def load_analysis(out_dir: Path) -> dict[float, dict[int, tuple]]:
     res = {}
     for f in sorted(Path(out_dir).glob("output_*.txt")):
-        res[float(f.stem.split("_", 1)[1])] = _done(f)
+        res[float(f.stem.split("_", 1)[1])] = done_layers(f)
     if not res:
         raise FileNotFoundError(f"no output_*.txt in {out_dir}: run the sensitivity analysis first")
     return res

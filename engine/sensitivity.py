@@ -1,0 +1,173 @@
+# AGPL-3.0 License
+"""`val.py --task sensitivity`: seed 002's per-layer sensitivity analysis from the command line.
+
+    python val.py --task sensitivity --weights yolov5n.pt --data coco128.yaml --img 320 \
+        --pruning-rate "[0.25,0.5,0.75]" --criterion 0
+    python layer_selection.py --output runs/sensitivity/exp --params-layers 6 --flops-layers 5
+    python compress.py --weights yolov5n.pt --data coco128.yaml --criterion 0 --pruning-params "[(3, 0.5), ...]"
+
+Each prunable layer (engine group, ids as in `compress.py --show-groups`) is masked alone at each rate and
+validated; prune.sensitivity.run_analysis writes output_{rate}.txt (one line per layer, flushed), then
+sensitivity.csv, sensitivity.png and meta.json. A rerun with --resume (or the same --name with --exist-ok)
+continues in the same folder and skips the layers already written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+from pathlib import Path
+
+from utils.config import defaults
+from utils.general import LOGGER, UsageError, increment_path, select_device
+
+# the settings a resumed analysis must share with the interrupted one (results would not be comparable)
+_SAME = ("weights", "data", "imgsz", "criterion", "conf_thres", "iou_thres", "max_det", "single_cls")
+# criteria that need no gradients (seed 002's 0-6)
+_CRITERIA = ("l2", "l2_largest", "l1", "l1_largest", "bn", "bnl1", "random")
+
+
+def add_sensitivity_args(p: argparse.ArgumentParser) -> None:
+    d = defaults("sensitivity")
+    p.add_argument("--pruning-rate", default=repr(d["pruning_rate"]),
+                   help="--task sensitivity: rate or list of rates in (0, 1), e.g. \"[0.25,0.5,0.75]\"")
+    p.add_argument("--criterion", default=str(d["criterion"]),
+                   help="--task sensitivity: seed 002's 0-6 (0 smallest L2 ... 6 random) or a name (l2, bn, ...)")
+    p.add_argument("--layers", default=d["layers"],
+                   help="--task sensitivity: only these layer ids, e.g. \"[3,7,12]\" (default: every prunable layer)")
+    p.add_argument("--resume", nargs="?", const=True, default=False,
+                   help="--task sensitivity: continue the latest (or given) analysis folder, skipping done layers")
+
+
+def _criterion_name(c) -> str:
+    from prune.importance import SEED_CRITERIA
+
+    name = SEED_CRITERIA.get(int(c), str(c)) if str(c).strip().isdigit() else str(c).strip().lower()
+    if name not in _CRITERIA:
+        raise UsageError(f"--criterion must be 0-6 or one of {', '.join(_CRITERIA)}, got {c!r}")
+    return name
+
+
+def _parse_layers(text) -> list[int] | None:
+    if text is None or text == "":
+        return None
+    try:
+        v = ast.literal_eval(text) if isinstance(text, str) else text
+        return [int(v)] if isinstance(v, int) else [int(x) for x in v]
+    except (ValueError, SyntaxError, TypeError):
+        raise UsageError(f"--layers must be a layer id or a list of ids, got {text!r}") from None
+
+
+def _save_dir(opt, project: Path) -> Path:
+    if opt.resume and opt.resume is not True:
+        d = Path(opt.resume)
+        if not (d / "args.json").exists():
+            raise UsageError(f"--resume {d}: not a sensitivity analysis folder (no args.json)")
+        return d
+    if opt.resume:
+        runs = sorted((p for p in project.glob(f"{opt.name}*") if (p / "args.json").exists()),
+                      key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise UsageError(f"--resume: no sensitivity analysis under {project}/{opt.name}*")
+        return runs[-1]
+    return increment_path(project / opt.name, exist_ok=opt.exist_ok)
+
+
+def run_sensitivity(opt, weights: str | None = None) -> Path:
+    """Run (or continue) the analysis of `weights` (default opt.weights) with val.py's options; returns the
+    folder holding output_{rate}.txt."""
+    from engine.data import build_val_loader, check_dataset
+    from models.loader import load_model
+    from prune import build_groups
+    from prune.importance import get_criterion
+    from prune.sensitivity import done_layers, parse_rates, run_analysis
+    from utils.flops import count_params, gflops
+
+    try:
+        rates = parse_rates(opt.pruning_rate)
+    except (ValueError, SyntaxError, TypeError):
+        raise UsageError(f"--pruning-rate must be a rate or a list of rates in (0, 1), got {opt.pruning_rate!r}") \
+            from None
+    crit = _criterion_name(opt.criterion)
+    opt = argparse.Namespace(**{**vars(opt), "weights": weights or opt.weights})
+    layers = _parse_layers(opt.layers)
+    device = select_device(opt.device)
+    from_yaml = Path(str(opt.weights)).suffix in (".yaml", ".yml")
+    model = None if from_yaml else load_model(opt.weights, trust=opt.trust_checkpoint)  # unfused: BN criteria
+    data = check_dataset(opt.data, splits=("val",))
+    if model is None:
+        model = load_model(opt.weights, nc=data["nc"])
+    if model.nc != data["nc"] and not opt.single_cls:
+        raise UsageError(f"{opt.weights} predicts {model.nc} classes but {data['yaml_file']} has {data['nc']}: "
+                         "pass the matching --data (or --single-cls)")
+    model.to(device).eval()
+    stride = int(max(model.stride.max(), 32))
+    imgsz = (opt.imgsz + stride - 1) // stride * stride
+
+    project = Path(opt.project if opt.project != defaults()["project"] else defaults("sensitivity")["project"])
+    save_dir = _save_dir(opt, project)
+    args = {"weights": str(opt.weights), "data": str(data["yaml_file"]), "imgsz": imgsz, "criterion": crit,
+            "conf_thres": opt.conf_thres, "iou_thres": opt.iou_thres, "max_det": opt.max_det,
+            "single_cls": opt.single_cls, "batch_size": opt.batch_size}
+    af = save_dir / "args.json"
+    if af.exists():
+        old = json.loads(af.read_text())
+        diff = [f"{k}: {old.get(k)!r} there, {args[k]!r} now" for k in _SAME if old.get(k) != args[k]]
+        if diff:
+            raise UsageError(f"{save_dir} holds an analysis with other settings ({'; '.join(diff)}): "
+                             "use another --name")
+        LOGGER.info(f"Continuing the sensitivity analysis in {save_dir}")
+    else:
+        af.write_text(json.dumps(args, indent=1))
+
+    groups = build_groups(model, imgsz=imgsz)
+    ids = [g.id for g in groups.prunable]
+    if layers is not None:
+        bad = sorted(set(layers) - set(ids))
+        if bad:
+            raise UsageError(f"--layers {bad}: not prunable layers (prunable: {ids})")
+    score = get_criterion(crit)
+    scores = {g.id: score(model, g, seed=0) for g in groups.prunable}
+    loader = build_val_loader(data, "val", imgsz, opt.batch_size, stride, opt.workers, opt.single_cls)
+
+    def evaluate() -> dict:
+        from engine import validator  # looked up per call (tests count validations)
+
+        res, _ = validator.validate(model, loader, data["names"], opt.conf_thres, opt.iou_thres, opt.max_det,
+                                    opt.single_cls, device, opt.half, progress=False)
+        return {"p": res.precision, "r": res.recall, "map50": res.map50, "map50_95": res.map50_95,
+                "maps": [round(float(a), 6) for a in res.maps], "t_inf": res.speed_ms["inference"],
+                "t_nms": res.speed_ms["nms"], "h": imgsz, "w": imgsz, "batch": opt.batch_size}
+
+    n_params, n_gflops = count_params(model), gflops(model, imgsz)
+    meta_f = save_dir / "meta.json"
+    meta = json.loads(meta_f.read_text()) if meta_f.exists() else {}
+    if "map50_95" not in meta:  # the unpruned model, once
+        m = evaluate()
+        meta = {"map50": m["map50"], "map50_95": m["map50_95"], "precision": m["p"], "recall": m["r"]}
+    meta.update(criterion=crit, imgsz=imgsz, weights=str(opt.weights))
+    LOGGER.info(f"Sensitivity analysis: {len(layers or ids)} layers x rates {rates}, criterion {crit}; "
+                f"unpruned {n_params:,} params, {n_gflops:.3f} GFLOPs at {imgsz}, mAP50-95 {meta['map50_95']:.4f}")
+
+    todo = layers or ids
+    n_done = sum(len(set(done_layers(save_dir / f"output_{r}.txt")) & set(todo)) for r in rates)
+    from ultralytics.utils import TQDM
+
+    pbar = TQDM(total=len(rates) * len(todo), initial=n_done, desc="sensitivity", disable=opt.no_progress)
+
+    def progress(msg: str) -> None:
+        pbar.set_description(msg)
+        pbar.update(1)
+
+    try:
+        run_analysis(model, groups, evaluate, scores, rates, save_dir, n_params, n_gflops, progress=progress,
+                     layers=layers, meta=meta)
+    except KeyboardInterrupt:
+        pbar.close()
+        LOGGER.info(f"Interrupted: rerun the same command with --resume {save_dir} to continue")
+        raise
+    pbar.close()
+    LOGGER.info(f"Results saved to {save_dir} (output_{{rate}}.txt, sensitivity.csv, sensitivity.png)\n"
+                f"Next: python layer_selection.py --output {save_dir} --params-layers N --flops-layers M")
+    return save_dir
