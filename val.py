@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
-from engine.sensitivity import add_sensitivity_args
+from engine.sensitivity import add_sensitivity_args, strip_sensitivity_args
 from utils.config import defaults
 from utils.general import LOGGER, UsageError, increment_path, select_device
 
@@ -184,7 +184,7 @@ def main(argv=None) -> int:
                 run_sensitivity(opt, w)
             return 0
         for w in opt.weights:  # several --weights are validated one after another, each in its own run folder
-            run(**{**vars(opt), "weights": w})
+            run(**{**strip_sensitivity_args(vars(opt)), "weights": w})
     except (UsageError, CheckpointError, DataConfigError, FileNotFoundError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2

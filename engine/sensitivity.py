@@ -40,6 +40,11 @@ def add_sensitivity_args(p: argparse.ArgumentParser) -> None:
                    help="--task sensitivity: continue the latest (or given) analysis folder, skipping done layers")
 
 
+def strip_sensitivity_args(opt: dict) -> dict:
+    """val.py's options without the ones add_sensitivity_args added (for val.run)."""
+    return {k: v for k, v in opt.items() if k not in ("pruning_rate", "criterion", "layers", "resume")}
+
+
 def _criterion_name(c) -> str:
     from prune.importance import SEED_CRITERIA
 

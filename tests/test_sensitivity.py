@@ -211,3 +211,12 @@ def test_compress_pruning_params_needs_criterion(shapes_yaml, capsys):
     argv = ["--weights", "yolov5n.yaml", "--data", str(shapes_yaml), "--pruning-params", "[(1, 0.5)]"]
     assert compress.main(argv) == 2  # the default method (PAGCP) would silently ignore the list
     assert "--criterion" in capsys.readouterr().err
+
+
+def test_plain_val_unaffected(tmp_path, shapes_yaml):
+    import val
+
+    argv = ["--weights", "yolov5n.yaml", "--data", str(shapes_yaml), "--img", "64", "--batch", "8", "--workers", "0",
+            "--project", str(tmp_path), "--name", "v", "--no-progress"]
+    assert val.main(argv) == 0 and (tmp_path / "v" / "metrics.json").exists()
+    assert not (tmp_path / "v" / "args.json").exists()
