@@ -28,8 +28,9 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--conf-thres", type=float, default=d["conf_thres"], help="confidence threshold")
     p.add_argument("--iou-thres", type=float, default=d["iou_thres"], help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=d["max_det"], help="maximum detections per image")
-    p.add_argument("--task", default=d["task"], choices=("train", "val", "test", "sensitivity"),
-                   help="dataset split to evaluate, or sensitivity (per-layer pruning analysis, seed 002)")
+    p.add_argument("--task", default=d["task"], choices=("train", "val", "test", "sensitivity", "speed"),
+                   help="dataset split to evaluate; sensitivity (per-layer pruning analysis, seed 002); "
+                        "speed (latency: PyTorch and onnxruntime, batch 1 and --batch-size, no dataset)")
     p.add_argument("--device", default=d["device"], help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     p.add_argument("--workers", type=int, default=d["workers"], help="max dataloader workers")
     p.add_argument("--single-cls", action="store_true", help="treat as single-class dataset")
@@ -171,6 +172,12 @@ def _annotation_json(data: dict, task: str) -> Path | None:
     return p if p.exists() else None
 
 
+def _batch_given(argv) -> bool:
+    """--task speed measures batch 1 and cfg's speed_batch unless a batch size is given explicitly."""
+    args = sys.argv[1:] if argv is None else argv
+    return any(a.split("=")[0] in ("--batch-size", "--batch") for a in args)
+
+
 def main(argv=None) -> int:
     from engine.data import DataConfigError
     from utils.checkpoint import CheckpointError
@@ -182,6 +189,13 @@ def main(argv=None) -> int:
 
             for w in opt.weights:
                 run_sensitivity(opt, w)
+            return 0
+        if opt.task == "speed":
+            from engine.speed import run_speed
+
+            for w in opt.weights:
+                run_speed(w, opt.imgsz, opt.batch_size if _batch_given(argv) else None, opt.device, opt.half,
+                          opt.project, opt.name, opt.exist_ok, opt.trust_checkpoint)
             return 0
         for w in opt.weights:  # several --weights are validated one after another, each in its own run folder
             run(**{**strip_sensitivity_args(vars(opt)), "weights": w})

@@ -1,10 +1,17 @@
 # AGPL-3.0 License
-"""PAGCP vs uniform L1 vs global L1 at equal FLOPs, no fine-tuning (issue 5's side-by-side table).
+"""Pruning methods side by side at equal FLOPs, before and after an equal fine-tune budget (issues 5 and 6).
 
-For each PAGCP setting: run PAGCP, read the FLOPs share it reached, then prune the same base model with
-uniform L1 and global L1 to that share (--target-flops), and print mAP50-95 vs GFLOPs for all.
+For each PAGCP setting (--rates): run PAGCP, read the FLOPs share it reached, then prune the same base model
+with every other method in --methods to that share, fine-tune each for the same --epochs, and print
+params, GFLOPs, mAP before/after fine-tuning and compute seconds for all.
 
     python bench/pagcp_quality.py --weights ../shared/assets/weights/yolov5n.pt --data coco128.yaml --img 320
+    python bench/pagcp_quality.py --weights W --data D --rates 0.02 --epochs 3 \
+        --methods l1 l1-global bn random fisher-flops fisher-act slim --sparse-weights sparse.pt
+
+Methods: l1 | l2 | bn | bnl1 | random | taylor (uniform ratio), NAME-global (one global ranking),
+fisher-flops | fisher-act (Group Fisher, --fisher-interval / --fisher-channels per prune), slim (network
+slimming: BN |gamma| threshold solved for the FLOPs share, on --sparse-weights trained with train.py --sparsity).
 """
 
 from __future__ import annotations
@@ -30,14 +37,34 @@ def _run(args: list[str], project: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 
 
+def method_flags(method: str, share: float, a) -> list[str]:
+    """compress.py flags that prune with `method` to `share` of the base FLOPs."""
+    target = ["--target-flops", f"{share:.4f}"]
+    if method.startswith("fisher-"):
+        return ["--method", "fisher", "--fisher-norm", method.split("-", 1)[1], "--interval", str(a.fisher_interval),
+                "--channels-per-step", str(a.fisher_channels), *target]
+    if method == "slim":
+        if not a.sparse_weights:
+            raise SystemExit("method slim needs --sparse-weights (a model trained with train.py --sparsity)")
+        return ["--method", "slim", "--weights", a.sparse_weights, *target]
+    if method.endswith("-global"):
+        return ["--method", method[: -len("-global")], "--global", *target]
+    return ["--method", method, *target]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--img", type=int, default=320)
     ap.add_argument("--rates", type=float, nargs="+", default=[0.01, 0.02, 0.05], help="PAGCP --initial_rate values")
+    ap.add_argument("--methods", nargs="+", default=["l1", "l1-global"], help="methods compared with PAGCP")
     ap.add_argument("--calib-images", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=0, help="fine-tune epochs after pruning (equal for all)")
+    ap.add_argument("--sparse-weights", default="", help="slim: the same model after sparsity training")
+    ap.add_argument("--fisher-interval", type=int, default=2, help="fisher: optimizer steps between prunes")
+    ap.add_argument("--fisher-channels", type=int, default=16, help="fisher: channels masked per prune")
+    ap.add_argument("--json", default="", help="also write the rows to this JSON file")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more compress.py flags for every run")
     a = ap.parse_args(argv)
     project = Path(tempfile.mkdtemp(prefix="pagcp_quality_"))
@@ -48,17 +75,21 @@ def main(argv=None) -> int:
         s = _run(common + ["--method", "pagcp", "--initial_rate", str(rate)], project)
         share = s["flops_ratio"]
         rows.append((f"PAGCP rate {rate}", s))
-        rows.append(("uniform L1", _run(common + ["--method", "l1", "--target-flops", f"{share:.4f}"], project)))
-        rows.append(("global L1", _run(common + ["--method", "l1", "--global", "--target-flops", f"{share:.4f}"],
-                                       project)))
+        for method in a.methods:
+            rows.append((method, _run(common + method_flags(method, share, a), project)))
     base = rows[0][1]["base"]
-    print(f"\nbase: {base['gflops']:.3f} GFLOPs, mAP50-95 {base['map50_95']:.3f}; fine-tune epochs {a.epochs}")
-    print(f"{'method':<20}{'GFLOPs':>8}{'share':>8}{'mAP50':>8}{'mAP50-95':>10}{'pruned':>8}")
+    lines = [f"base: {base['params']:,} params, {base['gflops']:.3f} GFLOPs, mAP50 {base['map50']:.3f}, "
+             f"mAP50-95 {base['map50_95']:.3f}; fine-tune epochs {a.epochs}",
+             "| method | params | GFLOPs | FLOPs share | mAP50-95 pruned | mAP50 | mAP50-95 | seconds |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, s in rows:
         r = s["rounds"][-1]
-        print(f"{name:<20}{r['gflops']:>8.3f}{s['flops_ratio']:>8.3f}{r['map50']:>8.3f}{r['map50_95']:>10.3f}"
-              f"{r['map50_95_before_finetune']:>8.3f}")
+        lines.append(f"| {name} | {r['params']:,} | {r['gflops']:.3f} | {s['flops_ratio']:.3f} | "
+                     f"{r['map50_95_before_finetune']:.3f} | {r['map50']:.3f} | {r['map50_95']:.3f} | {r['seconds']:.0f} |")
+    print("\n" + "\n".join(lines))
     print(f"runs in {project}")
+    if a.json:
+        Path(a.json).write_text(json.dumps([{"method": n, **s} for n, s in rows], indent=2, default=str))
     return 0
 
 

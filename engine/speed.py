@@ -217,25 +217,21 @@ def run_speed(weights, imgsz=640, batch_size=None, device="", half=False, projec
     return result, save_dir
 
 
-def compress_latency(opt, pruned: nn.Module, flops_ratio: float | None = None) -> dict:
-    """compress.py: base vs pruned onnxruntime CPU latency at batch 1, side by side. Never fails the run:
-    a problem (e.g. an op the ONNX exporter refuses) gives {'skipped': reason} and a note."""
+def compress_latency(base: nn.Module, pruned: nn.Module, imgsz: int, flops_ratio: float | None = None) -> dict:
+    """compress.py: base vs pruned onnxruntime CPU latency at batch 1, side by side, next to the FLOPs factor.
+    Never fails the run: a problem (e.g. an op the ONNX exporter refuses) gives {'skipped': reason}."""
     d = defaults("export")
     if not d.get("compress_latency", True):
         return {"skipped": "disabled (export.compress_latency in cfg/default.yaml)"}
     try:
-        from models.loader import load_model
-
-        base = load_model(opt.weights, nc=pruned.nc, trust=getattr(opt, "trust_checkpoint", False))
-        cpu_pruned = _cpu_copy(pruned)
         stride = int(max(int(base.stride.max()), 32))
-        imgsz = (int(opt.imgsz) + stride - 1) // stride * stride
-        rows = compare_latency({"base": base, "pruned": cpu_pruned}, imgsz, (1,), ("onnxruntime",), "cpu",
-                               repeats=d["compress_repeats"])
+        imgsz = (int(imgsz) + stride - 1) // stride * stride
+        rows = compare_latency({"base": _cpu_copy(base), "pruned": _cpu_copy(pruned)}, imgsz, (1,), ("onnxruntime",),
+                               "cpu", repeats=d["compress_repeats"])
     except Exception as e:  # latency is a report extra: the pruned model is already saved
         from engine.export import _one_line
 
-        LOGGER.info(f"latency: skipped ({_one_line(e)})")
+        LOGGER.warning(f"latency: skipped ({_one_line(e)})")
         return {"skipped": _one_line(e)}
     b, p = (next(r for r in rows if r["model"] == k) for k in ("base", "pruned"))
     speedup = b["ms_per_image"] / p["ms_per_image"]

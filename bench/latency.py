@@ -1,0 +1,105 @@
+# AGPL-3.0 License
+"""Does pruning make a model faster? Base vs pruned latency, side by side in one run (issue 7).
+
+For each model, prune it with the engine to each --targets FLOPs share (uniform L1 and, with --global, the
+global ranking too) at each channel --divisor, then time every variant together with its base model,
+interleaved, on onnxruntime CPU (and PyTorch CPU with --pytorch) and print speedup next to the FLOPs factor.
+The issue's target: speedup >= 0.8 x FLOPs reduction factor at batch 1 on onnxruntime CPU.
+
+    python bench/latency.py                                            # yolov5n + yolov5s at 640, 50% FLOPs
+    python bench/latency.py --models yolov5s.yaml --targets 0.5 0.7 --divisors 1 8 16 --global
+    python bench/latency.py --models yolov5n.pt runs/compress/exp/pruned.pt --imgsz 320   # a real pair
+
+With --models BASE PRUNED ... given as checkpoints (one base and already-pruned models of it), nothing is
+pruned here: the pruned checkpoints are timed against the first model. Weights are random for yaml models;
+latency does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import utils  # noqa: E402,F401
+from engine.speed import compare_latency, environment, resolve_threads  # noqa: E402
+from models.loader import load_model  # noqa: E402
+from prune import apply_removal, build_groups  # noqa: E402
+from prune.importance import get_criterion  # noqa: E402
+from prune.uniform import plan_global, plan_uniform, solve_ratio_for_flops  # noqa: E402
+from utils.flops import count_params, gflops  # noqa: E402
+
+
+def pruned_variants(cfg: str, imgsz: int, targets: list[float], divisors: list[int], global_ranking: bool) -> dict:
+    """{name: model}: the base model and one engine-pruned copy per (planner, target, divisor)."""
+    base = load_model(cfg).eval()
+    groups = build_groups(base, imgsz=min(imgsz, 320))
+    scores = {g.id: get_criterion("l1")(base, g) for g in groups.prunable}
+    planners = {"uniform": plan_uniform, **({"global": plan_global} if global_ranking else {})}
+    out = {"base": base}
+    for pname, planner in planners.items():
+        for t in targets:
+            for d in divisors:
+                removed, _ = solve_ratio_for_flops(groups, planner, t, scores=scores, divisor=d, min_keep=d)
+                m = copy.deepcopy(base)
+                apply_removal(m, groups, removed)
+                out[f"{pname} {t:.2f} div{d}"] = m.eval()
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["yolov5n.yaml", "yolov5s.yaml"],
+                    help="model yamls (pruned here), or a base checkpoint followed by pruned checkpoints of it")
+    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--targets", type=float, nargs="+", default=[0.5], help="FLOPs shares to prune to")
+    ap.add_argument("--divisors", type=int, nargs="+", default=[1, 8, 16], help="round kept channels to these")
+    ap.add_argument("--global", dest="global_ranking", action="store_true", help="also the global L1 ranking")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1])
+    ap.add_argument("--pytorch", action="store_true", help="also time PyTorch CPU (eager)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[0],
+                    help="CPU thread counts, each for both runtimes (0 = torch's default)")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--json", default="", help="also write the rows to this JSON file")
+    a = ap.parse_args(argv)
+    thread_counts = [resolve_threads(t) for t in a.threads]
+    backends = ("onnxruntime", "pytorch") if a.pytorch else ("onnxruntime",)
+    if all(m.endswith(".pt") for m in a.models):  # a real base checkpoint and pruned ones
+        suites = {Path(a.models[0]).name: {Path(m).name if i else "base": load_model(m).eval()
+                                           for i, m in enumerate(a.models)}}
+    else:
+        suites = {m: pruned_variants(m, a.imgsz, a.targets, a.divisors, a.global_ranking) for m in a.models}
+    print(f"environment: {environment(thread_counts[0])}; {a.imgsz}x{a.imgsz}, median of {a.repeats} interleaved runs "
+          f"after {a.warmup} warm-up")
+    report = []
+    for suite, models in suites.items():
+        info = {k: (count_params(m), gflops(m, a.imgsz)) for k, m in models.items()}
+        rows = [r for t in thread_counts for r in compare_latency(models, a.imgsz, tuple(a.batch), backends, "cpu",
+                                                                  threads=t, warmup=a.warmup, repeats=a.repeats)]
+        print(f"\n{suite}")
+        print(f"{'variant':22s}{'backend':13s}{'threads':>8s}{'batch':>6s}{'params':>11s}{'GFLOPs':>8s}{'ms/img':>9s}"
+              f"{'FLOPs /':>9s}{'speedup':>9s}{'speedup/FLOPs':>15s}")
+        for r in rows:
+            ref = next(x for x in rows if x["model"] == "base" and
+                       all(x[k] == r[k] for k in ("backend", "batch", "threads")))
+            params, g = info[r["model"]]
+            factor = info["base"][1] / g
+            speedup = ref["ms_per_image"] / r["ms_per_image"]
+            r.update(suite=suite, params=params, gflops=g, flops_factor=factor, speedup=speedup,
+                     speedup_over_flops=speedup / factor)
+            ok = "" if r["model"] == "base" else ("  ok" if speedup >= 0.8 * factor else "  < 0.8")
+            print(f"{r['model']:22s}{r['backend']:13s}{r['threads']:8d}{r['batch']:6d}{params:11,d}{g:8.2f}{r['ms_per_image']:9.2f}"
+                  f"{factor:9.2f}{speedup:9.2f}{speedup / factor:15.2f}{ok}")
+        report += rows
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
