@@ -69,3 +69,30 @@ def test_bn_recalibration_and_batch_mode_oracle(shapes_yaml):
     assert recalibrate_bn(model, batches) > 0
     assert not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean)) and torch.equal(bn.weight, w)
     assert bn.momentum == 0.03  # restored (YOLOv5 sets 0.03)
+
+
+def test_bn_recalibration_is_kept_only_when_the_loss_falls(shapes_yaml):
+    """Statistics re-estimated on dark images make the loss on real ones worse: they are discarded and the
+    original statistics restored exactly; re-estimating a model whose statistics are wrong is kept."""
+    from engine.loss import build_criterion
+    from engine.oracle import recalibrate_bn_if_better
+
+    data = check_dataset(str(shapes_yaml), splits=("train",))
+    real = calibration_batches(data, 64, 8, 4, seed=0)
+    check = calibration_batches(data, 64, 8, 4, seed=1)
+    model = load_model("yolov5n.yaml", nc=4).eval()
+    from engine.oracle import recalibrate_bn
+
+    recalibrate_bn(model, real)  # a model with sensible statistics
+    model.eval()
+    crit = build_criterion(model, None, 64)
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+    dark = [{**b, "img": (b["img"].float() * 0.05).to(b["img"].dtype)} for b in real]
+    kept, before, after = recalibrate_bn_if_better(model, dark, check, crit)
+    assert not kept and not after < before, (before, after)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in stats.items())
+
+    recalibrate_bn(model, dark)  # now the statistics do not match real images
+    model.eval()
+    kept, before, after = recalibrate_bn_if_better(model, real, check, crit)
+    assert kept and not before < after, (before, after)  # the dark statistics may not even give a finite loss
