@@ -1,12 +1,12 @@
 # AGPL-3.0 License
 """Pruning methods side by side at equal FLOPs, before and after an equal fine-tune budget (issues 5 and 6).
 
-For each PAGCP setting (--rates): run PAGCP, read the FLOPs share it reached, then prune the same base model
+For each PAGCP setting (--settings RATE:THRES, i.e. --initial_rate and --initial_thres with --exp): run PAGCP, read the FLOPs share it reached, then prune the same base model
 with every other method in --methods to that share, fine-tune each for the same --epochs, and print
 params, GFLOPs, mAP before/after fine-tuning and compute seconds for all.
 
     python bench/pagcp_quality.py --weights ../shared/assets/weights/yolov5n.pt --data coco128.yaml --img 320
-    python bench/pagcp_quality.py --weights W --data D --rates 0.02 --epochs 3 \
+    python bench/pagcp_quality.py --weights W --data D --settings 0.02:1.5 --epochs 3 \
         --methods l1 l1-global bn random fisher-flops fisher-act slim --sparse-weights sparse.pt
 
 Methods: l1 | l2 | bn | bnl1 | random | taylor (uniform ratio), NAME-global (one global ranking),
@@ -57,9 +57,10 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--img", type=int, default=320)
-    ap.add_argument("--rates", type=float, nargs="+", default=[0.01, 0.02, 0.05], help="PAGCP --initial_rate values")
+    ap.add_argument("--settings", nargs="+", default=["0.01:1.2", "0.02:1.5", "0.03:2"],
+                    help="PAGCP --initial_rate:--initial_thres pairs (with --exp)")
     ap.add_argument("--methods", nargs="+", default=["l1", "l1-global"], help="methods compared with PAGCP")
-    ap.add_argument("--calib-images", type=int, default=32)
+    ap.add_argument("--calib-images", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=0, help="fine-tune epochs after pruning (equal for all)")
     ap.add_argument("--sparse-weights", default="", help="slim: the same model after sparsity training")
     ap.add_argument("--fisher-interval", type=int, default=2, help="fisher: optimizer steps between prunes")
@@ -71,10 +72,11 @@ def main(argv=None) -> int:
     common = ["--weights", a.weights, "--data", a.data, "--img", str(a.img), "--epochs", str(a.epochs),
               "--calib-images", str(a.calib_images), *a.extra]
     rows = []
-    for rate in a.rates:
-        s = _run(common + ["--method", "pagcp", "--initial_rate", str(rate)], project)
+    for setting in a.settings:
+        rate, thres = setting.split(":")
+        s = _run(common + ["--method", "pagcp", "--exp", "--initial_rate", rate, "--initial_thres", thres], project)
         share = s["flops_ratio"]
-        rows.append((f"PAGCP rate {rate}", s))
+        rows.append((f"PAGCP {rate}:{thres}", s))
         for method in a.methods:
             rows.append((method, _run(common + method_flags(method, share, a), project)))
     base = rows[0][1]["base"]

@@ -26,6 +26,7 @@ from prune.importance import get_criterion
 from prune.surgery import apply_removal, channel_table, estimate_flops, group_sizes
 from prune.uniform import plan_global, plan_uniform, solve_ratio_for_flops
 from utils.checkpoint import save_checkpoint
+from utils.files import copy_file, write_text
 from utils.flops import count_params, gflops
 from utils.general import LOGGER, UsageError, increment_path, select_device
 from utils.plots import plot_channels, plot_loss_curves, plot_rounds
@@ -78,7 +79,8 @@ def check_args(opt) -> None:
     if opt.target_flops is not None and not 0 < opt.target_flops < 1:
         raise UsageError(f"--target-flops must be in (0, 1), got {opt.target_flops}")
     if opt.ratio is not None and not 0 < opt.ratio < 1:
-        raise UsageError(f"--ratio must be in (0, 1), got {opt.ratio}")
+        empty = " (1 would empty every layer)" if opt.ratio == 1 else ""
+        raise UsageError(f"--ratio must be in (0, 1), got {opt.ratio}{empty}")
     if opt.divisor < 1 or opt.min_channels < 1:
         raise UsageError("--divisor and --min-channels must be >= 1")
     _check_common(opt)
@@ -95,7 +97,10 @@ def _check_common(opt) -> None:
 
 def run(opt) -> dict:
     """compress.py: `--rounds` x (prune -> fine-tune `--epochs` -> validate), each round starting from the
-    previous round's result; `--resume` continues an interrupted run at its last unfinished stage."""
+    previous round's result; `--resume` continues an interrupted run at its last unfinished stage, with the
+    options the run was started with."""
+    save_dir, summary = _find_run(opt) if opt.resume else (None, None)
+    given = {k: v for k, v in vars(opt).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
     check_args(opt)
     device = select_device(opt.device)
     torch.manual_seed(opt.seed)
@@ -103,13 +108,17 @@ def run(opt) -> dict:
     needs_train = opt.method in ("taylor", "pagcp", "fisher") or opt.bias_compensation or opt.epochs > 0 \
         or opt.bn_recalib > 0
     data = check_dataset(opt.data, splits=("train", "val") if needs_train else ("val",))
-    save_dir, summary = _open_run(opt)
     if opt.weights is None:
         opt.weights = str(ensure_base_model(opt, data))
     from_yaml = Path(str(opt.weights)).suffix in (".yaml", ".yml")
     model = load_model(opt.weights, nc=data["nc"] if from_yaml else None, trust=opt.trust_checkpoint)
     if model.nc != data["nc"]:
         raise UsageError(f"{opt.weights} predicts {model.nc} classes but {data['yaml_file']} has {data['nc']}")
+    if opt.target_flops is not None and opt.method != "pagcp" and summary is None:
+        _check_reachable(model, opt)
+    if save_dir is None:  # the inputs are usable: only now is a run folder created
+        save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
+        write_json(given, save_dir / "opt.json")  # what --resume restores
     model.to(device).eval()
     stride = int(max(model.stride.max(), 32))
     evaluate = Evaluator(data, opt.imgsz, opt.batch_size, device, opt.workers, stride)
@@ -127,6 +136,8 @@ def run(opt) -> dict:
             model = load_model(rdir / summary["rounds"][k]["model"]).to(device)
             continue
         model, entry = _round(k, model, data, opt, device, evaluate, rdir, teacher)
+        # the next round starts from the saved file, as it does after --resume: same structure either way
+        model = load_model(rdir / entry["model"]).to(device)
         summary["rounds"].append(entry)
         write_json(summary, save_dir / "summary.json")
         _write_results(summary, save_dir / "results.csv")
@@ -141,14 +152,16 @@ def run(opt) -> dict:
     summary["seconds"] = sum(r["seconds"] for r in summary["rounds"])
     summary["groups"] = final.get("groups")  # per group channels before/after, last round
     if opt.latency:
-        summary["latency"] = _latency(load_model(opt.weights, nc=data["nc"] if from_yaml else None,
-                                                 trust=opt.trust_checkpoint), model, opt.imgsz)
+        from engine.speed import compress_latency
+
+        base_model = load_model(opt.weights, nc=data["nc"] if from_yaml else None, trust=opt.trust_checkpoint)
+        summary["latency"] = compress_latency(base_model, model, opt.imgsz, summary["flops_ratio"])
     final_file = save_dir / f"round_{len(summary['rounds']) - 1}" / final["model"]
-    _copy_atomic(final_file, save_dir / "pruned.pt")
+    copy_file(final_file, save_dir / "pruned.pt")
     write_json(channel_table(model), save_dir / "channels.json")
     plot_channels(base_channels, channel_table(model), save_dir / "channels.png")
     write_json(summary, save_dir / "summary.json")
-    (save_dir / "report.md").write_text(_report(summary, opt))
+    write_text(save_dir / "report.md", _report(summary, opt))
     LOGGER.info(_table(summary))
     LOGGER.info(f"Results saved to {save_dir}: pruned.pt (final model), summary.json, results.csv, report.md, "
                 f"round_*/")
@@ -159,21 +172,42 @@ def run(opt) -> dict:
 run_one_shot = run  # the name earlier code used
 
 
-def _open_run(opt) -> tuple[Path, dict | None]:
-    """A new incremented run folder, or with --resume the given/latest one and its summary so far."""
-    if not opt.resume:
-        return increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok), None
+def _check_reachable(model: nn.Module, opt) -> None:
+    """Refuse a --target-flops that no plan can reach, before anything is written."""
+    from prune.uniform import min_flops_share
+
+    least = min_flops_share(build_groups(model, imgsz=opt.imgsz, ignore=opt.ignore), opt.divisor, opt.min_channels)
+    if least > opt.target_flops:
+        raise UsageError(f"--target-flops {opt.target_flops} cannot be reached: keeping --min-channels "
+                         f"{opt.min_channels} (--divisor {opt.divisor}) per group leaves at least {least:.3f} of the "
+                         "base FLOPs; ask for more or lower --min-channels")
+
+
+# options that may differ on the machine that resumes; every other one is the run's own
+RESUME_KEEPS = ("resume", "device", "workers", "project", "name", "exist_ok")
+
+
+def _find_run(opt) -> tuple[Path, dict | None]:
+    """--resume [folder]: the given or latest run folder and its summary so far; the run's saved options
+    (opt.json) replace the command line's, so a plain `--resume` continues the same compression."""
     if opt.resume is True or str(opt.resume) == "True":
-        runs = sorted(Path(opt.project).glob("*/summary.json"), key=lambda p: p.stat().st_mtime)
+        runs = sorted((f for f in Path(opt.project).glob("*/*.json") if f.name in ("opt.json", "summary.json")),
+                      key=lambda f: f.stat().st_mtime)
         if not runs:
             raise UsageError(f"--resume: no compression run under {opt.project}; pass --resume runs/compress/expN")
         save_dir = runs[-1].parent
     else:
         save_dir = Path(opt.resume)
-        if not (save_dir / "summary.json").exists():
-            raise UsageError(f"--resume {save_dir}: not a compression run folder (no summary.json)")
-    summary = json.loads((save_dir / "summary.json").read_text())
-    LOGGER.info(f"resuming {save_dir}: {len(summary['rounds'])} of {opt.rounds} rounds done")
+        if not (save_dir / "opt.json").exists() and not (save_dir / "summary.json").exists():
+            raise UsageError(f"--resume {save_dir}: not a compression run folder (no opt.json or summary.json)")
+    if (save_dir / "opt.json").exists():  # runs started before opt.json existed keep the command line's options
+        for k, v in json.loads((save_dir / "opt.json").read_text()).items():
+            if k not in RESUME_KEEPS and hasattr(opt, k):
+                setattr(opt, k, v)
+    summary = json.loads((save_dir / "summary.json").read_text()) if (save_dir / "summary.json").exists() else None
+    saved = " with its saved options (opt.json; only --device and --workers may change)" \
+        if (save_dir / "opt.json").exists() else ""
+    LOGGER.info(f"resuming {save_dir}{saved}: {len(summary['rounds']) if summary else 0} of {opt.rounds} rounds done")
     return save_dir, summary
 
 
@@ -183,7 +217,7 @@ def _round(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
     t0 = time.time()
     rdir.mkdir(parents=True, exist_ok=True)
     stage = rdir / "pruned.json"
-    if stage.exists() and (rdir / "pruned.pt").exists():
+    if opt.resume and stage.exists() and (rdir / "pruned.pt").exists():  # never reuse another run's (--exist-ok)
         pruned = json.loads(stage.read_text())
         model = load_model(rdir / "pruned.pt").to(device)
         LOGGER.info(f"round {k}: reusing {rdir / 'pruned.pt'}")
@@ -194,8 +228,8 @@ def _round(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
         from engine.trainer import train
 
         last = rdir / "weights" / "last.pt"
-        resume = last.exists() and _has_train_state(last)
-        done = (rdir / "weights" / "best.pt").exists() and not resume
+        resume = bool(opt.resume) and last.exists() and _has_train_state(last)
+        done = bool(opt.resume) and (rdir / "weights" / "best.pt").exists() and not resume
         if done:
             model = load_model(rdir / "weights" / "best.pt").to(device)
         else:
@@ -216,7 +250,7 @@ def _round(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
 def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluator, rdir: Path) -> dict:
     t0 = time.time()
     groups = build_groups(model, imgsz=opt.imgsz, ignore=opt.ignore)
-    (rdir / "groups.txt").write_text(groups.dump())
+    write_text(rdir / "groups.txt", groups.dump())
     LOGGER.info(f"round {k}: {len(groups.prunable)} prunable groups of {len(groups.groups)} ({time.time() - t0:.1f}s)")
     if opt.show_groups:
         LOGGER.info(groups.dump())
@@ -243,16 +277,23 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
         compensate_biases(model, groups, removed, input_means(model, groups, removed, images))
     apply_removal(model, groups, removed)
     if opt.bn_recalib > 0 and removed:
-        from engine.oracle import calibration_batches, recalibrate_bn
+        from engine.loss import build_criterion
+        from engine.oracle import calibration_batches, recalibrate_bn_if_better
 
-        batches = calibration_batches(data, opt.imgsz, opt.bn_recalib, min(opt.batch_size, 16), opt.seed + 1, stride)
-        recalibrate_bn(model, batches, device)
-        model.eval()
+        bs = min(opt.batch_size, 16)
+        recal = calibration_batches(data, opt.imgsz, opt.bn_recalib, bs, opt.seed + 1, stride)
+        check = calibration_batches(data, opt.imgsz, min(opt.calib_images, opt.bn_recalib), bs, opt.seed + 2, stride)
+        kept, before, after = recalibrate_bn_if_better(model, recal, check, build_criterion(model, None, opt.imgsz),
+                                                       device)
+        LOGGER.info(f"BN statistics re-estimated on {opt.bn_recalib} images: calibration loss {before:.4f} -> "
+                    f"{after:.4f}, {'kept' if kept else 'discarded (the original statistics are better)'}")
     prune_seconds = time.time() - t0
     LOGGER.info(f"round {k}: pruned {sum(map(len, removed.values()))} channels in {len(removed)} groups: "
                 f"conv FLOPs x{frac:.3f} ({prune_seconds:.1f}s)")
+    from engine.trainer import _storable
+
     ckpt = {
-        "model": copy.deepcopy(model).half(),
+        "model": _storable(model).half(),  # ultralytics' loss args as a dict: loadable by the allowlisted loader
         "epoch": -1,
         "date": datetime.datetime.now().isoformat(),
         "pruning": {"method": opt.method, "round": k, "global": opt.global_ranking, "removed": removed,
@@ -304,38 +345,8 @@ def ensure_base_model(opt, data: dict) -> Path:
     res = train(cfg=opt.base_cfg, data=opt.data, epochs=opt.base_epochs, imgsz=opt.imgsz, batch_size=opt.batch_size,
                 device=opt.device, workers=opt.workers, hyp=opt.base_hyp, optimizer=opt.base_optimizer,
                 seed=opt.seed, save_dir=str(path.parent / f".{tag}-run"), exist_ok=True)
-    _copy_atomic(res.best, path)
+    copy_file(res.best, path)
     return path
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    import os
-    import shutil
-
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def _latency(base: nn.Module, pruned: nn.Module, imgsz: int) -> dict | None:
-    """Base vs pruned onnxruntime CPU batch-1 latency (engine.speed), or None where it cannot run."""
-    try:
-        from engine.speed import compare_latency
-    except ImportError:
-        return None
-    from utils.config import defaults
-
-    try:
-        rows = compare_latency({"base": base, "pruned": pruned}, imgsz, batch_sizes=(1,), backends=("onnxruntime",),
-                               repeats=defaults("export")["compress_repeats"])
-    except Exception as e:  # latency is a report extra: never lose a finished compression run over it
-        LOGGER.warning(f"latency measurement skipped: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-        return None
-    ms = {r["model"]: r["ms_per_image"] for r in rows if r["device"] == "cpu" and r["batch"] == 1}
-    if "base" not in ms or "pruned" not in ms:
-        return None
-    return {"backend": "onnxruntime CPU, batch 1", "threads": rows[0].get("threads"), "base_ms": ms["base"],
-            "pruned_ms": ms["pruned"], "speedup": ms["base"] / ms["pruned"]}
 
 
 def _write_results(summary: dict, path: Path) -> None:
@@ -344,9 +355,7 @@ def _write_results(summary: dict, path: Path) -> None:
     lines = [",".join(cols), ",".join(str(x) for x in ("base", b["params"], b["gflops"], b["map50"], b["map50_95"],
                                                          "", "", ""))]
     lines += [",".join("" if r.get(c) is None else str(r.get(c)) for c in cols) for r in summary["rounds"]]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def _report(summary: dict, opt) -> str:
@@ -367,13 +376,21 @@ def _report(summary: dict, opt) -> str:
                      f"{r['map50_95']:.3f} (pruned {r['map50_95_before_finetune']:.3f}) | - |")
     lines.append(f"| **final** | {a['params']:,} | {a['gflops']:.2f} | {a['map50']:.3f} | {a['map50_95']:.3f} | "
                  f"{ms('pruned')} |")
-    lines += ["", f"FLOPs x{summary['flops_ratio']:.3f}, params x{summary['params_ratio']:.3f}"
-              + (f", speedup x{lat['speedup']:.2f}" if isinstance(lat.get("speedup"), (int, float)) else ""), ""]
+    ratio = summary["flops_ratio"]
+    lines += ["", f"FLOPs x{ratio:.3f} (/{1 / ratio:.2f}), params x{summary['params_ratio']:.3f}" + _speedup_text(lat, ratio), ""]
     if summary.get("image_forwards"):
         lines.append(f"PAGCP oracle: {summary['image_forwards']:,} image-forwards; {summary['seconds']:.0f} s in all")
     lines += ["", "Files: `pruned.pt` final model, `round_k/` (pruned.pt, weights/best.pt, units.txt, channels.json), "
               "`summary.json`, `results.csv`, `rounds.png`, `channels.png`."]
     return "\n".join(lines) + "\n"
+
+
+def _speedup_text(lat: dict, flops_ratio: float) -> str:
+    """The latency speedup next to the FLOPs factor it should approach (issue 7's yardstick)."""
+    if isinstance(lat.get("speedup"), (int, float)):
+        return (f"; latency speedup x{lat['speedup']:.2f} = {lat['speedup'] * flops_ratio:.2f} of the FLOPs factor "
+                f"(onnxruntime CPU, batch 1, {lat['threads']} threads)")
+    return f"; latency {lat['skipped']}" if lat.get("skipped") else ""
 
 
 def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Path,
@@ -397,18 +414,24 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
     criterion = build_criterion(model, None, opt.imgsz)
     oracle = CalibrationOracle(model, batches, criterion, list(criterion.names), device, bn=opt.oracle_bn)
     t = time.time()
-    policy = PAGCP(model, groups, oracle, list(criterion.names), cfg, units=units)
+    journal = save_dir / "units_progress.json"  # decisions so far: --resume continues after the last finished unit
+    if not opt.resume:
+        journal.unlink(missing_ok=True)  # another run's (--exist-ok)
+    policy = PAGCP(model, groups, oracle, list(criterion.names), cfg, units=units, journal=journal)
     removed, decisions = policy.run()
+    calls = policy.oracle_calls  # including the calls made before an interruption
+    forwards = calls * oracle.images
     rows = [d.row(list(criterion.names)) for d in decisions]
-    (save_dir / "units.txt").write_text(
-        f"PAGCP rate {rate} thres {thres} exp {opt.exp} lambda {policy.lam:.5f} topk {opt.topk}\n"
-        f"oracle calls {oracle.calls}, image-forwards {oracle.image_forwards}, {time.time() - t:.1f}s\n"
-        "unit  ch -> kept  ratio  threshold  tripped-by  accepted loss/base  producers\n" + "\n".join(rows) + "\n")
+    write_text(save_dir / "units.txt",
+               f"PAGCP rate {rate} thres {thres} exp {opt.exp} lambda {policy.lam:.5f} topk {opt.topk}\n"
+               f"oracle calls {calls}, image-forwards {forwards}, {time.time() - t:.1f}s\n"
+               "unit  ch -> kept  ratio  threshold  tripped-by  accepted loss/base  producers\n" + "\n".join(rows) + "\n")
     write_json([vars(d) for d in decisions], save_dir / "units.json")
     plot_loss_curves([vars(d) for d in decisions], list(criterion.names), save_dir / "loss_curves.png")
-    LOGGER.info(f"PAGCP: {len(removed)} of {len(units)} units pruned, {oracle.calls} oracle calls, "
-                f"{oracle.image_forwards} image-forwards ({time.time() - t:.1f}s); decisions in units.txt")
-    opt.image_forwards = oracle.image_forwards
+    resumed = f", {policy.resumed_units} units replayed from {journal.name}" if policy.resumed_units else ""
+    LOGGER.info(f"PAGCP: {len(removed)} of {len(units)} units pruned, {calls} oracle calls, "
+                f"{forwards} image-forwards ({time.time() - t:.1f}s{resumed}); decisions in units.txt")
+    opt.image_forwards = forwards
     return removed
 
 

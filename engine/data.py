@@ -11,8 +11,9 @@ so validation reproduces the official YOLOv5 val.py.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import yaml
@@ -25,7 +26,10 @@ IMG_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff"
 
 
 class DataConfigError(ValueError):
-    """A data yaml that cannot be used (missing keys, missing paths, no images)."""
+    """A data yaml that cannot be used (missing keys, missing paths, no images); the message is one line."""
+
+    def __init__(self, msg: str):
+        super().__init__(" ".join(str(msg).splitlines()))  # values quoted from a yaml may hold line breaks
 
 
 def _find_yaml(data: str | Path) -> Path:
@@ -43,7 +47,11 @@ def _resolve_split(root: Path, spec: Any, key: str, yaml_path: Path) -> list[str
     for s in specs:
         q = Path(str(s))
         q = q if q.is_absolute() else root / q
-        if not q.exists():
+        try:
+            found = q.exists()
+        except (OSError, ValueError):  # a name too long or with a NUL byte is no path either
+            found = False
+        if not found:
             hint = f" or download it: python -m utils.downloads {yaml_path}" if _has_download(yaml_path) else ""
             raise DataConfigError(f"data yaml {yaml_path}: '{key}' path {q} does not exist; fix 'path'/'{key}'{hint}")
         out.append(str(q))
@@ -65,9 +73,13 @@ def check_dataset(data: str | Path | dict, splits: tuple[str, ...] = ("val",)) -
     else:
         yaml_path = _find_yaml(data)
         try:
-            d = yaml.safe_load(yaml_path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise DataConfigError(f"data yaml {yaml_path} is not valid YAML: {str(e).splitlines()[0]}") from None
+            text = yaml_path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataConfigError(f"data yaml {yaml_path} cannot be read: {e}") from None
+        try:
+            d = yaml.safe_load(text) or {}
+        except Exception as e:  # YAMLError, and ValueError & co from scalars such as an impossible date
+            raise DataConfigError(f"data yaml {yaml_path} is not valid YAML: {str(e).splitlines()[0] if str(e) else e!r}") from None
         if not isinstance(d, dict):
             raise DataConfigError(f"data yaml {yaml_path} must be a mapping with path/train/val/names keys")
     if d.get("builtin") == "shapes":
@@ -80,16 +92,26 @@ def check_dataset(data: str | Path | dict, splits: tuple[str, ...] = ("val",)) -
     names = d.get("names")
     if not names:
         raise DataConfigError(f"data yaml {yaml_path} has no 'names': add a list or {{index: name}} mapping of classes")
-    names = {i: str(n) for i, n in enumerate(names)} if isinstance(names, list) else {int(k): str(v) for k, v in names.items()}
-    if sorted(names) != list(range(len(names))):
-        raise DataConfigError(f"data yaml {yaml_path}: 'names' keys must be 0..{len(names) - 1}")
-    if "nc" in d and int(d["nc"]) != len(names):
-        raise DataConfigError(f"data yaml {yaml_path}: nc={d['nc']} but {len(names)} names are listed")
+    if not isinstance(names, (list, dict)):
+        raise DataConfigError(f"data yaml {yaml_path}: 'names' must be a list or an {{index: name}} mapping, "
+                              f"got {names!r}")
+    try:
+        names = {i: str(n) for i, n in enumerate(names)} if isinstance(names, list) else \
+            {_index(k): str(v) for k, v in names.items()}
+    except ValueError:
+        names = None
+    if names is None or sorted(names) != list(range(len(names))):
+        raise DataConfigError(f"data yaml {yaml_path}: 'names' keys must be the class indices 0..{len(d['names']) - 1}")
+    if "nc" in d and _index(d["nc"], -1) != len(names):
+        raise DataConfigError(f"data yaml {yaml_path}: nc={d['nc']!r} but {len(names)} names are listed")
 
     root = Path(str(d.get("path") or ""))
     if not root.is_absolute():
-        by_yaml = (yaml_path.parent / root).resolve()
-        root = by_yaml if by_yaml.exists() or not (Path.cwd() / root).exists() else (Path.cwd() / root).resolve()
+        try:
+            by_yaml = (yaml_path.parent / root).resolve()
+            root = by_yaml if by_yaml.exists() or not (Path.cwd() / root).exists() else (Path.cwd() / root).resolve()
+        except (OSError, ValueError, RuntimeError):  # too long, a NUL byte, a symlink loop
+            raise DataConfigError(f"data yaml {yaml_path}: 'path' {d.get('path')!r} is not a usable folder") from None
     out = {**d, "path": str(root), "names": names, "nc": len(names), "yaml_file": str(yaml_path)}
     for key in splits:
         if not d.get(key):
@@ -98,6 +120,19 @@ def check_dataset(data: str | Path | dict, splits: tuple[str, ...] = ("val",)) -
         if not img_files(out[key]):
             raise DataConfigError(f"data yaml {yaml_path}: '{key}' has no images under {', '.join(out[key])}")
     return out
+
+
+def _index(v: Any, bad: int | None = None) -> int:
+    """An integer-valued yaml scalar (2, '2', 2.0) as int; anything else raises ValueError (or returns `bad`)."""
+    try:
+        i = int(v)
+        if isinstance(v, bool) or i != float(v):
+            raise ValueError
+        return i
+    except (TypeError, ValueError, OverflowError):
+        if bad is None:
+            raise ValueError(f"not a class index: {v!r}") from None
+        return bad
 
 
 def img_files(paths: list[str]) -> list[str]:
@@ -115,6 +150,33 @@ def img_files(paths: list[str]) -> list[str]:
         elif p.suffix.lower() in IMG_SUFFIXES:
             files.append(str(p))
     return files
+
+
+def checked_dataset(make: Callable[[], Any], what: str) -> Any:
+    """Build an ultralytics dataset with make(). Label files with a bad class id, NaN, out-of-range
+    coordinates or a wrong column count are skipped by ultralytics (each named in its log); here they are
+    counted in one warning line, and a split left with no usable image becomes one DataConfigError line."""
+    try:
+        ds = make()
+    except (RuntimeError, ValueError) as e:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # ultralytics colours its prefixes
+        if "No valid images" not in text and "No labels found" not in text:
+            raise
+        lines = [x.strip() for x in text.splitlines() if x.strip()]
+        first = next((x for x in lines[1:] if "ignoring corrupt" in x), "")
+        why = f"; first problem: {first.split('ignoring corrupt image/label: ')[-1]}" if first else ""
+        raise DataConfigError(f"{what}: no usable image/label pair ({lines[0]}){why}") from None
+    if not ds.im_files:  # older ultralytics only warns and goes on with an empty dataset
+        raise DataConfigError(f"{what}: no usable image/label pair (every label file is corrupt, see above)")
+    # ultralytics keeps one label file per image found but only the usable images
+    ds.n_corrupt = max(len(getattr(ds, "label_files", ds.im_files)) - len(ds.im_files), 0)
+    if ds.n_corrupt:
+        from utils.general import LOGGER
+
+        LOGGER.warning(f"{what}: skipped {ds.n_corrupt} of {ds.n_corrupt + len(ds.im_files)} images whose "
+                       "labels are corrupt (bad class id, NaN, coordinates out of range or wrong column count; "
+                       "each is named above)")
+    return ds
 
 
 def _yolo_dataset_cls():
@@ -149,7 +211,7 @@ def build_val_loader(data: dict, split: str, imgsz: int, batch_size: int, stride
     from ultralytics.data.build import build_dataloader
 
     hyp = get_cfg()
-    dataset = _yolo_dataset_cls()(
+    dataset = checked_dataset(lambda: _yolo_dataset_cls()(
         img_path=data[split],
         imgsz=imgsz,
         batch_size=batch_size,
@@ -162,7 +224,7 @@ def build_val_loader(data: dict, split: str, imgsz: int, batch_size: int, stride
         pad=pad,
         prefix=f"{split}: ",
         data={**data, "channels": 3},
-    )
+    ), f"{data.get('yaml_file', 'data')} '{split}'")
     workers = min(workers, os.cpu_count() or 1, batch_size)
     return build_dataloader(dataset, batch_size, workers, shuffle=False, rank=-1)
 

@@ -31,13 +31,14 @@ import torch.distributed as dist
 import torch.nn as nn
 import yaml
 
-from engine.data import DATA_DIR, build_val_loader, check_dataset
+from engine.data import DATA_DIR, build_val_loader, check_dataset, checked_dataset
 from engine.distill import OutputDistiller
 from engine.loss import build_criterion
 from engine.validator import ValResult, format_table, validate
 from models.loader import fuse_model, load_model, reset_classes
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.config import defaults
+from utils.files import write_text
 from utils.general import LOGGER, UsageError, increment_path, select_device
 
 CALLBACK_EVENTS = ("on_train_start", "on_train_epoch_start", "on_train_batch_start", "on_after_backward",
@@ -235,8 +236,9 @@ class Trainer:
         from ultralytics.utils.torch_utils import torch_distributed_zero_first
 
         with torch_distributed_zero_first(self.local_rank):  # rank 0 writes the label cache first
-            dataset = build_yolo_dataset(self.data_cfg, data["train"], batch, {**data, "channels": 3}, mode="train",
-                                         stride=stride)
+            dataset = checked_dataset(lambda: build_yolo_dataset(self.data_cfg, data["train"], batch,
+                                                                 {**data, "channels": 3}, mode="train", stride=stride),
+                                      f"{data['yaml_file']} 'train'")
         workers = min(self.opt.workers, os.cpu_count() or 1)
         loader = build_dataloader(dataset, batch, workers, shuffle=True, rank=self.rank,
                                   device=self.device)
@@ -262,13 +264,6 @@ class Trainer:
         with torch_distributed_zero_first(self.local_rank):
             data = check_dataset(opt.data, splits=("train", "val"))
         self.data = data
-        self.save_dir = save_dir = self._save_dir()
-        wdir = save_dir / "weights"
-        if self.main:
-            wdir.mkdir(parents=True, exist_ok=True)
-            (save_dir / "hyp.yaml").write_text(yaml.safe_dump(self.hyp, sort_keys=False))
-            (save_dir / "opt.yaml").write_text(yaml.safe_dump(_plain(vars(opt)), sort_keys=False))
-
         model = self._build_model(data, ckpt).to(device)
         self._prepare_params(model)
         stride = int(max(float(model.stride.max()), 32))
@@ -287,6 +282,13 @@ class Trainer:
         self.train_set, loader = self._train_loader(data, batch, stride)
         nb = len(loader)
         val_loader = build_val_loader(data, "val", imgsz, batch * 2, stride, opt.workers) if self.main else None
+        # the inputs (weights, data, labels) are usable: only now is the run folder created
+        self.save_dir = save_dir = self._save_dir()
+        wdir = save_dir / "weights"
+        if self.main:
+            wdir.mkdir(parents=True, exist_ok=True)
+            write_text(save_dir / "hyp.yaml", yaml.safe_dump(self.hyp, sort_keys=False))
+            write_text(save_dir / "opt.yaml", yaml.safe_dump(_plain(vars(opt)), sort_keys=False))
 
         optimizer = self._optimizer(model, accumulate, batch)
         epochs, lrf = opt.epochs, self.hyp.get("lrf", 0.01)
@@ -436,9 +438,9 @@ class Trainer:
                 self.metrics = res
                 if not opt.nosave or final:
                     state = self._checkpoint(model, ema, optimizer, scaler, epoch, best_fitness, best_epoch, res)
-                    save_checkpoint(state, wdir / "last.pt")
-                    if improved:
+                    if improved:  # before last.pt: a kill in between never leaves a best.pt older than last.pt says
                         save_checkpoint(state, wdir / "best.pt")
+                    save_checkpoint(state, wdir / "last.pt")
                     if opt.save_period > 0 and (epoch + 1) % opt.save_period == 0:
                         save_checkpoint(state, wdir / f"epoch{epoch + 1}.pt")
                 if improved:
@@ -563,9 +565,7 @@ def _write_csv(rows: list[dict], path: Path) -> None:
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
-    tmp = path.with_suffix(".csv.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    write_text(path, buf.getvalue())
 
 
 def _read_csv(path: Path) -> list[dict]:

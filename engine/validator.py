@@ -9,7 +9,6 @@ NMS and AP code; this module supplies the glue and the per-family output adapter
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -279,13 +278,7 @@ def coco_evaluate(pred_json: Path, anno_json: Path, image_ids: list) -> dict:
 
 
 def write_json(obj, path: Path) -> Path:
-    """Atomic JSON write (temporary file, then rename)."""
-    import os
-    import tempfile
+    """Atomic JSON write (temporary file, then rename; see utils.files)."""
+    from utils import files
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-    return path
+    return files.write_json(obj, path)

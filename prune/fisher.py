@@ -55,6 +55,12 @@ class GroupFisher:
         self.steps = 0
         self.flops_base = estimate_flops(groups, {})[0]
         self.history: list[tuple[int, int, int]] = []  # (step, group, position) of every masked channel
+        # refuse an unreachable target now: training would otherwise never reach `done` and run all its epochs
+        floor = {g.id: list(range(len(g) - max(min_keep, 1))) for g in groups.prunable if len(g) > max(min_keep, 1)}
+        least = estimate_flops(groups, floor)[1] / self.flops_base
+        if least > target_flops:
+            raise ValueError(f"--target-flops {target_flops:.3f} cannot be reached: keeping {max(min_keep, 1)} "
+                             f"channel(s) per group (--min-channels) leaves at least {least:.3f} of the base FLOPs")
 
     def attach(self) -> GroupFisher:
         self.masks.attach()

@@ -15,12 +15,19 @@ Departures from the reference code, on purpose:
     without the guard the oracle would then accept the largest ratio everywhere;
   * trials are masks on the live model and the oracle is any callable returning per-task losses (a
     calibration subset in compress.py), not full validation passes.
+
+With a `journal` path the pass survives a kill: after every unit the decisions so far and the oracle
+state (original and current base losses, threshold, stopped flag) are written atomically; a later run
+with the same settings re-applies the finished units' masks without oracle calls and continues from
+the next unit, so it ends exactly where an uninterrupted pass would.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -92,12 +99,15 @@ def solve_lambda(rate: float, thres: float, n_units: int) -> float:
 
 class PAGCP:
     def __init__(self, model: nn.Module, groups: GroupSet, task_losses: Callable[[], np.ndarray],
-                 tasks: list[str], cfg: PAGCPConfig, units: list[Group] | None = None, progress: bool = True):
+                 tasks: list[str], cfg: PAGCPConfig, units: list[Group] | None = None, progress: bool = True,
+                 journal: str | Path | None = None):
         self.model, self.groups, self.task_losses, self.tasks, self.cfg = model, groups, task_losses, tasks, cfg
         self.units = units if units is not None else groups.prunable
         self.masks = ChannelMasks(model, groups)
         self.oracle_calls = 0
+        self.resumed_units = 0  # units replayed from the journal
         self.progress = progress
+        self.journal = Path(journal) if journal else None
         self._in_cols = self._input_columns()
 
     # ---------------------------------------------------------------- saliency on the pruned model
@@ -151,51 +161,99 @@ class PAGCP:
         cfg = self.cfg
         self.lam = solve_lambda(cfg.initial_rate, cfg.initial_thres, len(self.units)) if cfg.exp else 1.0
         units = self.order()
-        decisions: list[UnitDecision] = []
         base_flops, _ = estimate_flops(self.groups, {})
         with self.masks:
             original = self._losses()
-            base = original.copy()
-            thres = cfg.initial_rate
-            stopped = False
-            it = units
+            state = self._load_journal(units, original)
+            if state is None:
+                decisions: list[UnitDecision] = []
+                base, thres, stopped = original.copy(), cfg.initial_rate, False
+            else:  # the journal's values, not recomputed ones, so the rest of the pass is identical
+                decisions = [UnitDecision(**d) for d in state["decisions"]]
+                original, base = np.asarray(state["original"]), np.asarray(state["base"])
+                thres, stopped = state["thres"], state["stopped"]
+                for d in decisions:
+                    if d.removed:
+                        self.masks.set_removed(d.group, d.removed)
+                self.resumed_units = len(decisions)
+            todo = units[len(decisions):]
+            it = todo
             if self.progress:
                 from ultralytics.utils import TQDM
 
-                it = TQDM(units, desc="PAGCP units")
+                it = TQDM(todo, desc="PAGCP units", total=len(units), initial=len(decisions))
             for g in it:
                 d = UnitDecision(g.id, g.producers, len(g), threshold=thres)
+                if not stopped:
+                    base, thres, stopped = self._visit(g, d, base, thres, original, base_flops)
                 decisions.append(d)
-                if stopped:
-                    continue
-                order = np.argsort(self.saliency(g), kind="stable")
-                accepted, acc_loss, last_n = 0.0, base.copy(), 0
-                for r in cfg.ratios():
-                    n_rm = len(g) - keep_count(len(g), int(round(r * len(g))), cfg.divisor, cfg.min_keep)
-                    if n_rm == last_n:
-                        continue  # rounding gave the same cut as the previous ratio
-                    self.masks.set_removed(g.id, order[:n_rm])
-                    losses = self._losses()
-                    d.trials += 1
-                    d.curve.append([r, *(losses / np.maximum(base, 1e-12)).tolist()])
-                    over = losses > (1 + thres) * base
-                    if over.any():
-                        d.tripped_by = self.tasks[int(np.argmax(losses / np.maximum(base, 1e-12) * over))]
-                        break
-                    accepted, acc_loss, last_n = r, losses, n_rm
-                self.masks.set_removed(g.id, order[:last_n])
-                d.ratio, d.removed = (accepted, sorted(order[:last_n].tolist())) if last_n else (0.0, [])
-                d.loss_ratios = (acc_loss / np.maximum(base, 1e-12)).tolist()
-                if last_n:
-                    d.flops_removed = base_flops - estimate_flops(self.groups, {g.id: d.removed})[1]
-                    base = np.maximum(base, acc_loss)
-                    thres *= self.lam
-                    if (base > cfg.initial_thres * original).any():
-                        stopped = True  # cumulative budget spent: the guard against a broken model
+                self._save_journal(units, decisions, original, base, thres, stopped)
             self.masks.reset()
         decisions = self._topk(decisions)
         removed = {d.group: d.removed for d in decisions if d.removed}
         return removed, decisions
+
+    def _visit(self, g: Group, d: UnitDecision, base: np.ndarray, thres: float, original: np.ndarray,
+               base_flops: float) -> tuple[np.ndarray, float, bool]:
+        """Search one unit's ratio on the current masked model; fills d, returns the new (base, thres, stopped)."""
+        cfg = self.cfg
+        order = np.argsort(self.saliency(g), kind="stable")
+        accepted, acc_loss, last_n = 0.0, base.copy(), 0
+        for r in cfg.ratios():
+            n_rm = len(g) - keep_count(len(g), int(round(r * len(g))), cfg.divisor, cfg.min_keep)
+            if n_rm == last_n:
+                continue  # rounding gave the same cut as the previous ratio
+            self.masks.set_removed(g.id, order[:n_rm])
+            losses = self._losses()
+            d.trials += 1
+            d.curve.append([r, *(losses / np.maximum(base, 1e-12)).tolist()])
+            over = losses > (1 + thres) * base
+            if over.any():
+                d.tripped_by = self.tasks[int(np.argmax(losses / np.maximum(base, 1e-12) * over))]
+                break
+            accepted, acc_loss, last_n = r, losses, n_rm
+        self.masks.set_removed(g.id, order[:last_n])
+        d.ratio, d.removed = (accepted, sorted(order[:last_n].tolist())) if last_n else (0.0, [])
+        d.loss_ratios = (acc_loss / np.maximum(base, 1e-12)).tolist()
+        stopped = False
+        if last_n:
+            d.flops_removed = base_flops - estimate_flops(self.groups, {g.id: d.removed})[1]
+            base = np.maximum(base, acc_loss)
+            thres *= self.lam
+            stopped = bool((base > cfg.initial_thres * original).any())  # cumulative budget spent: broken-model guard
+        return base, thres, stopped
+
+    # ---------------------------------------------------------------- progress journal (resume within a pass)
+    def _fingerprint(self, units: list[Group]) -> dict:
+        return {"config": asdict(self.cfg), "lambda": self.lam, "tasks": list(self.tasks),
+                "units": [[g.id, len(g)] for g in units]}
+
+    def _save_journal(self, units, decisions, original, base, thres, stopped) -> None:
+        if self.journal is None:
+            return
+        from utils.files import write_json
+
+        write_json({**self._fingerprint(units), "original": original.tolist(), "base": base.tolist(),
+                    "thres": thres, "stopped": stopped, "oracle_calls": self.oracle_calls,
+                    "decisions": [asdict(d) for d in decisions]}, self.journal, indent=None)
+
+    def _load_journal(self, units: list[Group], original: np.ndarray) -> dict | None:
+        """The journal's state if it belongs to this pass (same settings, units and unpruned losses), else None
+        when there is none; refuses one written for other settings or another model."""
+        if self.journal is None or not self.journal.exists():
+            return None
+        try:
+            state = json.loads(self.journal.read_text())
+        except (OSError, ValueError):
+            return None  # damaged or edited by hand: redo the pass rather than trust it
+        hint = "resume with the same flags, or delete it to redo this round's pruning"
+        if {k: state.get(k) for k in ("config", "lambda", "tasks", "units")} != self._fingerprint(units):
+            raise ValueError(f"{self.journal} was written by a PAGCP pass with other settings or another model; {hint}")
+        if not np.allclose(state["original"], original, rtol=1e-3, atol=1e-6):
+            raise ValueError(f"{self.journal}: the unpruned losses differ from this model's on the calibration "
+                             f"images (another model or dataset?); {hint}")
+        self.oracle_calls += state.get("oracle_calls", 0) - 1  # the first call was repeated above
+        return state
 
     def _topk(self, decisions: list[UnitDecision]) -> list[UnitDecision]:
         if self.cfg.topk >= 1.0:

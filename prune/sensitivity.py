@@ -50,7 +50,7 @@ def parse_pruning_params(text) -> float | list[tuple[int, float]]:
         raise ValueError(f"--pruning-params must be a float or a list of (layer, rate) pairs, got {text!r}") from None
     bad = [p for p in pairs if not 0 < p[1] < 1]
     if bad:
-        raise ValueError(f"--pruning-params rates must be in (0, 1): {bad}")
+        raise ValueError(f"--pruning-params rates must be in (0, 1) (a rate of 1 would empty the layer): {bad}")
     return pairs
 
 

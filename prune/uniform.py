@@ -73,3 +73,14 @@ def solve_ratio_for_flops(groups: GroupSet, planner, target: float, tol: float =
             f"{estimate_flops(groups, planner(groups, ratio=0.99, **kw))[1] / base:.3f} of the base FLOPs"
         )
     return best, best_frac
+
+
+def min_flops_share(groups: GroupSet, divisor: int = 1, min_keep: int = 1) -> float:
+    """The least share of the base FLOPs any plan can reach: every prunable group cut to its minimum."""
+    base, _ = estimate_flops(groups, {})
+    floor = {}
+    for g in groups.prunable:
+        n_rm = len(g) - keep_count(len(g), len(g), divisor, min_keep)
+        if n_rm > 0:
+            floor[g.id] = list(range(n_rm))
+    return estimate_flops(groups, floor)[1] / base

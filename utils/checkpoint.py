@@ -17,9 +17,7 @@ Refusal happens when the global is looked up, i.e. before it could be used.
 from __future__ import annotations
 
 import importlib
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -212,17 +210,8 @@ def load_checkpoint(path: str | Path, trust: bool = False, map_location: str | t
 
 
 def save_checkpoint(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temporary file in the same folder, then rename: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """torch.save to a temporary file in the same folder, then rename: readers never see a partial file, and
+    a full disk is one clear error (utils.files.DiskFullError) that leaves the previous file intact."""
+    from utils.files import atomic_write
+
+    return atomic_write(path, lambda f: torch.save(obj, f))
