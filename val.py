@@ -100,11 +100,11 @@ def run(
     model.to(device)
     stride = int(max(model.stride.max(), 32))
     imgsz = (imgsz + stride - 1) // stride * stride
-    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     n_params, n_gflops, summary = model_summary(model, imgsz)
     LOGGER.info(summary)
 
     loader = build_val_loader(data_dict, task, imgsz, batch_size, stride, workers, single_cls)
+    save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)  # only once the inputs are usable
     coco_ids = save_json and is_coco_named(data_dict["names"])
     res, jdict = validate(
         model,

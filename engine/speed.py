@@ -13,7 +13,6 @@ Fairness rules used everywhere here:
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import tempfile
@@ -26,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from utils.config import defaults
+from utils.files import write_json
 from utils.general import LOGGER, increment_path, select_device
 
 
@@ -212,7 +212,7 @@ def run_speed(weights, imgsz=640, batch_size=None, device="", half=False, projec
     title = (f"Latency of {name_} at {imgsz}x{imgsz}: median per image after {warmup} warm-up runs, {repeats} runs, "
              f"{threads} CPU threads for PyTorch and onnxruntime")
     LOGGER.info(format_rows(rows, title))
-    (save_dir / "speed.json").write_text(json.dumps(result, indent=2))
+    write_json(result, save_dir / "speed.json")
     LOGGER.info(f"Results saved to {save_dir / 'speed.json'}")
     return result, save_dir
 

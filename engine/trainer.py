@@ -357,8 +357,10 @@ class Trainer:
                         f"starting training for {epochs} epochs...")
         from ultralytics.utils import TQDM
 
+        ran = 0  # epochs this call trained (0 for --epochs 0, or a finished run resumed)
         for epoch in range(start_epoch, epochs):
             self.epoch = epoch
+            ran += 1
             net.train()
             if opt.close_mosaic and epoch == epochs - opt.close_mosaic:
                 LOGGER.info("closing mosaic/mixup for the last epochs")
@@ -460,7 +462,7 @@ class Trainer:
                 break
 
         result = TrainResult(save_dir=save_dir, best=None, last=None, model=None, metrics=best_metrics,
-                             epochs=self.epoch + 1 - start_epoch, seconds=time.time() - t_start)
+                             epochs=ran, seconds=time.time() - t_start)
         if self.main:
             last, best = wdir / "last.pt", wdir / "best.pt"
             for f in (last, best):
@@ -475,7 +477,7 @@ class Trainer:
             if best_metrics:
                 LOGGER.info(f"best epoch {best_epoch + 1}: fitness {best_fitness:.4f}, mAP50 {best_metrics['map50']:.3f}"
                             f", mAP50-95 {best_metrics['map50_95']:.3f}")
-            LOGGER.info(f"{self.epoch + 1 - start_epoch} epochs completed in {(time.time() - t_start) / 3600:.3f} "
+            LOGGER.info(f"{ran} epochs completed in {(time.time() - t_start) / 3600:.3f} "
                         f"hours.\nResults saved to {save_dir}")
         self._run_callbacks("on_train_end")
         if self.world > 1 and dist.is_initialized():

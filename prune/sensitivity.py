@@ -64,7 +64,7 @@ def layer_plan(groups: GroupSet, scores: dict[int, np.ndarray], params, divisor:
     for gid, rate in rates.items():
         g = by_id.get(gid)
         if g is None or not g.prunable:
-            raise ValueError(f"layer {gid} is not a prunable layer (see --show-layers)")
+            raise ValueError(f"layer {gid} is not a prunable layer (ids: compress.py --show-groups)")
         n_rm = int(round(rate * len(g)))
         n_rm -= n_rm % 2
         n_rm = len(g) - keep_count(len(g), n_rm, divisor, min_keep)
