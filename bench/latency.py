@@ -25,6 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+
 import utils  # noqa: E402,F401
 from engine.speed import compare_latency, environment, resolve_threads  # noqa: E402
 from models.loader import load_model  # noqa: E402
@@ -36,6 +38,7 @@ from utils.flops import count_params, gflops  # noqa: E402
 
 def pruned_variants(cfg: str, imgsz: int, targets: list[float], divisors: list[int], global_ranking: bool) -> dict:
     """{name: model}: the base model and one engine-pruned copy per (planner, target, divisor)."""
+    torch.manual_seed(0)  # yaml models are random: the same weights, hence the same L1 plans, every run
     base = load_model(cfg).eval()
     groups = build_groups(base, imgsz=min(imgsz, 320))
     scores = {g.id: get_criterion("l1")(base, g) for g in groups.prunable}
