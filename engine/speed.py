@@ -6,8 +6,8 @@ Fairness rules used everywhere here:
     (inter-op 1, sequential execution);
   * models compared with each other are timed interleaved (one run of each in turn, the order rotating
     every round), so drift (thermal, other processes) hits them alike;
-  * each runtime is timed in its own phase: onnxruntime's and OpenMP's spinning worker threads would
-    otherwise steal cores from the other runtime's runs;
+  * each runtime is timed in its own phase, and onnxruntime's pool threads do not spin when idle: spinning
+    workers would otherwise steal cores from the other runtime's, or the next session's, runs;
   * inputs are prepared once; ONNX files are static-shape exports of the fused model (FP32 on CPU).
 """
 
@@ -52,6 +52,9 @@ def ort_session(onnx_file: str | Path, threads: int, cuda: bool = False):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    # idle pool threads must not spin: with sessions timed interleaved, one session's spinning workers steal
+    # the cores from the next one's run (yolov5n at 640, 2 threads: 76 ms per image spinning, 32 ms not)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
     return ort.InferenceSession(str(onnx_file), so, providers=providers)
 
