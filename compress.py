@@ -45,6 +45,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--compression", default=d["compression"], choices=("global", "backbone"), help="PAGCP units")
     p.add_argument("--prunemethod", default=d["prunemethod"], choices=("L1", "L2", "l1", "l2"), help="PAGCP saliency")
     p.add_argument("--ratio-step", type=float, default=d["ratio_step"], help="PAGCP: ratio grid step (0.05 = reference)")
+    p.add_argument("--ratio-search", default=d["ratio_search"], choices=("linear", "gallop"),
+                   help="PAGCP: every ratio up to the first trip (reference), or galloping + bisection (fewer calls)")
     p.add_argument("--round", type=int, default=0, help="PAGCP round index (with --rate_slope/--thres_slope)")
     p.add_argument("--rate_slope", type=float, default=0.0, help="PAGCP: initial_rate += round * rate_slope")
     p.add_argument("--thres_slope", type=float, default=0.0, help="PAGCP: initial_thres += round * thres_slope")

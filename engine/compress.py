@@ -404,7 +404,8 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
     rate = opt.initial_rate + round_index * opt.rate_slope
     thres = opt.initial_thres + round_index * opt.thres_slope
     cfg = PAGCPConfig(initial_rate=rate, initial_thres=thres, exp=opt.exp, topk=opt.topk, step=opt.ratio_step,
-                      criterion=opt.prunemethod.lower(), divisor=opt.divisor, min_keep=opt.min_channels)
+                      criterion=opt.prunemethod.lower(), divisor=opt.divisor, min_keep=opt.min_channels,
+                      search=opt.ratio_search)
     units = groups.prunable
     if opt.compression == "backbone":
         n_backbone = len((getattr(model, "yaml", None) or {}).get("backbone", [])) or len(model.model)

@@ -50,6 +50,7 @@ class PAGCPConfig:
     criterion: str = "l1"  # l1 | l2 saliency inside a unit, recomputed on the pruned model
     divisor: int = 1
     min_keep: int = 1
+    search: str = "linear"  # linear: every ratio up to the first trip (the reference); gallop: see _search_gallop
 
     def ratios(self) -> list[float]:
         n = int(math.floor(self.max_ratio / self.step + 1e-9))
@@ -198,20 +199,32 @@ class PAGCP:
         """Search one unit's ratio on the current masked model; fills d, returns the new (base, thres, stopped)."""
         cfg = self.cfg
         order = np.argsort(self.saliency(g), kind="stable")
-        accepted, acc_loss, last_n = 0.0, base.copy(), 0
+        cuts, last = [], 0  # distinct (ratio, channels removed) on the grid: rounding can repeat a cut
         for r in cfg.ratios():
             n_rm = len(g) - keep_count(len(g), int(round(r * len(g))), cfg.divisor, cfg.min_keep)
-            if n_rm == last_n:
-                continue  # rounding gave the same cut as the previous ratio
+            if n_rm != last:
+                cuts.append((r, n_rm))
+                last = n_rm
+
+        tripped: dict[int, str] = {}  # cut index -> task whose loss went over
+
+        def trips(i: int) -> tuple[bool, np.ndarray]:
+            r, n_rm = cuts[i]
             self.masks.set_removed(g.id, order[:n_rm])
             losses = self._losses()
             d.trials += 1
             d.curve.append([r, *(losses / np.maximum(base, 1e-12)).tolist()])
             over = losses > (1 + thres) * base
             if over.any():
-                d.tripped_by = self.tasks[int(np.argmax(losses / np.maximum(base, 1e-12) * over))]
-                break
-            accepted, acc_loss, last_n = r, losses, n_rm
+                tripped[i] = self.tasks[int(np.argmax(losses / np.maximum(base, 1e-12) * over))]
+            return bool(over.any()), losses
+
+        search = self._search_gallop if cfg.search == "gallop" else self._search_linear
+        best, acc_loss = search(len(cuts), trips)
+        d.tripped_by = tripped.get(best + 1, "")  # the cut right after the kept one ('' = the grid never tripped)
+        d.curve.sort(key=lambda c: c[0])
+        accepted, last_n = cuts[best] if best >= 0 else (0.0, 0)
+        acc_loss = base.copy() if best < 0 else acc_loss
         self.masks.set_removed(g.id, order[:last_n])
         d.ratio, d.removed = (accepted, sorted(order[:last_n].tolist())) if last_n else (0.0, [])
         d.loss_ratios = (acc_loss / np.maximum(base, 1e-12)).tolist()
@@ -222,6 +235,40 @@ class PAGCP:
             thres *= self.lam
             stopped = bool((base > cfg.initial_thres * original).any())  # cumulative budget spent: broken-model guard
         return base, thres, stopped
+
+    @staticmethod
+    def _search_linear(n: int, trips) -> tuple[int, np.ndarray | None]:
+        """The reference: try cuts in order, keep the one before the first that trips. (index, its losses)"""
+        best, best_loss = -1, None
+        for i in range(n):
+            over, losses = trips(i)
+            if over:
+                break
+            best, best_loss = i, losses
+        return best, best_loss
+
+    @staticmethod
+    def _search_gallop(n: int, trips) -> tuple[int, np.ndarray | None]:
+        """Same answer as the linear scan when the losses grow with the ratio, in O(log) oracle calls: probe cuts
+        0, 1, 3, 7, ... until one trips, then bisect between the last that held and it. Most units trip early,
+        so the probes start small."""
+        best, best_loss, hi, step = -1, None, n, 1
+        i = 0
+        while i < n:
+            over, losses = trips(i)
+            if over:
+                hi = i
+                break
+            best, best_loss = i, losses
+            i, step = i + step, step * 2
+        while hi - best > 1:  # invariant: best holds (or is -1, no cut), hi trips (or is n, past the grid)
+            mid = (best + hi) // 2
+            over, losses = trips(mid)
+            if over:
+                hi = mid
+            else:
+                best, best_loss = mid, losses
+        return best, best_loss
 
     # ---------------------------------------------------------------- progress journal (resume within a pass)
     def _fingerprint(self, units: list[Group]) -> dict:

@@ -81,3 +81,33 @@ def test_topk_keeps_only_the_best_units(model_and_groups):
     n_full = sum(1 for d in full if d.removed)
     n_top = sum(1 for d in top if d.removed)
     assert n_top == int(n_full * 0.5)
+
+
+@pytest.mark.parametrize("first_trip", range(0, 20))
+def test_gallop_search_finds_the_linear_answer_on_monotone_losses(first_trip):
+    """Wherever the first tripping cut is on a 19-cut grid (19: never trips), galloping + bisection keeps the
+    same cut as the reference's linear scan, in O(log) oracle calls."""
+    grid, calls = 19, {"linear": [], "gallop": []}
+    for name, search in (("linear", PAGCP._search_linear), ("gallop", PAGCP._search_gallop)):
+        def trips(i, name=name):
+            calls[name].append(i)
+            return i >= first_trip, np.array([float(i)])
+
+        best, loss = search(grid, trips)
+        assert best == first_trip - 1 and (loss is None if best < 0 else loss[0] == best)
+    assert len(calls["linear"]) == min(first_trip + 1, grid)
+    assert len(calls["gallop"]) <= 2 * (first_trip + 1).bit_length() + 1
+
+
+def test_gallop_search_on_a_model_matches_linear(model_and_groups):
+    """On the stand-in oracle (losses grow with the cut) both searches make the same decisions."""
+    m, groups = model_and_groups
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for search in ("linear", "gallop"):
+        cfg = PAGCPConfig(initial_rate=0.05, initial_thres=3.0, exp=True, step=0.1, search=search)
+        policy = PAGCP(m, groups, _oracle(m, x), ["box", "obj", "cls"], cfg, progress=False)
+        removed, decisions = policy.run()
+        out[search] = (removed, policy.oracle_calls, [d.tripped_by for d in decisions])
+    assert out["gallop"][0] == out["linear"][0] and out["gallop"][2] == out["linear"][2]
+    assert out["gallop"][1] <= out["linear"][1]
