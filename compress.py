@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
-from utils.config import defaults
+from utils.config import defaults, explicit_flags
 from utils.general import UsageError
 
 
@@ -120,18 +120,6 @@ def parse_opt(argv=None) -> argparse.Namespace:
         opt.method = SEED_CRITERIA.get(int(c), c) if str(c).isdigit() else c
     opt.method = opt.method.lower()
     return opt
-
-
-def explicit_flags(p: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """Destinations the user actually typed (recipes and the demo profile must not override them)."""
-    saved = {a.dest: a.default for a in p._actions}
-    try:
-        for a in p._actions:
-            a.default = argparse.SUPPRESS
-        return set(vars(p.parse_known_args(argv)[0]))
-    finally:
-        for a in p._actions:
-            a.default = saved[a.dest]
 
 
 def load_recipe(path: str) -> dict:

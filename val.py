@@ -14,7 +14,7 @@ from pathlib import Path
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
 from engine.sensitivity import add_sensitivity_args, strip_sensitivity_args
-from utils.config import defaults
+from utils.config import defaults, explicit_flags
 from utils.general import LOGGER, UsageError, increment_path, select_device
 
 
@@ -52,6 +52,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
         raise UsageError("--imgsz and --batch-size must be positive")
     if not 0 <= opt.conf_thres <= 1 or not 0 <= opt.iou_thres <= 1:
         raise UsageError("--conf-thres and --iou-thres must be in [0, 1]")
+    if opt.task == "speed" and "batch_size" not in explicit_flags(p, sys.argv[1:] if argv is None else argv):
+        opt.batch_size = None  # --task speed: batch 1 and cfg's speed_batch unless a batch size is given
     return opt
 
 
@@ -172,12 +174,6 @@ def _annotation_json(data: dict, task: str) -> Path | None:
     return p if p.exists() else None
 
 
-def _batch_given(argv) -> bool:
-    """--task speed measures batch 1 and cfg's speed_batch unless a batch size is given explicitly."""
-    args = sys.argv[1:] if argv is None else argv
-    return any(a.split("=")[0] in ("--batch-size", "--batch") for a in args)
-
-
 def main(argv=None) -> int:
     from engine.data import DataConfigError
     from utils.checkpoint import CheckpointError
@@ -194,8 +190,8 @@ def main(argv=None) -> int:
             from engine.speed import run_speed
 
             for w in opt.weights:
-                run_speed(w, opt.imgsz, opt.batch_size if _batch_given(argv) else None, opt.device, opt.half,
-                          opt.project, opt.name, opt.exist_ok, opt.trust_checkpoint)
+                run_speed(w, opt.imgsz, opt.batch_size, opt.device, opt.half, opt.project, opt.name, opt.exist_ok,
+                          opt.trust_checkpoint)
             return 0
         for w in opt.weights:  # several --weights are validated one after another, each in its own run folder
             run(**{**strip_sensitivity_args(vars(opt)), "weights": w})

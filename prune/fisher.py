@@ -28,6 +28,7 @@ import torch.nn as nn
 from prune.groups import GroupSet
 from prune.masks import ChannelMasks
 from prune.surgery import estimate_flops
+from prune.uniform import min_flops_share
 
 
 class GroupFisher:
@@ -56,8 +57,7 @@ class GroupFisher:
         self.flops_base = estimate_flops(groups, {})[0]
         self.history: list[tuple[int, int, int]] = []  # (step, group, position) of every masked channel
         # refuse an unreachable target now: training would otherwise never reach `done` and run all its epochs
-        floor = {g.id: list(range(len(g) - max(min_keep, 1))) for g in groups.prunable if len(g) > max(min_keep, 1)}
-        least = estimate_flops(groups, floor)[1] / self.flops_base
+        least = min_flops_share(groups, 1, min_keep)
         if least > target_flops:
             raise ValueError(f"--target-flops {target_flops:.3f} cannot be reached: keeping {max(min_keep, 1)} "
                              f"channel(s) per group (--min-channels) leaves at least {least:.3f} of the base FLOPs")

@@ -77,10 +77,10 @@ def _ultralytics_log_stream():
     handlers = [h for h in UL.handlers if type(h) is logging.StreamHandler]  # not pytest's own capture handlers
     saved = [h.stream for h in handlers]
     for h in handlers:
-        h.setStream(sys.__stdout__)
+        h.stream = sys.__stdout__  # not setStream(): it flushes the old stream, which may be closed already
     yield
     for h, s in zip(handlers, saved):
-        h.setStream(s)
+        h.stream = s
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,3 +24,15 @@ def defaults(script: str | None = None) -> dict:
     if script:
         d.update(_defaults().get(script) or {})
     return d
+
+
+def explicit_flags(p: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Destinations the user actually typed (recipes and the demo profile must not override them)."""
+    saved = {a.dest: a.default for a in p._actions}
+    try:
+        for a in p._actions:
+            a.default = argparse.SUPPRESS
+        return set(vars(p.parse_known_args(argv)[0]))
+    finally:
+        for a in p._actions:
+            a.default = saved[a.dest]
