@@ -54,6 +54,35 @@ def pruned_variants(cfg: str, imgsz: int, targets: list[float], divisors: list[i
     return out
 
 
+def op_profile(model, imgsz: int, threads: int, runs: int) -> dict[str, float]:
+    """Mean onnxruntime kernel milliseconds per run by operator type (largest first), from its own profiler."""
+    import collections
+    import json
+    import tempfile
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from engine.export import export_onnx, prepare
+
+    with tempfile.TemporaryDirectory() as tmp:
+        f = Path(tmp) / "m.onnx"
+        export_onnx(prepare(model, "cpu"), torch.zeros(1, 3, imgsz, imgsz), f, opset=17)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so.enable_profiling, so.profile_file_prefix = True, str(Path(tmp) / "prof")
+        s = ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
+        x = {s.get_inputs()[0].name: np.random.rand(1, 3, imgsz, imgsz).astype(np.float32)}
+        for _ in range(runs):
+            s.run(None, x)
+        events = json.loads(Path(s.end_profiling()).read_text())
+    total = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            total[e["args"]["op_name"]] += e["dur"] / 1e3 / runs
+    return dict(total.most_common(8))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["yolov5n.yaml", "yolov5s.yaml"],
@@ -69,6 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--json", default="", help="also write the rows to this JSON file")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print onnxruntime's kernel time per operator type for every variant (first thread count)")
     a = ap.parse_args(argv)
     thread_counts = [resolve_threads(t) for t in a.threads]
     backends = ("onnxruntime", "pytorch") if a.pytorch else ("onnxruntime",)
@@ -99,6 +130,11 @@ def main(argv=None) -> int:
             print(f"{r['model']:22s}{r['backend']:13s}{r['threads']:8d}{r['batch']:6d}{params:11,d}{g:8.2f}{r['ms_per_image']:9.2f}"
                   f"{factor:9.2f}{speedup:9.2f}{speedup / factor:15.2f}{ok}")
         report += rows
+        if a.profile:
+            print(f"\nonnxruntime kernel ms per image by operator type ({thread_counts[0]} threads, {a.repeats} runs)")
+            for name, m in models.items():
+                ops = op_profile(m, a.imgsz, thread_counts[0], a.repeats)
+                print(f"{name:22s} total {sum(ops.values()):6.1f}  " + "  ".join(f"{k} {v:.1f}" for k, v in ops.items()))
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2))
     return 0

@@ -110,7 +110,7 @@ def recalibrate_bn_if_better(model: nn.Module, recal_batches: list[dict], check_
     Re-estimation rescues a badly cut model (uniform L1 to 90% FLOPs on official yolov5n: mAP50-95 0.034 ->
     0.113) but estimates from a few images are worse than a release model's own statistics when little was
     cut: re-estimating the uncut yolov5n on 64 coco128 images drops mAP50-95 0.291 -> 0.246, and its
-    calibration losses rise 7-9%, which is what this check sees.
+    calibration losses rise 5-9% (bench/bn_recalib.py), which is what this check sees.
     """
     tasks = list(getattr(criterion, "names", ["loss"]))
     check = CalibrationOracle(model, check_batches, criterion, tasks, device)
