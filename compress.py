@@ -67,6 +67,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
                    help="one ranking across all groups (scores normalized per group)")
     p.add_argument("--bias-compensation", action="store_true", default=d["bias_compensation"],
                    help="fold removed channels' mean activation into their consumers (uses --calib-images)")
+    p.add_argument("--prefix-cache", action=argparse.BooleanOptionalAction, default=d["prefix_cache"],
+                   help="PAGCP oracle: start forwards at the unit's first layer, reusing earlier layers' outputs")
     p.add_argument("--oracle-bn", default=d["oracle_bn"], choices=("running", "batch"),
                    help="PAGCP oracle: BN with running statistics, or each batch's (the loss after --bn-recalib)")
     p.add_argument("--bn-recalib", type=int, default=d["bn_recalib"],

@@ -148,7 +148,8 @@ def run(opt) -> dict:
                                                                                   "map50_95", "precision", "recall")}
     summary["flops_ratio"] = final["gflops"] / summary["base"]["gflops"] if summary["base"]["gflops"] else None
     summary["params_ratio"] = final["params"] / summary["base"]["params"]
-    summary["image_forwards"] = sum(r.get("image_forwards") or 0 for r in summary["rounds"]) or None
+    for key in ("image_forwards", "forward_equivalents"):
+        summary[key] = sum(r.get(key) or 0 for r in summary["rounds"]) or None
     summary["seconds"] = sum(r["seconds"] for r in summary["rounds"])
     summary["groups"] = final.get("groups")  # per group channels before/after, last round
     if opt.latency:
@@ -259,7 +260,7 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
     stride = int(max(model.stride.max(), 32))
     if opt.method == "taylor":
         _accumulate_gradients(model, data, opt, device)
-    opt.image_forwards = None
+    opt.image_forwards = opt.forward_equivalents = None
     if opt.method == "pagcp":
         removed = _plan_pagcp(model, groups, opt, data, device, rdir, round_index=opt.round + k)
     elif opt.method == "fisher":
@@ -304,6 +305,7 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
     write_json(channel_table(model), rdir / "channels.json")
     info = {"pruned_metrics": _measure(model, evaluate, opt.imgsz, f"round {k} pruned"),
             "prune_seconds": prune_seconds, "image_forwards": opt.image_forwards,
+            "forward_equivalents": opt.forward_equivalents,
             "groups_pruned": len(removed), "channels_removed": int(sum(map(len, removed.values()))),
             "groups": group_sizes(groups, removed)}
     write_json(info, rdir / "pruned.json")  # marks the pruning stage done (for --resume)
@@ -379,7 +381,8 @@ def _report(summary: dict, opt) -> str:
     ratio = summary["flops_ratio"]
     lines += ["", f"FLOPs x{ratio:.3f} (/{1 / ratio:.2f}), params x{summary['params_ratio']:.3f}" + _speedup_text(lat, ratio), ""]
     if summary.get("image_forwards"):
-        lines.append(f"PAGCP oracle: {summary['image_forwards']:,} image-forwards; {summary['seconds']:.0f} s in all")
+        eq = f" ({summary['forward_equivalents']:,} full-model equivalents)" if summary.get("forward_equivalents") else ""
+        lines.append(f"PAGCP oracle: {summary['image_forwards']:,} image-forwards{eq}; {summary['seconds']:.0f} s in all")
     lines += ["", "Files: `pruned.pt` final model, `round_k/` (pruned.pt, weights/best.pt, units.txt, channels.json), "
               "`summary.json`, `results.csv`, `rounds.png`, `channels.png`."]
     return "\n".join(lines) + "\n"
@@ -413,7 +416,8 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
     stride = int(max(model.stride.max(), 32))
     batches = calibration_batches(data, opt.imgsz, opt.calib_images, min(opt.batch_size, 16), opt.seed, stride)
     criterion = build_criterion(model, None, opt.imgsz)
-    oracle = CalibrationOracle(model, batches, criterion, list(criterion.names), device, bn=opt.oracle_bn)
+    oracle = CalibrationOracle(model, batches, criterion, list(criterion.names), device, bn=opt.oracle_bn,
+                               prefix_cache=opt.prefix_cache)
     t = time.time()
     journal = save_dir / "units_progress.json"  # decisions so far: --resume continues after the last finished unit
     if not opt.resume:
@@ -425,7 +429,8 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
     rows = [d.row(list(criterion.names)) for d in decisions]
     write_text(save_dir / "units.txt",
                f"PAGCP rate {rate} thres {thres} exp {opt.exp} lambda {policy.lam:.5f} topk {opt.topk}\n"
-               f"oracle calls {calls}, image-forwards {forwards}, {time.time() - t:.1f}s\n"
+               f"oracle calls {calls}, image-forwards {forwards} ({oracle.flop_forwards:,.0f} full-model equivalents "
+               f"by FLOPs: the prefix cache runs only the layers a unit can change), {time.time() - t:.1f}s\n"
                "unit  ch -> kept  ratio  threshold  tripped-by  accepted loss/base  producers\n" + "\n".join(rows) + "\n")
     write_json([vars(d) for d in decisions], save_dir / "units.json")
     plot_loss_curves([vars(d) for d in decisions], list(criterion.names), save_dir / "loss_curves.png")
@@ -433,6 +438,7 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
     LOGGER.info(f"PAGCP: {len(removed)} of {len(units)} units pruned, {calls} oracle calls, "
                 f"{forwards} image-forwards ({time.time() - t:.1f}s{resumed}); decisions in units.txt")
     opt.image_forwards = forwards
+    opt.forward_equivalents = round(oracle.flop_forwards)  # this run's calls only (a resumed pass replayed some)
     return removed
 
 

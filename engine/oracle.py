@@ -4,6 +4,8 @@
 The reference evaluates the whole validation set for every ratio of every unit. Here a seeded subset of
 `n_images` training images is letterboxed once and kept in memory; every oracle call is one forward
 over it with the current masks (no copies of the model), so a decision costs n_images image-forwards.
+With the prefix cache those forwards start at the unit's first layer: the outputs of the layers before it
+(which the unit's masks cannot change) are computed once per unit and reused by every ratio tried.
 """
 
 from __future__ import annotations
@@ -16,27 +18,108 @@ import torch
 import torch.nn as nn
 
 
+def sequential_layers(model: nn.Module) -> bool:
+    """True for YOLO models that run their layer list in order (models/yolo.py, ultralytics DetectionModel): each
+    layer has .f (inputs) and .i (index) and the model a .save set. Only those can start a forward mid-network."""
+    layers = getattr(model, "model", None)
+    return (isinstance(layers, (nn.ModuleList, nn.Sequential)) and hasattr(model, "save")
+            and (hasattr(model, "_forward_once") or hasattr(model, "_predict_once"))
+            and all(hasattr(m, "f") and hasattr(m, "i") for m in layers))
+
+
+def _inputs(m: nn.Module, x, y: list):
+    if m.f == -1:
+        return x
+    return y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+
+
+def run_prefix(model: nn.Module, x: torch.Tensor, start: int) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """Layers [0, start): (the last one's output, the earlier outputs that layers >= start read)."""
+    needed = set()
+    for m in model.model[start:]:
+        for j in [m.f] if isinstance(m.f, int) else m.f:
+            if j != -1:
+                needed.add(j if j >= 0 else m.i + j)
+    y = []
+    for m in model.model[:start]:
+        x = m(_inputs(m, x, y))
+        y.append(x if m.i in model.save else None)
+    return x, {j: y[j] for j in needed if j < start}
+
+
+def run_suffix(model: nn.Module, x: torch.Tensor, saved: dict[int, torch.Tensor], start: int):
+    """Layers [start, end) from run_prefix's result: what model(img) returns."""
+    y = [saved.get(j) for j in range(start)]
+    for m in model.model[start:]:
+        x = m(_inputs(m, x, y))
+        y.append(x if m.i in model.save else None)
+    return x
+
+
 class CalibrationOracle:
     def __init__(self, model: nn.Module, batches: list[dict], criterion: Callable, tasks: list[str],
-                 device: torch.device | str = "cpu", bn: str = "running"):
+                 device: torch.device | str = "cpu", bn: str = "running", prefix_cache: bool = False):
         """bn='running': BN uses its running statistics (the model as it would be deployed now);
         bn='batch': BN normalizes with each calibration batch's own statistics (running ones untouched),
-        i.e. the loss the cut would have after BN re-estimation (--bn-recalib)."""
+        i.e. the loss the cut would have after BN re-estimation (--bn-recalib).
+        prefix_cache: after focus(masks, group), forwards start at the group's first layer and reuse the earlier
+        layers' outputs, recomputed only when a mask acting there changes (model weights must not change meanwhile,
+        as within a PAGCP pass)."""
         if bn not in ("running", "batch"):
             raise ValueError(f"oracle BN mode must be 'running' or 'batch', got '{bn}'")
         self.model, self.batches, self.criterion, self.tasks, self.bn = model, batches, criterion, tasks, bn
         self.device = torch.device(device)
         self.calls = 0
         self.images = sum(int(b["img"].shape[0]) for b in batches)
+        self.prefix_cache = prefix_cache and sequential_layers(model)
+        self.flop_forwards = 0.0  # image-forwards weighted by the share of the model's FLOPs actually run
+        self.cache_bytes = 4 << 30  # cached activations above this (all batches) are not kept
+        self._masks = self._start = self._guard = self._snapshot = self._cache = None
+        self._suffix_share = 1.0
 
     @property
     def image_forwards(self) -> int:
         return self.calls * self.images
 
+    def focus(self, masks, group_id: int | None) -> None:
+        """The next calls vary only this group's mask (PAGCP visits one unit at a time); None ends the focus."""
+        self._cache = self._snapshot = None
+        self._start = masks.first_layer(group_id) if (self.prefix_cache and group_id is not None) else None
+        if not self._start:  # None, or 0: nothing before the group to reuse
+            self._start = None
+            return
+        self._masks, self._guard = masks, masks.indices_before(self._start)
+        self._suffix_share = _layer_share_from(masks.groups, self._start)
+
+    def _forward(self, b: dict, k: int):
+        img = b["img"].to(self.device, non_blocking=True).float() / 255
+        n = img.shape[0]
+        if self._start is None:
+            self.flop_forwards += n
+            return img, self.model(img)
+        if self._cache is None:  # first call of the focus, or a mask before the start changed: full forward
+            self._cache = [None] * len(self.batches)
+        if self._cache[k] is None:
+            x, saved = run_prefix(self.model, img, self._start)
+            self.flop_forwards += n * (1 - self._suffix_share)
+            size = sum(t.numel() * t.element_size() for t in [x, *saved.values()] if isinstance(t, torch.Tensor))
+            if size * len(self.batches) > self.cache_bytes:  # too big to keep: plain forwards for this unit
+                start, self._start, self._cache = self._start, None, None
+                self.flop_forwards += n * self._suffix_share
+                return img, run_suffix(self.model, x, saved, start)
+            self._cache[k] = x, saved
+        x, saved = self._cache[k]
+        self.flop_forwards += n * self._suffix_share
+        return img, run_suffix(self.model, x, saved, self._start)
+
     @torch.no_grad()
     def __call__(self) -> np.ndarray:
         """Mean per-task loss over the calibration images (eval mode: BN running statistics)."""
         self.calls += 1
+        if self._start is not None:
+            snap = self._masks.values[self._guard].clone()
+            if self._snapshot is None or not torch.equal(snap, self._snapshot):
+                self._cache, self._snapshot = None, snap
         was_training = self.model.training
         bns = []
         if self.bn == "batch":
@@ -48,9 +131,8 @@ class CalibrationOracle:
         elif was_training:  # train()/eval() walk every module: skip when already in eval mode
             self.model.eval()
         total = None
-        for b in self.batches:
-            img = b["img"].to(self.device, non_blocking=True).float() / 255
-            out = self.model(img)
+        for k, b in enumerate(self.batches):
+            img, out = self._forward(b, k)
             raw = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], (list, dict)) else out
             _, items = self.criterion(raw, b)
             items = items.detach().float().cpu().numpy() * img.shape[0]
@@ -61,6 +143,16 @@ class CalibrationOracle:
         if was_training and not bns:
             self.model.train()
         return total / max(self.images, 1)
+
+
+def _layer_share_from(groups, start: int) -> float:
+    """Share of the model's conv/linear FLOPs (at the traced size) in layers >= start."""
+    from prune.masks import top_layer
+    from prune.surgery import conv_flops
+
+    convs = [(top_layer(mod), conv_flops(ci)) for mod, ci in groups.graph.conv_info.items() if ci.kind in ("conv", "linear")]
+    total = sum(f for _, f in convs)
+    return sum(f for layer, f in convs if layer is None or layer >= start) / total if total else 1.0
 
 
 def calibration_batches(data: dict, imgsz: int, n_images: int, batch_size: int, seed: int, stride: int = 32,

@@ -17,6 +17,12 @@ import torch.nn as nn
 from prune.groups import GroupSet
 
 
+def top_layer(module: str) -> int | None:
+    """'model.12.cv1.bn' -> 12 (the index in a YOLO model's layer list), else None."""
+    parts = module.split(".")
+    return int(parts[1]) if len(parts) > 1 and parts[0] == "model" and parts[1].isdigit() else None
+
+
 class ChannelMasks:
     def __init__(self, model: nn.Module, groups: GroupSet):
         self.model, self.groups = model, groups
@@ -27,11 +33,13 @@ class ChannelMasks:
         uf = groups.graph.uf
         modules = dict(model.named_modules())
         self._sites = []
+        self._site_layers: list[tuple[int | None, np.ndarray]] = []  # (top-level layer, mask indices) per site
         for site in groups.graph.sites:
             idx = [self.index.get(uf.find(int(e)), -1) for e in site.labels]
             if all(i < 0 for i in idx) or site.module not in modules:
                 continue
             self._sites.append((modules[site.module], torch.tensor([i if i >= 0 else len(roots) for i in idx])))
+            self._site_layers.append((top_layer(site.module), np.unique([i for i in idx if i >= 0])))
         self._handles = []
 
     # ------------------------------------------------------------------ control
@@ -74,6 +82,21 @@ class ChannelMasks:
 
     def reset(self) -> None:
         self.values.fill_(1.0)
+
+    # ------------------------------------------------------------------ where masks act (for the oracle's cache)
+    def first_layer(self, group_id: int) -> int | None:
+        """Earliest top-level layer (model.N) whose output this group's mask can change; None when a site of the
+        group is not inside a numbered layer (then nothing before it may be assumed unchanged)."""
+        mine = {self.index[r] for r in self.groups.groups[group_id].classes}
+        layers = [layer for layer, idx in self._site_layers if mine.intersection(idx.tolist())]
+        if not layers or any(layer is None for layer in layers):
+            return None
+        return min(layers)
+
+    def indices_before(self, layer: int) -> torch.Tensor:
+        """Mask indices acting in layers < layer: while these values are unchanged, so are those layers' outputs."""
+        idx = [i for lay, ii in self._site_layers if lay is None or lay < layer for i in ii.tolist()]
+        return torch.tensor(sorted(set(idx)), dtype=torch.long)
 
     # ------------------------------------------------------------------ hook
     def _hook(self, idx: torch.Tensor):

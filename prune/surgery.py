@@ -126,15 +126,17 @@ def estimate_flops(groups: GroupSet, removed: dict[int, list[int]]) -> tuple[flo
             r_in[mod] += len(idx)
     before = after = 0.0
     for mod, ci in info.items():
-        if ci.kind not in ("conv", "linear"):
-            continue
-        dw = ci.groups > 1 and ci.groups == ci.in_channels == ci.out_channels
-        cin_g = 1 if dw else ci.in_channels // ci.groups
-        before += 2.0 * ci.out_hw * ci.out_channels * cin_g * ci.kernel
-        c_out = ci.out_channels - r_out[mod]
-        cin_after = 1 if dw else (ci.in_channels - r_in[mod]) // ci.groups
-        after += 2.0 * ci.out_hw * c_out * cin_after * ci.kernel
+        if ci.kind in ("conv", "linear"):
+            before += conv_flops(ci)
+            after += conv_flops(ci, r_out[mod], r_in[mod])
     return before, after
+
+
+def conv_flops(ci, removed_out: int = 0, removed_in: int = 0) -> float:
+    """FLOPs of one traced conv/linear (graph.ConvInfo) with some output/input channels removed."""
+    dw = ci.groups > 1 and ci.groups == ci.in_channels == ci.out_channels
+    cin_g = 1 if dw else (ci.in_channels - removed_in) // ci.groups
+    return 2.0 * ci.out_hw * (ci.out_channels - removed_out) * cin_g * ci.kernel
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from engine.data import check_dataset
@@ -96,3 +97,67 @@ def test_bn_recalibration_is_kept_only_when_the_loss_falls(shapes_yaml):
     model.eval()
     kept, before, after = recalibrate_bn_if_better(model, real, check, crit)
     assert kept and not before < after, (before, after)  # the dark statistics may not even give a finite loss
+
+
+@pytest.mark.parametrize("cfg", ["yolov5n.yaml", "yolov8n.yaml", "yolov7-tiny.yaml"])
+def test_prefix_cache_gives_the_losses_of_full_forwards(shapes_yaml, cfg):
+    """Forwards that start at the focused unit's first layer (earlier outputs reused) give exactly the full
+    forward's losses, also when a mask before that layer changes meanwhile (the cache is rebuilt), and cost less."""
+    from engine.loss import build_criterion
+
+    data = check_dataset(str(shapes_yaml), splits=("train",))
+    torch.manual_seed(0)
+    model = load_model(cfg, nc=4).eval()
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.5, 0.5)
+    batches = calibration_batches(data, 64, 6, 3, seed=0)
+    crit = build_criterion(model, None, 64)
+    groups = build_groups(model, imgsz=64)
+    full = CalibrationOracle(model, batches, crit, list(crit.names))
+    cached = CalibrationOracle(model, batches, crit, list(crit.names), prefix_cache=True)
+    masks = ChannelMasks(model, groups)
+    starts = {g.id: masks.first_layer(g.id) for g in groups.prunable}
+    deep = max(groups.prunable, key=lambda g: starts[g.id] or 0)
+    early = min(groups.prunable, key=lambda g: starts[g.id] if starts[g.id] is not None else 1e9)
+    assert starts[deep.id] > starts[early.id] >= 0, starts
+    too_big = CalibrationOracle(model, batches, crit, list(crit.names), prefix_cache=True)
+    too_big.cache_bytes = 0  # nothing may be kept: plain forwards
+    with masks:
+        for unit in (deep, early, deep):
+            cached.focus(masks, unit.id)
+            too_big.focus(masks, unit.id)
+            for n in (1, len(unit) // 2, len(unit) - 1):
+                masks.set_removed(unit.id, list(range(n)))
+                want = full()
+                np.testing.assert_array_equal(cached(), want)
+                np.testing.assert_array_equal(too_big(), want)
+            masks.set_removed(early.id, [0, 1])  # a mask before the deep unit's layers changes: no stale outputs
+            np.testing.assert_array_equal(cached(), full())
+        cached.focus(masks, None)
+        np.testing.assert_array_equal(cached(), full())
+    assert too_big.flop_forwards == too_big.image_forwards
+    assert cached.calls == full.calls and cached.image_forwards == full.image_forwards
+    assert full.flop_forwards == full.image_forwards and cached.flop_forwards < 0.9 * cached.image_forwards
+
+
+def test_pagcp_with_prefix_cache_makes_the_same_decisions(shapes_yaml):
+    from engine.loss import build_criterion
+    from prune.pagcp import PAGCP, PAGCPConfig
+
+    data = check_dataset(str(shapes_yaml), splits=("train",))
+    torch.manual_seed(1)
+    model = load_model("yolov5n.yaml", nc=4).eval()
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.weight.data.uniform_(0.2, 1.5)
+    batches = calibration_batches(data, 64, 4, 4, seed=0)
+    crit = build_criterion(model, None, 64)
+    groups = build_groups(model, imgsz=64)
+    runs = []
+    for cache in (False, True):
+        oracle = CalibrationOracle(model, batches, crit, list(crit.names), prefix_cache=cache)
+        cfg = PAGCPConfig(initial_rate=0.02, initial_thres=1.5, exp=True, step=0.1)
+        removed, decisions = PAGCP(model, groups, oracle, list(crit.names), cfg, progress=False).run()
+        runs.append((removed, [(d.group, d.ratio, d.trials) for d in decisions], oracle))
+    assert runs[0][:2] == runs[1][:2] and runs[0][0]  # same cuts, same trials; something was pruned
+    assert runs[1][2].flop_forwards < runs[0][2].flop_forwards == runs[0][2].image_forwards
