@@ -73,7 +73,7 @@ class CalibrationOracle:
         self.images = sum(int(b["img"].shape[0]) for b in batches)
         self.prefix_cache = prefix_cache and sequential_layers(model)
         self.flop_forwards = 0.0  # image-forwards weighted by the share of the model's FLOPs actually run
-        self.cache_bytes = 4 << 30  # cached activations above this (all batches) are not kept
+        self.cache_bytes = _cache_budget(self.device)  # cached activations above this (all batches) are not kept
         self._masks = self._start = self._guard = self._snapshot = self._cache = None
         self._suffix_share = 1.0
 
@@ -143,6 +143,17 @@ class CalibrationOracle:
         if was_training and not bns:
             self.model.train()
         return total / max(self.images, 1)
+
+
+def _cache_budget(device: torch.device) -> int:
+    """Bytes the prefix cache may hold: 4 GiB, and on a GPU at most a quarter of its free memory."""
+    budget = 4 << 30
+    if device.type == "cuda":
+        try:
+            budget = min(budget, torch.cuda.mem_get_info(device)[0] // 4)
+        except (RuntimeError, AssertionError):  # no usable CUDA: the forward would fail first anyway
+            pass
+    return budget
 
 
 def _layer_share_from(groups, start: int) -> float:
