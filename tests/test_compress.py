@@ -97,6 +97,7 @@ def test_pagcp_reference_command_shape(shapes_yaml, tmp_path):
     assert units and all({"group", "ratio", "tripped_by", "loss_ratios"} <= set(u) for u in units)
     s = json.loads((out / "summary.json").read_text())
     assert s["method"] == "pagcp" and s["image_forwards"] > 0
+    assert 0 < s["rounds"][0]["forward_equivalents"] < s["rounds"][0]["image_forwards"]  # the prefix cache saves
     for f in ("pruned.pt", "channels.json", "channels.png", "rounds.png", "results.csv", "report.md", "opt.json",
               "round_0/pruned.pt", "round_0/channels.json", "round_0/units.txt", "round_0/loss_curves.png"):
         assert (out / f).exists(), f  # every output issue 5 lists (weights/best.pt needs --epochs > 0)
