@@ -27,33 +27,28 @@ def sequential_layers(model: nn.Module) -> bool:
             and all(hasattr(m, "f") and hasattr(m, "i") for m in layers))
 
 
-def _inputs(m: nn.Module, x, y: list):
-    if m.f == -1:
-        return x
-    return y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+def _run_layers(model: nn.Module, layers, x, y: list):
+    """YOLO's forward loop over some of its layers; y holds the earlier outputs (None where not saved)."""
+    for m in layers:
+        if m.f != -1:
+            x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+        x = m(x)
+        y.append(x if m.i in model.save else None)
+    return x
 
 
 def run_prefix(model: nn.Module, x: torch.Tensor, start: int) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """Layers [0, start): (the last one's output, the earlier outputs that layers >= start read)."""
-    needed = set()
-    for m in model.model[start:]:
-        for j in [m.f] if isinstance(m.f, int) else m.f:
-            if j != -1:
-                needed.add(j if j >= 0 else m.i + j)
+    needed = {j if j >= 0 else m.i + j for m in model.model[start:]
+              for j in ([m.f] if isinstance(m.f, int) else m.f) if j != -1}
     y = []
-    for m in model.model[:start]:
-        x = m(_inputs(m, x, y))
-        y.append(x if m.i in model.save else None)
+    x = _run_layers(model, model.model[:start], x, y)
     return x, {j: y[j] for j in needed if j < start}
 
 
 def run_suffix(model: nn.Module, x: torch.Tensor, saved: dict[int, torch.Tensor], start: int):
     """Layers [start, end) from run_prefix's result: what model(img) returns."""
-    y = [saved.get(j) for j in range(start)]
-    for m in model.model[start:]:
-        x = m(_inputs(m, x, y))
-        y.append(x if m.i in model.save else None)
-    return x
+    return _run_layers(model, model.model[start:], x, [saved.get(j) for j in range(start)])
 
 
 class CalibrationOracle:

@@ -110,6 +110,7 @@ class PAGCP:
         self.progress = progress
         self.journal = Path(journal) if journal else None
         self._in_cols = self._input_columns()
+        self._focus = getattr(task_losses, "focus", None)  # oracles that cache per unit are told which one
 
     # ---------------------------------------------------------------- saliency on the pruned model
     def _input_columns(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -189,8 +190,8 @@ class PAGCP:
                     base, thres, stopped = self._visit(g, d, base, thres, original, base_flops)
                 decisions.append(d)
                 self._save_journal(units, decisions, original, base, thres, stopped)
-            if hasattr(self.task_losses, "focus"):
-                self.task_losses.focus(self.masks, None)  # frees the oracle's cached activations
+            if self._focus is not None:
+                self._focus(self.masks, None)  # frees the oracle's cached activations
             self.masks.reset()
         decisions = self._topk(decisions)
         removed = {d.group: d.removed for d in decisions if d.removed}
@@ -200,9 +201,8 @@ class PAGCP:
                base_flops: float) -> tuple[np.ndarray, float, bool]:
         """Search one unit's ratio on the current masked model; fills d, returns the new (base, thres, stopped)."""
         cfg = self.cfg
-        focus = getattr(self.task_losses, "focus", None)
-        if focus is not None:  # the oracle may reuse the outputs of the layers before this unit
-            focus(self.masks, g.id)
+        if self._focus is not None:  # the oracle may reuse the outputs of the layers before this unit
+            self._focus(self.masks, g.id)
         order = np.argsort(self.saliency(g), kind="stable")
         cuts, last = [], 0  # distinct (ratio, channels removed) on the grid: rounding can repeat a cut
         for r in cfg.ratios():
