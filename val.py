@@ -24,9 +24,11 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--weights", nargs="+", type=str, required=True, help="checkpoint (.pt) or model yaml")
     p.add_argument("--data", type=str, default=d["data"], help="dataset yaml or 'shapes' (built-in)")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=d["imgsz"], help="inference size (pixels)")
-    p.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"], help="batch size")
+    p.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"],
+                   help="batch size (default: the family's own, YOLOv5/YOLOv7 32, ultralytics 16)")
     p.add_argument("--conf-thres", type=float, default=d["conf_thres"], help="confidence threshold")
-    p.add_argument("--iou-thres", type=float, default=d["iou_thres"], help="NMS IoU threshold")
+    p.add_argument("--iou-thres", type=float, default=d["iou_thres"],
+                   help="NMS IoU threshold (default: the family's own, YOLOv5/YOLOv7 0.6, ultralytics 0.7)")
     p.add_argument("--max-det", type=int, default=d["max_det"], help="maximum detections per image")
     p.add_argument("--task", default=d["task"], choices=("train", "val", "test", "sensitivity", "speed"),
                    help="dataset split to evaluate; sensitivity (per-layer pruning analysis, seed 002); "
@@ -42,18 +44,21 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--name", default=d["name"], help="save to project/name")
     p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     p.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA only)")
+    p.add_argument("--end2end", action="store_true",
+                   help="end-to-end heads (YOLO26, YOLOv10): score the NMS-free one-to-one head without NMS, as "
+                        "ultralytics' nms=False (default: the one-to-many head with NMS, as `yolo val`)")
     p.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_sensitivity_args(p)
     opt = p.parse_args(argv)
     if opt.imgsz <= 0 or opt.imgsz % 32:
         opt.imgsz = max(32, (opt.imgsz + 31) // 32 * 32) if opt.imgsz > 0 else opt.imgsz
-    if opt.imgsz <= 0 or opt.batch_size <= 0:
+    if opt.imgsz <= 0 or (opt.batch_size is not None and opt.batch_size <= 0):
         raise UsageError("--imgsz and --batch-size must be positive")
-    if not 0 <= opt.conf_thres <= 1 or not 0 <= opt.iou_thres <= 1:
+    if not 0 <= opt.conf_thres <= 1 or not 0 <= (0.5 if opt.iou_thres is None else opt.iou_thres) <= 1:
         raise UsageError("--conf-thres and --iou-thres must be in [0, 1]")
-    if opt.task == "speed" and "batch_size" not in explicit_flags(p, sys.argv[1:] if argv is None else argv):
-        opt.batch_size = None  # --task speed: batch 1 and cfg's speed_batch unless a batch size is given
+    if opt.task != "sensitivity" and "batch_size" not in explicit_flags(p, sys.argv[1:] if argv is None else argv):
+        opt.batch_size = None  # speed: batch 1 and cfg's speed_batch; val: the family's own (rect batch shapes)
     return opt
 
 
@@ -61,9 +66,9 @@ def run(
     weights,
     data="shapes",
     imgsz=640,
-    batch_size=32,
+    batch_size=None,
     conf_thres=0.001,
-    iou_thres=0.6,
+    iou_thres=None,
     max_det=300,
     task="val",
     device="",
@@ -79,21 +84,25 @@ def run(
     half=False,
     trust_checkpoint=False,
     no_progress=False,
+    end2end=False,
     model=None,
 ):
     """Validate one model; returns (ValResult, save_dir). `model` skips loading (used by train/compress)."""
     from engine.data import build_val_loader, check_dataset, is_coco_named
+    from engine.ultralytics_val import CONVENTIONS, DEFAULT_BATCH, DEFAULT_IOU, select_head, validation_convention
     from engine.validator import coco_evaluate, format_table, validate, write_json
-    from models.loader import load_model
+    from models.loader import fuse_model, load_model
     from utils.flops import model_summary
 
     device = select_device(device)
     from_yaml = Path(str(weights)).suffix in (".yaml", ".yml")
     if model is None and not from_yaml:  # a bad weights file is reported before the data is looked at
-        model = load_model(weights, trust=trust_checkpoint, fuse=True)
+        model = load_model(weights, trust=trust_checkpoint)
     data_dict = check_dataset(data, splits=(task,))
     if model is None:  # a yaml builds an untrained model with the dataset's classes
-        model = load_model(weights, nc=data_dict["nc"], fuse=True)
+        model = load_model(weights, nc=data_dict["nc"])
+    select_head(model, end2end)  # before fusing, which drops the unused head
+    model = fuse_model(model)
     if model.nc != data_dict["nc"] and not single_cls:
         raise UsageError(
             f"{weights} predicts {model.nc} classes but {data_dict['yaml_file']} has {data_dict['nc']}: "
@@ -104,8 +113,11 @@ def run(
     imgsz = (imgsz + stride - 1) // stride * stride
     n_params, n_gflops, summary = model_summary(model, imgsz)
     LOGGER.info(summary)
+    convention = validation_convention(model)
+    LOGGER.info(f"Validation convention: {CONVENTIONS[convention]}")
+    batch_size = batch_size or DEFAULT_BATCH[convention]
 
-    loader = build_val_loader(data_dict, task, imgsz, batch_size, stride, workers, single_cls)
+    loader = build_val_loader(data_dict, task, imgsz, batch_size, stride, workers, single_cls, convention=convention)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)  # only once the inputs are usable
     coco_ids = save_json and is_coco_named(data_dict["names"])
     res, jdict = validate(
@@ -126,6 +138,8 @@ def run(
         progress=not no_progress,
     )
     LOGGER.info(format_table(res, verbose or data_dict["nc"] < 50 and verbose))
+    for note in res.notes:
+        LOGGER.warning(f"WARNING: {note}")
     s = res.speed_ms
     LOGGER.info(
         f"Speed: {s['preprocess']:.1f}ms pre-process, {s['inference']:.1f}ms inference, {s['nms']:.1f}ms NMS "
@@ -156,6 +170,9 @@ def run(
         "weights": str(weights),
         "data": data_dict["yaml_file"],
         "per_class": res.per_class,
+        "convention": res.convention,
+        "iou_thres": DEFAULT_IOU[convention] if iou_thres is None else iou_thres,
+        "notes": res.notes,
         **res.coco,
     }
     write_json(metrics, save_dir / "metrics.json")
