@@ -42,6 +42,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--name", default=d["name"], help="save to project/name")
     p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     p.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA only)")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=d["plots"],
+                   help="PR, P, R, F1 curves and confusion matrices in the run folder")
     p.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_sensitivity_args(p)
@@ -79,6 +81,7 @@ def run(
     half=False,
     trust_checkpoint=False,
     no_progress=False,
+    plots=True,
     model=None,
 ):
     """Validate one model; returns (ValResult, save_dir). `model` skips loading (used by train/compress)."""
@@ -108,6 +111,11 @@ def run(
     loader = build_val_loader(data_dict, task, imgsz, batch_size, stride, workers, single_cls)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)  # only once the inputs are usable
     coco_ids = save_json and is_coco_named(data_dict["names"])
+    plotter = None
+    if plots:
+        from engine.valplots import ValPlots
+
+        plotter = ValPlots(data_dict["names"] if not single_cls else {0: "item"})
     res, jdict = validate(
         model,
         loader,
@@ -124,7 +132,10 @@ def run(
         save_json,
         coco_ids,
         progress=not no_progress,
+        plotter=plotter,
     )
+    if plotter is not None:
+        plotter.save(save_dir, {c["class"]: c["map50"] for c in res.per_class})
     LOGGER.info(format_table(res, verbose or data_dict["nc"] < 50 and verbose))
     s = res.speed_ms
     LOGGER.info(

@@ -102,8 +102,11 @@ def validate(
     save_json: bool = False,
     coco_ids: bool = False,
     progress: bool = True,
+    plotter=None,
 ) -> tuple[ValResult, list[dict]]:
-    """Run the model over `loader` and compute detection metrics. Returns (result, json predictions)."""
+    """Run the model over `loader` and compute detection metrics. Returns (result, json predictions).
+
+    `plotter` (engine.valplots.ValPlots) receives each image's detections and labels and the matching stats."""
     from ultralytics.utils import TQDM
     from ultralytics.utils.metrics import box_iou
     from ultralytics.utils.nms import non_max_suppression
@@ -162,6 +165,8 @@ def validate(
             if npr == 0:
                 if len(cls):
                     stats.append((np.zeros((0, len(iouv)), bool), np.zeros(0), np.zeros(0), cls.cpu().numpy()))
+                if plotter is not None:
+                    plotter.add_image(pred, None, cls)
                 continue
             predn = pred.clone()
             scale_boxes(im[si].shape[1:], predn[:, :4], shape0, ratio_pad=ratio_pad)
@@ -172,6 +177,8 @@ def validate(
             else:
                 correct = np.zeros((npr, len(iouv)), bool)
             stats.append((correct, pred[:, 4].cpu().numpy(), pred[:, 5].cpu().numpy(), cls.cpu().numpy()))
+            if plotter is not None:
+                plotter.add_image(predn, tbox if len(cls) else None, cls)
 
             if save_txt and save_dir is not None:
                 _save_txt(predn, save_conf, shape0, save_dir / "labels" / f"{Path(batch['im_file'][si]).stem}.txt")
@@ -193,6 +200,8 @@ def validate(
         model.train()
     if half:
         model.float()
+    if plotter is not None:
+        plotter.add_stats(stats)
     return _summarize(stats, names if not single_cls else {0: "item"}, nc, seen, dt), jdict
 
 

@@ -56,3 +56,24 @@ def shapes_yaml(tmp_path_factory) -> Path:
     from data.shapes import ensure_shapes
 
     return Path(ensure_shapes(cache_dir=tmp_path_factory.mktemp("shapes"), n_train=16, n_val=8, seed=0))
+
+
+@pytest.fixture
+def network_attempts(monkeypatch) -> list:
+    """The network unreachable (sockets and ultralytics' downloader): returns the list of attempts, recorded as
+    well as refused, since ultralytics swallows the errors of some lookups (fonts) and falls back."""
+    import socket
+
+    import ultralytics.utils.downloads as downloads
+
+    attempts = []
+
+    def unreachable(*a, **k):
+        attempts.append(a[:1])
+        raise OSError("network unreachable (test)")
+
+    monkeypatch.setattr(socket.socket, "connect", unreachable)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(downloads, "safe_download", unreachable)
+    monkeypatch.setattr(downloads, "is_url", unreachable)
+    return attempts
