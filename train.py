@@ -8,6 +8,8 @@ Usage:
     python train.py --weights yolov5n.pt --data VOC.yaml --sparsity 6e-4                      # network slimming
     python train.py --weights pruned.pt --teacher yolov5s.pt --data coco128.yaml             # distillation
     python train.py --resume                                                                  # continue runs/train/exp*/weights/last.pt
+    python train.py --weights yolov5n.pt --data coco128.yaml --img 640 640 --pruning-params "[(12, 0.25), (45, 0.75)]" \
+        --criterion 0                                                                         # seed 002: prune at load, fine-tune
     torchrun --nproc_per_node 2 train.py --weights yolov5s.pt --data coco.yaml --batch 64    # DDP (or --device 0,1)
 """
 
@@ -17,10 +19,35 @@ import argparse
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
-from utils.config import defaults
-from utils.general import UsageError
+from engine.sensitivity import add_pruning_args, check_seed_flags, strip_sensitivity_args
+from utils.config import defaults, explicit_flags
+from utils.general import LOGGER, UsageError
+
+
+def _prune_at_load(opt):
+    """Seed 002's train.py --pruning-params: the loaded model pruned by --criterion, to be fine-tuned (the
+    pruning record goes to the run folder as pruning.json)."""
+    from engine.data import check_dataset
+    from engine.sensitivity import load_pruned_model
+    from utils.files import write_json
+
+    weights = opt.weights or opt.cfg
+    if not weights:
+        raise UsageError("--pruning-params prunes the loaded model: give --weights")
+    nc = check_dataset(opt.data, splits=("train",))["nc"] if Path(weights).suffix in (".yaml", ".yml") else None
+    model, info = load_pruned_model(weights, opt.pruning_params, opt.criterion, opt.imgsz, nc=nc,
+                                    trust=opt.trust_checkpoint, seed=opt.seed)
+    record = {"pruning_params": opt.pruning_params, "criterion": info["criterion"], "weights": str(weights),
+              "removed": info["removed"], "params": info["params"], "gflops": info["gflops"], "imgsz": opt.imgsz}
+
+    def save_record(trainer):
+        if trainer.main:
+            write_json(record, trainer.save_dir / "pruning.json")
+
+    return model, {"on_train_start": [save_record]}
 
 
 def add_train_args(p: argparse.ArgumentParser, d: dict) -> None:
@@ -52,7 +79,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--data", type=str, default=d["data"], help="dataset yaml or 'shapes' (built-in)")
     p.add_argument("--epochs", type=int, default=d["epochs"], help="total training epochs")
     p.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"], help="total batch size, all GPUs")
-    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=d["imgsz"], help="train, val image size")
+    p.add_argument("--imgsz", "--img", "--img-size", type=int, nargs="+", default=[d["imgsz"]],
+                   help="train, val image size (pixels); YOLOv7's '--img 640 640' (train, test) is accepted")
     p.add_argument("--resume", nargs="?", const=True, default=False, help="resume the most recent (or given) run")
     p.add_argument("--device", default=d["device"], help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
@@ -64,7 +92,18 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the DDP launcher")
     p.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
     add_train_args(p, d)
-    return p.parse_args(argv)
+    add_pruning_args(p, criterion=True)
+    opt = p.parse_args(argv)
+    if len(opt.imgsz) > 2:
+        raise UsageError(f"--imgsz takes one size, or two (train, test) as YOLOv7 does; got {opt.imgsz}")
+    if len(opt.imgsz) == 2 and opt.imgsz[0] != opt.imgsz[1]:
+        LOGGER.warning(f"WARNING: --imgsz {opt.imgsz[0]} {opt.imgsz[1]}: training and validating at {opt.imgsz[0]} "
+                       "(one size for both here)")
+    opt.imgsz = opt.imgsz[0]
+    check_seed_flags(opt, explicit_flags(p, sys.argv[1:] if argv is None else argv))
+    if opt.pruning_params is not None and opt.resume:
+        raise UsageError("--resume continues the pruned run from its last.pt: drop --pruning-params")
+    return opt
 
 
 def _launch_ddp(n: int, argv: list[str]) -> int:
@@ -88,8 +127,9 @@ def main(argv=None) -> int:
             return _launch_ddp(len(devices), argv)
         from engine.trainer import Trainer, train_options
 
-        opt = train_options(**{k: v for k, v in vars(opt).items()})
-        Trainer(opt).train()
+        model, callbacks = _prune_at_load(opt) if opt.pruning_params is not None else (None, None)
+        opt = train_options(**strip_sensitivity_args(vars(opt)))
+        Trainer(opt, model=model, callbacks=callbacks).train()
     except (UsageError, CheckpointError, DataConfigError, FileNotFoundError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2

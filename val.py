@@ -4,6 +4,8 @@
 Usage:
     python val.py --weights yolov5n.pt --data coco128.yaml --img 640
     python val.py --weights runs/compress/exp/weights/best.pt --data shapes --img 320 --verbose
+    python val.py --weights yolov5n.pt --data coco128.yaml --modification prune-structured \
+        --pruning-params "[(12, 0.25), (45, 0.75)]" --criterion 0          # seed 002: the model pruned that way
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 from pathlib import Path
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
-from engine.sensitivity import add_sensitivity_args, strip_sensitivity_args
+from engine.sensitivity import TASK_ALIASES, add_sensitivity_args, check_seed_flags, strip_sensitivity_args
 from utils.config import defaults, explicit_flags
 from utils.general import LOGGER, UsageError, increment_path, select_device
 
@@ -28,9 +30,10 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--conf-thres", type=float, default=d["conf_thres"], help="confidence threshold")
     p.add_argument("--iou-thres", type=float, default=d["iou_thres"], help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=d["max_det"], help="maximum detections per image")
-    p.add_argument("--task", default=d["task"], choices=("train", "val", "test", "sensitivity", "speed"),
-                   help="dataset split to evaluate; sensitivity (per-layer pruning analysis, seed 002); "
-                        "speed (latency: PyTorch and onnxruntime, batch 1 and --batch-size, no dataset)")
+    p.add_argument("--task", default=d["task"], choices=("train", "val", "test", "sensitivity", "speed", *TASK_ALIASES),
+                   help="dataset split to evaluate; sensitivity (per-layer pruning analysis, seed 002; alias "
+                        "pruning_sensitivity_analysis); speed (latency: PyTorch and onnxruntime, batch 1 and "
+                        "--batch-size, no dataset)")
     p.add_argument("--device", default=d["device"], help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
     p.add_argument("--workers", type=int, default=d["workers"], help="max dataloader workers")
     p.add_argument("--single-cls", action="store_true", help="treat as single-class dataset")
@@ -48,6 +51,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_sensitivity_args(p)
     opt = p.parse_args(argv)
+    check_seed_flags(opt, explicit_flags(p, sys.argv[1:] if argv is None else argv))
     if opt.imgsz <= 0 or opt.imgsz % 32:
         opt.imgsz = max(32, (opt.imgsz + 31) // 32 * 32) if opt.imgsz > 0 else opt.imgsz
     if opt.imgsz <= 0 or opt.batch_size <= 0:
@@ -185,6 +189,18 @@ def _annotation_json(data: dict, task: str) -> Path | None:
     return p if p.exists() else None
 
 
+def _pruned(opt, weights):
+    """Seed 002's "testing with the pruning parameters": the model pruned by --pruning-params (else None)."""
+    if opt.pruning_params is None:
+        return None
+    from engine.data import check_dataset
+    from engine.sensitivity import load_pruned_model
+
+    nc = check_dataset(opt.data, splits=(opt.task,))["nc"] if Path(weights).suffix in (".yaml", ".yml") else None
+    return load_pruned_model(weights, opt.pruning_params, opt.criterion, opt.imgsz, nc=nc,
+                             trust=opt.trust_checkpoint, fuse=True)[0]
+
+
 def main(argv=None) -> int:
     from engine.data import DataConfigError
     from utils.checkpoint import CheckpointError
@@ -205,7 +221,7 @@ def main(argv=None) -> int:
                           opt.trust_checkpoint)
             return 0
         for w in opt.weights:  # several --weights are validated one after another, each in its own run folder
-            run(**{**strip_sensitivity_args(vars(opt)), "weights": w})
+            run(**{**strip_sensitivity_args(vars(opt)), "weights": w, "model": _pruned(opt, w)})
     except (UsageError, CheckpointError, DataConfigError, FileNotFoundError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2

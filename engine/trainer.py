@@ -66,7 +66,7 @@ def load_hyp(hyp: str | Path | dict | None) -> dict:
         return dict(hyp)
     name = str(hyp or defaults("train")["hyp"])
     for p in (Path(name), DATA_DIR.parent / name, DATA_DIR / "hyps" / name, DATA_DIR / "hyps" / f"hyp.{name}.yaml",
-              DATA_DIR / "hyps" / f"{name}.yaml"):
+              DATA_DIR / "hyps" / f"{name}.yaml", DATA_DIR / "hyps" / Path(name).name):  # YOLOv7's data/hyp.*.yaml
         if p.is_file():
             h = yaml.safe_load(p.read_text()) or {}
             if not isinstance(h, dict):
