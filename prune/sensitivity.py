@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -59,8 +60,9 @@ def parse_pruning_params(text) -> float | list[tuple[int, float]]:
 
 def layer_plan(groups: GroupSet, scores: dict[int, np.ndarray], params, divisor: int = 1,
                min_keep: int = 1) -> dict[int, list[int]]:
-    """Removal plan for --pruning-params (a rate for all layers or per-layer rates). The removed count is
-    rounded to an even number, as in the seed."""
+    """Removal plan for --pruning-params (a rate for all layers or per-layer rates): the lowest-scored
+    channels of each layer, rate x channels of them rounded UP to an even count as the seed's prune.py does
+    (make_divisible(rate * channels, 2)), then capped so that --min-channels / --divisor hold."""
     rates = {g.id: params for g in groups.prunable} if isinstance(params, float) else dict(params)
     plan = {}
     by_id = {g.id: g for g in groups.groups}
@@ -69,8 +71,7 @@ def layer_plan(groups: GroupSet, scores: dict[int, np.ndarray], params, divisor:
         if g is None or not g.prunable:
             raise ValueError(f"layer {gid} is not a prunable layer (ids: layers.txt of a --task sensitivity run, or "
                              "compress.py --show-groups)")
-        n_rm = int(round(rate * len(g)))
-        n_rm -= n_rm % 2
+        n_rm = math.ceil(rate * len(g) / 2) * 2
         n_rm = len(g) - keep_count(len(g), n_rm, divisor, min_keep)
         if n_rm > 0:
             plan[gid] = np.argsort(scores[gid], kind="stable")[:n_rm].tolist()
