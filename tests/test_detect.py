@@ -121,7 +121,7 @@ def test_labels_are_yolov5_format(images, weights, tmp_path):
     assert len(cls) and set(cls.tolist()) <= {1.0, 3.0}
 
 
-@pytest.mark.parametrize("which", ["pruned", "yolov7-tiny.yaml", "yolov8n.yaml", "v5.0/yolov5n.yaml"])
+@pytest.mark.parametrize("which", ["pruned", "yolov7-tiny.yaml", "yolov8n.yaml", "v5.0/yolov5n.yaml", "yolo26n.yaml"])
 def test_every_family_full_or_pruned(which, images, weights, tmp_path):
     from engine.detect import run
 
