@@ -44,10 +44,9 @@ def _disk_full(e: BaseException) -> OSError | None:
 def current_umask() -> int:
     """The process umask, read without changing it where the OS allows (Linux: /proc/self/status)."""
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
     mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but only a mode is at stake)
