@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
-from engine.sensitivity import add_pruning_args, check_seed_flags, strip_sensitivity_args
+from engine.sensitivity import PRUNING_ARGS, add_pruning_args, check_seed_flags, strip_sensitivity_args
 from utils.config import defaults, explicit_flags
 from utils.general import LOGGER, UsageError
 
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
         from engine.trainer import Trainer, train_options
 
         model, callbacks = _prune_at_load(opt) if opt.pruning_params is not None else (None, None)
-        opt = train_options(**strip_sensitivity_args(vars(opt)))
+        opt = train_options(**strip_sensitivity_args(vars(opt), PRUNING_ARGS))
         Trainer(opt, model=model, callbacks=callbacks).train()
     except (UsageError, CheckpointError, DataConfigError, FileNotFoundError) as e:
         print(f"ERROR: {e}", file=sys.stderr)

@@ -36,7 +36,8 @@ _CRITERIA = ("l2", "l2_largest", "l1", "l1_largest", "bn", "bnl1", "random")
 # seed 002's --modification values (both spellings appear in its README): structured channel pruning
 MODIFICATIONS = ("prune-structured", "pruned-structured")
 TASK_ALIASES = {"pruning_sensitivity_analysis": "sensitivity"}  # seed 002's test.py task name
-_ARGS = ("pruning_rate", "criterion", "layers", "resume", "modification", "prune_output", "pruning_params")
+PRUNING_ARGS = ("modification", "pruning_params", "criterion")  # add_pruning_args (train.py too)
+_ARGS = ("pruning_rate", "layers", "resume", "prune_output", *PRUNING_ARGS)  # add_sensitivity_args (val.py)
 
 
 def add_sensitivity_args(p: argparse.ArgumentParser) -> None:
@@ -68,9 +69,10 @@ def add_pruning_args(p: argparse.ArgumentParser, criterion: bool = False) -> Non
                        help="--pruning-params: seed 002's 0-6 (0 smallest L2 ... 6 random) or a name (l2, bn, ...)")
 
 
-def strip_sensitivity_args(opt: dict) -> dict:
-    """val.py's options without the ones add_sensitivity_args added (for val.run)."""
-    return {k: v for k, v in opt.items() if k not in _ARGS}
+def strip_sensitivity_args(opt: dict, keys: tuple[str, ...] = _ARGS) -> dict:
+    """val.py's options without the ones add_sensitivity_args added (for val.run); keys=PRUNING_ARGS: train.py's
+    without the ones add_pruning_args added (its own --resume stays)."""
+    return {k: v for k, v in opt.items() if k not in keys}
 
 
 def _no_effect(flags: list[str], why: str) -> None:
@@ -102,9 +104,9 @@ def check_seed_flags(opt: argparse.Namespace, given: set[str]) -> None:
             raise UsageError(f"--prune-output must be a file name such as output.txt (its stem names the "
                              f"{{stem}}_{{rate}}.txt files in the run folder), got {name!r}")
     if task != "sensitivity":
-        why = "without --task sensitivity" if task else ""
-        _no_effect([flag[k] for k in ("pruning_rate", "layers", "prune_output", "resume")
-                    if k in given and hasattr(opt, k)], why)
+        if hasattr(opt, "pruning_rate"):  # val.py (train.py's --resume is its own)
+            _no_effect([flag[k] for k in ("pruning_rate", "layers", "prune_output", "resume") if k in given],
+                       "without --task sensitivity")
         if opt.pruning_params is None:
             _no_effect([flag[k] for k in ("criterion", "modification") if k in given],
                        "without --pruning-params" + (" or --task sensitivity" if task else ""))
