@@ -139,7 +139,10 @@ def run(
         plotter=plotter,
     )
     if plotter is not None:
-        plotter.save(save_dir, {c["class"]: c["map50"] for c in res.per_class})
+        try:
+            plotter.save(save_dir, {c["class"]: c["map50"] for c in res.per_class})
+        except Exception as e:  # a figure must never cost the metrics (e.g. another ultralytics plotting API)
+            LOGGER.warning(f"WARNING: plots not written ({type(e).__name__}: {e}); metrics follow")
     LOGGER.info(format_table(res, verbose or data_dict["nc"] < 50 and verbose))
     s = res.speed_ms
     LOGGER.info(

@@ -90,10 +90,7 @@ class VideoSink:
 
     def abort(self) -> None:
         self.writer.release()
-        try:
-            raise RuntimeError("aborted")
-        except RuntimeError as e:
-            self._cm.__exit__(type(e), e, e.__traceback__)  # removes the temporary file
+        self._cm.__exit__(RuntimeError, RuntimeError("aborted"), None)  # removes the temporary file
 
 
 def _annotator_factory(names: dict[int, str], line_width: int | None):

@@ -34,16 +34,22 @@ class ValPlots:
         self.cm = ConfusionMatrix(names=self.names)
         self.conf, self.iou = conf, iou
         self.stats: list[tuple] = []
+        self.error: Exception | None = None  # a matrix that could not be filled is reported by save(), not here
 
     def add_image(self, pred: torch.Tensor, labels_xyxy: torch.Tensor | None, labels_cls: torch.Tensor) -> None:
         """One image: pred (n, 6+) rows x1, y1, x2, y2 (pixels), conf, class; labels_xyxy (m, 4) pixels in the
         same space (None when there are no labels or no detections: matching needs no boxes then);
         labels_cls (m,)."""
+        if self.error is not None:
+            return
         pred = pred.detach().float().cpu()
         cls = labels_cls.detach().float().cpu()
         boxes = labels_xyxy.detach().float().cpu() if labels_xyxy is not None else torch.zeros((len(cls), 4))
-        self.cm.process_batch({"bboxes": pred[:, :4], "conf": pred[:, 4], "cls": pred[:, 5]},
-                              {"bboxes": boxes, "cls": cls}, conf=self.conf, iou_thres=self.iou)
+        try:  # validation must not fail for a figure
+            self.cm.process_batch({"bboxes": pred[:, :4], "conf": pred[:, 4], "cls": pred[:, 5]},
+                                  {"bboxes": boxes, "cls": cls}, conf=self.conf, iou_thres=self.iou)
+        except Exception as e:
+            self.error = e
 
     def add_stats(self, stats: list[tuple]) -> None:
         """Per image (tp (n, 10) bool, conf (n,), pred_cls (n,), target_cls (m,)), as validation matched them."""
@@ -52,7 +58,8 @@ class ValPlots:
     def save(self, save_dir: str | Path, ap50: dict[int, float] | None = None) -> list[Path]:
         """Write PR_curve.png, P_curve.png, R_curve.png, F1_curve.png (when there are labels) and
         confusion_matrix.png, confusion_matrix_normalized.png into save_dir. ap50: class -> mAP50 to show in
-        the PR legend (default: ultralytics' own AP). Returns the files written."""
+        the PR legend (default: ultralytics' own AP). Returns the files written; raises RuntimeError (after
+        writing the curves) when the confusion matrix could not be filled."""
         from ultralytics.utils.metrics import ap_per_class, plot_mc_curve, plot_pr_curve
 
         save_dir = Path(save_dir)
@@ -72,6 +79,8 @@ class ValPlots:
                 with atomic_output(save_dir / fname) as f:
                     plot_mc_curve(x, y, f, names, ylabel=label)
                 written.append(save_dir / fname)
+        if self.error is not None:
+            raise RuntimeError(f"confusion matrix: {type(self.error).__name__}: {self.error}")
         # ConfusionMatrix.plot names its own file: draw into a private folder, then rename into place
         with tempfile.TemporaryDirectory(dir=save_dir, prefix=".plots-") as tmp:
             for normalize in (False, True):

@@ -55,3 +55,16 @@ def test_plots_with_no_labels_or_single_class(single_cls, tmp_path):
     vp.add_stats([])
     names = sorted(p.name for p in vp.save(tmp_path))
     assert names == ["confusion_matrix.png", "confusion_matrix_normalized.png"]  # no curve without labels
+
+
+def test_a_plotting_failure_never_costs_the_metrics(shapes_yaml, tmp_path, monkeypatch, capsys):
+    from ultralytics.utils.metrics import ConfusionMatrix
+
+    def broken(*a, **k):
+        raise TypeError("another ultralytics API")
+
+    monkeypatch.setattr(ConfusionMatrix, "process_batch", broken)
+    assert val.main(["--weights", "yolov5n.yaml", "--data", str(shapes_yaml), "--img", "64", "--workers", "0",
+                     "--project", str(tmp_path), "--name", "p", "--no-progress"]) == 0
+    assert "WARNING: plots not written (RuntimeError: confusion matrix: TypeError" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == sorted([*PLOTS[:4], "metrics.json"])
