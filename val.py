@@ -52,6 +52,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
         raise UsageError("--imgsz and --batch-size must be positive")
     if not 0 <= opt.conf_thres <= 1 or not 0 <= opt.iou_thres <= 1:
         raise UsageError("--conf-thres and --iou-thres must be in [0, 1]")
+    if opt.ignore and opt.task != "sensitivity":
+        raise UsageError("--ignore applies to --task sensitivity only (compress.py has its own --ignore)")
     if opt.task == "speed" and "batch_size" not in explicit_flags(p, sys.argv[1:] if argv is None else argv):
         opt.batch_size = None  # --task speed: batch 1 and cfg's speed_batch unless a batch size is given
     return opt

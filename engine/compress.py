@@ -114,8 +114,8 @@ def run(opt) -> dict:
     model = load_model(opt.weights, nc=data["nc"] if from_yaml else None, trust=opt.trust_checkpoint)
     if model.nc != data["nc"]:
         raise UsageError(f"{opt.weights} predicts {model.nc} classes but {data['yaml_file']} has {data['nc']}")
-    if opt.target_flops is not None and opt.method != "pagcp" and summary is None:
-        _check_reachable(model, opt)
+    if summary is None and (opt.ignore or opt.target_flops is not None and opt.method != "pagcp"):
+        _check_reachable(model, opt)  # a bad --ignore pattern or an unreachable target: before any folder
     if save_dir is None:  # the inputs are usable: only now is a run folder created
         save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
         write_json(given, save_dir / "opt.json")  # what --resume restores
@@ -174,10 +174,14 @@ run_one_shot = run  # the name earlier code used
 
 
 def _check_reachable(model: nn.Module, opt) -> None:
-    """Refuse a --target-flops that no plan can reach, before anything is written."""
+    """Refuse --ignore patterns that match no prunable layer and a --target-flops that no plan can reach,
+    before anything is written."""
     from prune.uniform import min_flops_share
 
-    least = min_flops_share(build_groups(model, imgsz=opt.imgsz, ignore=opt.ignore), opt.divisor, opt.min_channels)
+    groups = build_groups(model, imgsz=opt.imgsz, ignore=opt.ignore)  # raises on a pattern that matches nothing
+    if opt.target_flops is None or opt.method == "pagcp":
+        return
+    least = min_flops_share(groups, opt.divisor, opt.min_channels)
     if least > opt.target_flops:
         raise UsageError(f"--target-flops {opt.target_flops} cannot be reached: keeping --min-channels "
                          f"{opt.min_channels} (--divisor {opt.divisor}) per group leaves at least {least:.3f} of the "
@@ -253,6 +257,8 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
     groups = build_groups(model, imgsz=opt.imgsz, ignore=opt.ignore)
     write_text(rdir / "groups.txt", groups.dump())
     LOGGER.info(f"round {k}: {len(groups.prunable)} prunable groups of {len(groups.groups)} ({time.time() - t0:.1f}s)")
+    if groups.ignored:
+        LOGGER.info(groups.ignored_text())
     if opt.show_groups:
         LOGGER.info(groups.dump())
     if not groups.prunable:

@@ -38,11 +38,13 @@ def add_sensitivity_args(p: argparse.ArgumentParser) -> None:
                    help="--task sensitivity: only these layer ids, e.g. \"[3,7,12]\" (default: every prunable layer)")
     p.add_argument("--resume", nargs="?", const=True, default=False,
                    help="--task sensitivity: continue the latest (or given) analysis folder, skipping done layers")
+    p.add_argument("--ignore", nargs="*", default=[],
+                   help="--task sensitivity: module-name patterns whose layers are not analysed (as compress.py's)")
 
 
 def strip_sensitivity_args(opt: dict) -> dict:
     """val.py's options without the ones add_sensitivity_args added (for val.run)."""
-    return {k: v for k, v in opt.items() if k not in ("pruning_rate", "criterion", "layers", "resume")}
+    return {k: v for k, v in opt.items() if k not in ("pruning_rate", "criterion", "layers", "resume", "ignore")}
 
 
 def _criterion_name(c) -> str:
@@ -110,6 +112,15 @@ def run_sensitivity(opt, weights: str | None = None) -> Path:
     stride = int(max(model.stride.max(), 32))
     imgsz = (opt.imgsz + stride - 1) // stride * stride
 
+    groups = build_groups(model, imgsz=imgsz, ignore=getattr(opt, "ignore", None))  # bad --ignore/--layers: before any folder
+    if groups.ignored:
+        LOGGER.info(groups.ignored_text())
+    ids = [g.id for g in groups.prunable]
+    if layers is not None:
+        bad = sorted(set(layers) - set(ids))
+        if bad:
+            raise UsageError(f"--layers {bad}: not prunable layers (prunable: {ids})")
+
     project = Path(opt.project if opt.project != defaults()["project"] else defaults("sensitivity")["project"])
     save_dir = _save_dir(opt, project)
     args = {"weights": str(opt.weights), "data": str(data["yaml_file"]), "imgsz": imgsz, "criterion": crit,
@@ -126,12 +137,6 @@ def run_sensitivity(opt, weights: str | None = None) -> Path:
     else:
         af.write_text(json.dumps(args, indent=1))
 
-    groups = build_groups(model, imgsz=imgsz)
-    ids = [g.id for g in groups.prunable]
-    if layers is not None:
-        bad = sorted(set(layers) - set(ids))
-        if bad:
-            raise UsageError(f"--layers {bad}: not prunable layers (prunable: {ids})")
     score = get_criterion(crit)
     scores = {g.id: score(model, g, seed=0) for g in groups.prunable}
     loader = build_val_loader(data, "val", imgsz, opt.batch_size, stride, opt.workers, opt.single_cls)

@@ -97,6 +97,8 @@ def check_options(opt: Namespace) -> None:
         raise UsageError(f"unknown --optimizer '{opt.optimizer}': choose SGD, Adam or AdamW")
     if opt.sparsity < 0:
         raise UsageError(f"--sparsity must be >= 0, got {opt.sparsity}")
+    if opt.sparsity_ignore and not opt.sparsity:
+        raise UsageError("--sparsity-ignore only applies to sparsity training: add --sparsity S (e.g. 6e-4)")
     if not opt.weights and not opt.cfg:
         raise UsageError("give --weights (a checkpoint to fine-tune) or --cfg (a model yaml to train from scratch)")
 
@@ -278,6 +280,15 @@ class Trainer:
         self.model = model
         self.criterion = build_criterion(model, self.hyp, imgsz)
         self.loss_names = tuple(self.criterion.names)
+        self.sparsity = None
+        if opt.sparsity:  # before the run folder exists: a bad --sparsity-ignore pattern writes nothing
+            from prune.slim import SparsityPenalty
+
+            self.sparsity = SparsityPenalty(model, opt.sparsity, opt.sparsity_ignore, batch * accumulate * self.world,
+                                            opt.nbs)
+            if self.sparsity.ignored and self.main:
+                LOGGER.info(f"--sparsity-ignore {' '.join(opt.sparsity_ignore)}: {len(self.sparsity.ignored)} "
+                            f"BatchNorm layer(s) not penalized: {', '.join(self.sparsity.ignored)}")
 
         self.train_set, loader = self._train_loader(data, batch, stride)
         nb = len(loader)
@@ -305,12 +316,6 @@ class Trainer:
         ema = ModelEMA(model) if self.main else None
         amp = bool(opt.amp) and device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
-        self.sparsity = None
-        if opt.sparsity:
-            from prune.slim import SparsityPenalty
-
-            self.sparsity = SparsityPenalty(model, opt.sparsity, opt.sparsity_ignore, batch * accumulate * self.world,
-                                            opt.nbs)
         self.distiller = None
         if opt.teacher or self._teacher_model is not None:
             teacher = self._teacher_model or load_model(opt.teacher, trust=opt.trust_checkpoint)

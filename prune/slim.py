@@ -80,12 +80,17 @@ class SparsityPenalty:
 
     def __init__(self, model: nn.Module, sl: float, ignore: list[str] | tuple = (), images_per_step: int = 64,
                  nbs: int = 64):
-        from fnmatch import fnmatch
+        """`ignore`: module-name patterns (prune.patterns: a module covers its submodules); a pattern that
+        matches no BatchNorm raises UsageError. `self.ignored` lists the BNs left unpenalized."""
+        from prune.patterns import ModuleMatcher
 
         self.sl = sl * images_per_step / nbs
-        self.bns = [(n, m) for n, m in model.named_modules()
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
-                    and not any(fnmatch(n, p) for p in ignore)]
+        matcher = ModuleMatcher(ignore, "--sparsity-ignore", "BatchNorm layer")
+        bns = [(n, m) for n, m in model.named_modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+        self.ignored = [n for n, _ in bns if matcher.match(n)]
+        self.bns = [(n, m) for n, m in bns if n not in self.ignored]
+        matcher.check(n for n, _ in bns)
 
     def apply(self) -> None:
         for _, bn in self.bns:

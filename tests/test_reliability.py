@@ -301,6 +301,8 @@ def test_fuzz_data_yaml(d, raw, shapes_yaml, tmp_path_factory):
     (["--method", "l1", "--ratio", "0.3", "--min-channels", "0"], "--divisor and --min-channels must be >= 1"),
     (["--method", "l1", "--ratio", "0.3", "--device", "99"], "--device 99 requested but this machine has"),
     (["--method", "l1", "--ratio", "0.3", "--resume", "nowhere"], "--resume nowhere: not a compression run folder"),
+    (["--method", "l1", "--ratio", "0.3", "--ignore", "model.9"], "--ignore 'model.9' matches no prunable layer"),
+    (["--method", "pagcp", "--ignore", "model.0", "model.99.*"], "--ignore 'model.99.*' matches no prunable layer"),
     (["--method", "l1", "--target-flops", "0.01", "--min-channels", "8"],
      "--target-flops 0.01 cannot be reached: keeping --min-channels 8 (--divisor 1) per group leaves at least"),
 ])
