@@ -1,0 +1,68 @@
+# AGPL-3.0 License
+"""What a compression run reports: report.md, results.csv and the before/after table printed at the end.
+
+Built from the run's summary.json dict (engine.compress.run), so a finished run's reports can be written again
+from its summary alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from utils.files import write_text
+
+
+def write_results(summary: dict, path: Path) -> None:
+    cols = ("round", "params", "gflops", "map50", "map50_95", "map50_95_before_finetune", "image_forwards", "seconds")
+    b = summary["base"]
+    lines = [",".join(cols), ",".join(str(x) for x in ("base", b["params"], b["gflops"], b["map50"], b["map50_95"],
+                                                         "", "", ""))]
+    lines += [",".join("" if r.get(c) is None else str(r.get(c)) for c in cols) for r in summary["rounds"]]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def report_markdown(summary: dict, opt) -> str:
+    b, a = summary["before"], summary["after"]
+    lat = summary.get("latency") or {}
+    lines = [f"# Compression report: {summary['method']} on {Path(str(summary['weights'])).name}", "",
+             f"data `{summary['data']}`, image size {summary['imgsz']}, {len(summary['rounds'])} round(s), "
+             f"{summary['epochs']} fine-tune epoch(s) per round", "",
+             "| model | params | GFLOPs | mAP50 | mAP50-95 | latency (ms, ORT CPU b1) |", "|---|---|---|---|---|---|"]
+
+    def ms(tag):
+        v = lat.get(f"{tag}_ms")
+        return f"{v:.1f}" if isinstance(v, (int, float)) else "-"
+
+    lines.append(f"| base | {b['params']:,} | {b['gflops']:.2f} | {b['map50']:.3f} | {b['map50_95']:.3f} | {ms('base')} |")
+    for r in summary["rounds"]:
+        lines.append(f"| round {r['round']} | {r['params']:,} | {r['gflops']:.2f} | {r['map50']:.3f} | "
+                     f"{r['map50_95']:.3f} (pruned {r['map50_95_before_finetune']:.3f}) | - |")
+    lines.append(f"| **final** | {a['params']:,} | {a['gflops']:.2f} | {a['map50']:.3f} | {a['map50_95']:.3f} | "
+                 f"{ms('pruned')} |")
+    ratio = summary["flops_ratio"]
+    lines += ["", f"FLOPs x{ratio:.3f} (/{1 / ratio:.2f}), params x{summary['params_ratio']:.3f}" + speedup_text(lat, ratio), ""]
+    if summary.get("image_forwards"):
+        eq = f" ({summary['forward_equivalents']:,} full-model equivalents)" if summary.get("forward_equivalents") else ""
+        lines.append(f"PAGCP oracle: {summary['image_forwards']:,} image-forwards{eq}; {summary['seconds']:.0f} s in all")
+    lines += ["", "Files: `pruned.pt` final model, `round_k/` (pruned.pt, weights/best.pt, units.txt, channels.json), "
+              "`summary.json`, `results.csv`, `rounds.png`, `channels.png`."]
+    return "\n".join(lines) + "\n"
+
+
+def speedup_text(lat: dict, flops_ratio: float) -> str:
+    """The latency speedup next to the FLOPs factor it should approach (issue 7's yardstick)."""
+    if isinstance(lat.get("speedup"), (int, float)):
+        return (f"; latency speedup x{lat['speedup']:.2f} = {lat['speedup'] * flops_ratio:.2f} of the FLOPs factor "
+                f"(onnxruntime CPU, batch 1, {lat['threads']} threads)")
+    return f"; latency {lat['skipped']}" if lat.get("skipped") else ""
+
+
+def console_table(summary: dict) -> str:
+    row = "%-10s%12s%10s%10s%11s%16s"
+    lines = [row % ("", "params", "GFLOPs", "mAP50", "mAP50-95", "before-finetune")]
+    b = summary["base"]
+    lines.append(row % ("base", f"{b['params']:,}", f"{b['gflops']:.2f}", f"{b['map50']:.3f}", f"{b['map50_95']:.3f}", ""))
+    for r in summary["rounds"]:
+        lines.append(row % (f"round {r['round']}", f"{r['params']:,}", f"{r['gflops']:.2f}", f"{r['map50']:.3f}",
+                            f"{r['map50_95']:.3f}", f"{r['map50_95_before_finetune']:.3f}"))
+    return "\n".join(lines)
