@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from engine.data import build_val_loader, check_dataset
-from engine.report import console_table, report_markdown, write_results
+from engine.report import console_table, report_markdown, round_seconds, write_results
 from engine.validator import ValResult, format_table, validate, write_json
 from models.loader import fuse_model, load_model, model_family
 from prune import build_groups
@@ -100,6 +100,7 @@ def run(opt) -> dict:
     """compress.py: `--rounds` x (prune -> fine-tune `--epochs` -> validate), each round starting from the
     previous round's result; `--resume` continues an interrupted run at its last unfinished stage, with the
     options the run was started with."""
+    t_run = time.time()
     save_dir, summary = _find_run(opt) if opt.resume else (None, None)
     given = {k: v for k, v in vars(opt).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
     check_args(opt)
@@ -151,7 +152,7 @@ def run(opt) -> dict:
     summary["params_ratio"] = final["params"] / summary["base"]["params"]
     for key in ("image_forwards", "forward_equivalents"):
         summary[key] = sum(r.get(key) or 0 for r in summary["rounds"]) or None
-    summary["seconds"] = sum(r["seconds"] for r in summary["rounds"])
+    summary.update(round_seconds(summary["rounds"]))
     summary["groups"] = final.get("groups")  # per group channels before/after, last round
     if opt.latency:
         from engine.speed import compress_latency
@@ -162,6 +163,8 @@ def run(opt) -> dict:
     copy_file(final_file, save_dir / "pruned.pt")
     write_json(channel_table(model), save_dir / "channels.json")
     plot_channels(base_channels, channel_table(model), save_dir / "channels.png")
+    summary["run_seconds"] = time.time() - t_run  # this process (a resumed run: since the resume)
+    summary["base_trained"] = bool(getattr(opt, "base_trained", False))  # the demo's base model, in run_seconds
     write_json(summary, save_dir / "summary.json")
     write_text(save_dir / "report.md", report_markdown(summary, opt))
     LOGGER.info(console_table(summary))
@@ -223,14 +226,16 @@ def _round(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
     t0 = time.time()
     rdir.mkdir(parents=True, exist_ok=True)
     stage = rdir / "pruned.json"
-    if opt.resume and stage.exists() and (rdir / "pruned.pt").exists():  # never reuse another run's (--exist-ok)
+    reused = opt.resume and stage.exists() and (rdir / "pruned.pt").exists()  # never another run's (--exist-ok)
+    if reused:
         pruned = json.loads(stage.read_text())
         model = load_model(rdir / "pruned.pt").to(device)
         LOGGER.info(f"round {k}: reusing {rdir / 'pruned.pt'}")
     else:
         pruned = _prune(k, model, data, opt, device, evaluate, rdir)
-    entry = {"round": k, **pruned}
+    entry = {"round": k, **pruned, "finetune_seconds": 0.0}
     if opt.epochs > 0:
+        t1 = time.time()
         from engine.trainer import train
 
         last = rdir / "weights" / "last.pt"
@@ -243,13 +248,15 @@ def _round(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
             res = train(model=None if resume else model, resume=str(last) if resume else False,
                         teacher_model=teacher, **kw)
             model = res.model.to(device)
+        entry["finetune_seconds"] = time.time() - t1  # training with its per-epoch validation (this process)
         after = _measure(model, evaluate, opt.imgsz, f"round {k} after fine-tuning")
         entry.update(after, model="weights/best.pt")
     else:
         entry.update({k2: pruned["pruned_metrics"][k2] for k2 in ("params", "gflops", "map50", "map50_95",
                                                                   "precision", "recall")}, model="pruned.pt")
     entry["map50_95_before_finetune"] = pruned["pruned_metrics"]["map50_95"]
-    entry["seconds"] = pruned["prune_seconds"] + (time.time() - t0 if opt.epochs > 0 else 0.0)
+    # the whole round: pruning (with the oracle), validations, saving and fine-tuning, each counted once
+    entry["seconds"] = time.time() - t0 + (pruned["prune_seconds"] if reused else 0.0)
     return model, entry
 
 
@@ -267,7 +274,7 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
     stride = int(max(model.stride.max(), 32))
     if opt.method == "taylor":
         _accumulate_gradients(model, data, opt, device)
-    opt.image_forwards = opt.forward_equivalents = None
+    opt.image_forwards = opt.forward_equivalents = opt.oracle_seconds = None
     if opt.method == "pagcp":
         removed = _plan_pagcp(model, groups, opt, data, device, rdir, round_index=opt.round + k)
     elif opt.method == "fisher":
@@ -311,7 +318,7 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
     save_checkpoint(ckpt, rdir / "pruned.pt")
     write_json(channel_table(model), rdir / "channels.json")
     info = {"pruned_metrics": _measure(model, evaluate, opt.imgsz, f"round {k} pruned"),
-            "prune_seconds": prune_seconds, "image_forwards": opt.image_forwards,
+            "prune_seconds": prune_seconds, "oracle_seconds": opt.oracle_seconds, "image_forwards": opt.image_forwards,
             "forward_equivalents": opt.forward_equivalents,
             "groups_pruned": len(removed), "channels_removed": int(sum(map(len, removed.values()))),
             "groups": group_sizes(groups, removed)}
@@ -355,6 +362,7 @@ def ensure_base_model(opt, data: dict) -> Path:
                 device=opt.device, workers=opt.workers, hyp=opt.base_hyp, optimizer=opt.base_optimizer,
                 seed=opt.seed, save_dir=str(path.parent / f".{tag}-run"), exist_ok=True)
     copy_file(res.best, path)
+    opt.base_trained = True
     return path
 
 
@@ -386,19 +394,20 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
         journal.unlink(missing_ok=True)  # another run's (--exist-ok)
     policy = PAGCP(model, groups, oracle, list(criterion.names), cfg, units=units, journal=journal)
     removed, decisions = policy.run()
+    opt.oracle_seconds = time.time() - t  # the greedy pass: every oracle call and mask change (this process)
     calls = policy.oracle_calls  # including the calls made before an interruption
     forwards = calls * oracle.images
     rows = [d.row(list(criterion.names)) for d in decisions]
     write_text(save_dir / "units.txt",
                f"PAGCP rate {rate} thres {thres} exp {opt.exp} lambda {policy.lam:.5f} topk {opt.topk}\n"
                f"oracle calls {calls}, image-forwards {forwards} ({oracle.flop_forwards:,.0f} full-model equivalents "
-               f"by FLOPs: the prefix cache runs only the layers a unit can change), {time.time() - t:.1f}s\n"
+               f"by FLOPs: the prefix cache runs only the layers a unit can change), {opt.oracle_seconds:.1f}s\n"
                "unit  ch -> kept  ratio  threshold  tripped-by  accepted loss/base  producers\n" + "\n".join(rows) + "\n")
     write_json([vars(d) for d in decisions], save_dir / "units.json")
     plot_loss_curves([vars(d) for d in decisions], list(criterion.names), save_dir / "loss_curves.png")
     resumed = f", {policy.resumed_units} units replayed from {journal.name}" if policy.resumed_units else ""
     LOGGER.info(f"PAGCP: {len(removed)} of {len(units)} units pruned, {calls} oracle calls, "
-                f"{forwards} image-forwards ({time.time() - t:.1f}s{resumed}); decisions in units.txt")
+                f"{forwards} image-forwards ({opt.oracle_seconds:.1f}s{resumed}); decisions in units.txt")
     opt.image_forwards = forwards
     opt.forward_equivalents = round(oracle.flop_forwards)  # this run's calls only (a resumed pass replayed some)
     return removed
