@@ -19,7 +19,15 @@ import torch
 import torch.nn as nn
 
 from engine.data import build_val_loader, check_dataset
-from engine.report import console_table, report_markdown, round_seconds, write_results
+from engine.report import (
+    FLOPS_TOLERANCE,
+    console_table,
+    final_line,
+    report_markdown,
+    round_seconds,
+    rounding_warning,
+    write_results,
+)
 from engine.validator import ValResult, format_table, validate, write_json
 from models.loader import fuse_model, load_model, model_family
 from prune import build_groups
@@ -64,6 +72,9 @@ def check_args(opt) -> None:
         return
     if opt.method == "fisher" and (opt.target_flops is None or opt.ratio is not None or opt.pruning_params):
         raise UsageError("--method fisher prunes during training to a FLOPs target: give --target-flops F only")
+    if opt.method == "fisher" and opt.divisor > 1:
+        raise UsageError("--method fisher masks one channel at a time and does not round to --divisor: leave "
+                         "--divisor at 1 (or prune with --method l1/pagcp, which round to it)")
     budgets = [opt.target_flops is not None, opt.ratio is not None, opt.pruning_params is not None]
     if opt.method == "slim":
         budgets += [opt.slim_threshold is not None, opt.slim_percent is not None]
@@ -153,6 +164,8 @@ def run(opt) -> dict:
     for key in ("image_forwards", "forward_equivalents"):
         summary[key] = sum(r.get(key) or 0 for r in summary["rounds"]) or None
     summary.update(round_seconds(summary["rounds"]))
+    summary["divisor"], summary["target_flops"] = opt.divisor, opt.target_flops
+    summary["flops_share"] = float(np.prod([r.get("flops_share", np.nan) for r in summary["rounds"]]))
     summary["groups"] = final.get("groups")  # per group channels before/after, last round
     if opt.latency:
         from engine.speed import compress_latency
@@ -168,6 +181,7 @@ def run(opt) -> dict:
     write_json(summary, save_dir / "summary.json")
     write_text(save_dir / "report.md", report_markdown(summary, opt))
     LOGGER.info(console_table(summary))
+    LOGGER.info(final_line(summary))
     LOGGER.info(f"Results saved to {save_dir}: pruned.pt (final model), summary.json, results.csv, report.md, "
                 f"round_*/")
     summary["save_dir"] = str(save_dir)
@@ -303,8 +317,11 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
         LOGGER.info(f"BN statistics re-estimated on {opt.bn_recalib} images: calibration loss {before:.4f} -> "
                     f"{after:.4f}, {'kept' if kept else 'discarded (the original statistics are better)'}")
     prune_seconds = time.time() - t0
+    target = opt.target_flops ** (1 / max(opt.rounds, 1)) if opt.target_flops is not None else None
     LOGGER.info(f"round {k}: pruned {sum(map(len, removed.values()))} channels in {len(removed)} groups: "
                 f"conv FLOPs x{frac:.3f} ({prune_seconds:.1f}s)")
+    if target is not None and abs(frac - target) > FLOPS_TOLERANCE:
+        LOGGER.warning(rounding_warning(k, frac, target, opt.divisor))
     from engine.trainer import _storable
 
     ckpt = {
@@ -318,6 +335,7 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
     save_checkpoint(ckpt, rdir / "pruned.pt")
     write_json(channel_table(model), rdir / "channels.json")
     info = {"pruned_metrics": _measure(model, evaluate, opt.imgsz, f"round {k} pruned"),
+            "flops_share": frac, "target_share": target, "divisor": opt.divisor,
             "prune_seconds": prune_seconds, "oracle_seconds": opt.oracle_seconds, "image_forwards": opt.image_forwards,
             "forward_equivalents": opt.forward_equivalents,
             "groups_pruned": len(removed), "channels_removed": int(sum(map(len, removed.values()))),

@@ -7,11 +7,61 @@ from its summary alone.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from utils.files import write_text
 
 TIME_KEYS = ("oracle_seconds", "prune_seconds", "finetune_seconds", "seconds")
+FLOPS_TOLERANCE = 0.02  # a landed FLOPs share farther than this from --target-flops is warned about (issue 17)
+
+
+def rounding_warning(k: int, share: float, target: float, divisor: int) -> str:
+    """One visible line when a round's conv FLOPs share lands far from its target."""
+    why = (f"channel counts rounded to multiples of {divisor} cannot land closer; a smaller --divisor can"
+           if divisor > 1 else "the groups' channel steps are too coarse here")
+    return (f"WARNING: round {k}: conv FLOPs share {share:.3f} is {share - target:+.3f} from its target "
+            f"{target:.3f}: {why}")
+
+
+def divisor_text(summary: dict) -> str:
+    """'divisor 16 (kept channels rounded to multiples of 16): conv FLOPs share 0.598 for --target-flops 0.600
+    (rounding moved it -0.002)'; '' for summaries written before the divisor was recorded."""
+    d = summary.get("divisor")
+    if d is None:
+        return ""
+    text = f"divisor {d} ({f'kept channels rounded to multiples of {d}' if d > 1 else 'channel counts not rounded'})"
+    share, target = summary.get("flops_share"), summary.get("target_flops")
+    if target is not None and isinstance(share, (int, float)) and math.isfinite(share):
+        text += (f": conv FLOPs share {share:.3f} for --target-flops {target:.3f} "
+                 f"({'rounding moved it' if d > 1 else 'off by'} {share - target:+.3f})")
+    return text
+
+
+def speed_hint(summary: dict) -> str:
+    """A one-line hint when the measured latency speedup is below 1 ('' otherwise)."""
+    lat = summary.get("latency") or {}
+    sp = lat.get("speedup")
+    if not isinstance(sp, (int, float)) or sp >= 1:
+        return ""
+    d = summary.get("divisor") or 1
+    if d < 16:
+        try_ = "--divisor 8 or --divisor 16" if d < 8 else "--divisor 16"
+        return (f"HINT: the pruned model is slower than the base on this CPU (x{sp:.2f}): convolution kernels are "
+                f"fastest when channel counts are multiples of 8 or 16; try {try_}.")
+    return (f"HINT: the pruned model is slower than the base on this CPU (x{sp:.2f}) even with --divisor {d}: the cut "
+            "is too small for latency to follow the FLOPs; prune more (--target-flops) or time with more repeats.")
+
+
+def final_line(summary: dict) -> str:
+    """The last line compress.py prints: FLOPs, params, mAP, divisor and speed (and a hint when slower)."""
+    b, a = summary["before"], summary["after"]
+    ratio = summary["flops_ratio"]
+    text = (f"compressed: FLOPs x{ratio:.3f} (/{1 / ratio:.2f}), params x{summary['params_ratio']:.3f}, "
+            f"mAP50-95 {b['map50_95']:.3f} -> {a['map50_95']:.3f}; {divisor_text(summary)}"
+            + speedup_text(summary.get("latency") or {}, ratio))
+    hint = speed_hint(summary)
+    return text + (f"\n{hint}" if hint else "")
 
 
 def round_seconds(rounds: list[dict]) -> dict:
@@ -41,8 +91,11 @@ def time_text(summary: dict) -> str:
     n = len(summary.get("rounds") or [])
     text = f"Time: {', '.join(parts)}; {total} s for {n} round{'s' if n != 1 else ''}"
     if t["run_seconds"] is not None:
-        text += (f"; {t['run_seconds']:.0f} s for the whole process (also loading, the base model's validation"
-                 f"{' and training' if summary.get('base_trained') else ''} and the latency measurement)")
+        extra = ["loading", "the base model's validation"] + (["its training"] if summary.get("base_trained") else [])
+        if isinstance((summary.get("latency") or {}).get("speedup"), (int, float)):
+            extra.append("the latency measurement")
+        text += (f"; {t['run_seconds']:.0f} s for the whole process (with {', '.join(extra[:-1])} and "
+                 f"{extra[-1]})")
     return text + "."
 
 
@@ -76,6 +129,9 @@ def report_markdown(summary: dict, opt) -> str:
                  f"{ms('pruned')} |")
     ratio = summary["flops_ratio"]
     lines += ["", f"FLOPs x{ratio:.3f} (/{1 / ratio:.2f}), params x{summary['params_ratio']:.3f}" + speedup_text(lat, ratio), ""]
+    for extra in (divisor_text(summary), speed_hint(summary)):
+        if extra:
+            lines += [extra[0].upper() + extra[1:] if extra.startswith("divisor") else extra, ""]
     if summary.get("image_forwards"):
         eq = f" ({summary['forward_equivalents']:,} full-model equivalents)" if summary.get("forward_equivalents") else ""
         lines += [f"PAGCP oracle: {summary['image_forwards']:,} image-forwards{eq}.", ""]

@@ -210,6 +210,24 @@ def test_target_flops_is_met_and_unreachable_is_reported():
         solve_ratio_for_flops(groups, plan_uniform, 1e-4, scores=scores)
 
 
+@pytest.mark.parametrize("planner", [plan_uniform, plan_global])
+@pytest.mark.parametrize("divisor", [8, 16])
+def test_target_flops_with_divisor_lands_close(planner, divisor):
+    """Issue 17 item 6: rounding kept channels to a divisor is solved inside the search, from both sides of the
+    target (uniform L1 at 0.6 with divisor 16 landed at 0.512 when every group was rounded up afterwards)."""
+    model = load_model("yolov5n.yaml", nc=80)
+    groups = build_groups(model)
+    scores = {g.id: get_criterion("l1")(model, g) for g in groups.prunable}
+    for target in (0.5, 0.6, 0.8):
+        plan, frac = solve_ratio_for_flops(groups, planner, target, scores=scores, divisor=divisor)
+        assert abs(frac - target) <= 0.02, (target, frac)
+        assert frac == pytest.approx(estimate_flops(groups, plan)[1] / estimate_flops(groups, {})[0])
+        for g in groups.prunable:
+            kept = len(g) - len(plan.get(g.id, []))
+            assert kept == len(g) or kept % divisor == 0, (g.id, len(g), kept)
+            assert sorted(plan.get(g.id, [])) == sorted(np.argsort(scores[g.id], kind="stable")[: len(g) - kept])
+
+
 def test_surgery_refuses_to_empty_a_group():
     model = load_model("yolov5n.yaml", nc=3)
     groups = build_groups(model)

@@ -80,3 +80,41 @@ def test_round_times_count_each_stage_once(tiny, shapes_yaml, tmp_path, monkeypa
     assert "s in all" not in report
     csv = (s["dir"] / "results.csv").read_text().splitlines()
     assert csv[0].endswith("oracle_seconds,prune_seconds,finetune_seconds,seconds") and csv[2].endswith("7.0,10.0,20.0,32.0")
+
+
+def test_divisor_stated_and_far_landing_warned(tiny, shapes_yaml, tmp_path, capsys):
+    """Issue 17 item 6: report.md and the final line state the divisor and how far rounding moved the FLOPs
+    share from --target-flops; a share more than 0.02 away is a visible warning."""
+    s = _compress(["--weights", str(tiny), "--data", str(shapes_yaml), "--img", "64", "--batch", "8", "--method",
+                   "l1", "--target-flops", "0.7", "--divisor", "16", "--epochs", "0", "--bn-recalib", "0"], tmp_path)
+    out = capsys.readouterr().out
+    share = s["flops_share"]
+    assert s["divisor"] == 16 and s["target_flops"] == 0.7 and abs(share - 0.7) > 0.02  # tiny: 16-32 channel groups
+    assert f"WARNING: round 0: conv FLOPs share {share:.3f} is {share - 0.7:+.3f} from its target 0.700" in out
+    stated = (f"ivisor 16 (kept channels rounded to multiples of 16): conv FLOPs share {share:.3f} for "
+              f"--target-flops 0.700 (rounding moved it {share - 0.7:+.3f})")
+    assert "D" + stated in (s["dir"] / "report.md").read_text()
+    last = [line for line in out.splitlines() if line.startswith("compressed: ")]
+    assert len(last) == 1 and "d" + stated in last[0]
+
+
+def test_speed_hint_only_when_slower():
+    from engine.report import final_line, speed_hint
+
+    summary = {"before": {"map50_95": 0.1}, "after": {"map50_95": 0.09}, "flops_ratio": 0.8, "params_ratio": 0.7,
+               "divisor": 1, "latency": {"speedup": 0.83, "threads": 2}}
+    hint = speed_hint(summary)
+    assert hint.startswith("HINT: the pruned model is slower than the base on this CPU (x0.83)")
+    assert "try --divisor 8 or --divisor 16" in hint and final_line(summary).endswith(hint)
+    assert "try --divisor 16." in speed_hint({**summary, "divisor": 8})
+    assert "even with --divisor 16" in speed_hint({**summary, "divisor": 16})
+    for lat in ({"speedup": 1.2, "threads": 2}, {"skipped": "no onnxruntime"}, {}):
+        assert speed_hint({**summary, "latency": lat}) == "" and "HINT" not in final_line({**summary, "latency": lat})
+
+
+def test_fisher_refuses_a_divisor_it_would_ignore(tiny, shapes_yaml, tmp_path, capsys):
+    rc = compress.main(["--weights", str(tiny), "--data", str(shapes_yaml), "--method", "fisher", "--target-flops",
+                        "0.5", "--divisor", "8", "--project", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--method fisher masks one channel at a time and does not round to --divisor" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "runs").exists()
