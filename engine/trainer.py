@@ -492,7 +492,7 @@ class Trainer:
     def validate(self, model: nn.Module, loader) -> ValResult:
         m = fuse_model(copy.deepcopy(model).float().to(self.device))
         res, _ = validate(m, loader, self.data["names"], device=self.device, single_cls=self.opt.single_cls,
-                          progress=self.opt.progress)
+                          progress=self.opt.progress, criterion=self.criterion)
         LOGGER.info(format_table(res))
         return res
 
@@ -501,6 +501,8 @@ class Trainer:
         row.update({f"train/{n}_loss": round(float(v), 5) for n, v in zip(self.loss_names, mloss)})
         vals = (res.precision, res.recall, res.map50, res.map50_95) if res is not None else ("",) * 4
         row.update({k: (round(v, 5) if v != "" else v) for k, v in zip(METRIC_KEYS, vals)})
+        losses = res.losses if res is not None else {}
+        row.update({f"val/{n}_loss": round(losses[n], 5) if n in losses else "" for n in self.loss_names})
         row.update({f"lr/pg{j}": round(float(lr), 6) for j, lr in enumerate(lrs)})
         return row
 
@@ -569,7 +571,8 @@ def _write_csv(rows: list[dict], path: Path) -> None:
     if not rows:
         return
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    # the union of the rows' columns: a run resumed from an older results.csv gains the newer columns
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
     w.writeheader()
     w.writerows(rows)
     write_text(path, buf.getvalue())
@@ -583,23 +586,50 @@ def _read_csv(path: Path) -> list[dict]:
 
 
 def _plot_results(rows: list[dict], path: Path) -> None:
+    """results.png as YOLOv5 draws it: training losses and precision/recall on top, validation losses and mAPs
+    below, one panel per column of results.csv against the epoch; columns without values are left out."""
+    fig = results_figure(rows)
+    if fig is not None:
+        import matplotlib.pyplot as plt
+
+        fig.savefig(path, dpi=150)
+        plt.close(fig)
+
+
+def results_figure(rows: list[dict]):
+    """The figure _plot_results saves (None without rows)."""
     if not rows:
-        return
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    keys = [k for k in rows[0] if k != "epoch" and not k.startswith("lr/")]
-    fig, axes = plt.subplots(2, math.ceil(len(keys) / 2), figsize=(3 * math.ceil(len(keys) / 2), 5), tight_layout=True)
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    top = [k for k in cols if k.startswith("train/")] + [k for k in METRIC_KEYS[:2] if k in cols]
+    bottom = [k for k in cols if k.startswith("val/")] + [k for k in METRIC_KEYS[2:] if k in cols]
     epochs = [int(r["epoch"]) + 1 for r in rows]
-    for ax, k in zip(axes.ravel(), keys):
-        pts = [(e, float(r[k])) for e, r in zip(epochs, rows) if r[k] not in ("", None)]
-        if pts:
-            ax.plot(*zip(*pts), marker=".", linewidth=1.5)
-        ax.set_title(k, fontsize=10)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+
+    def points(k):
+        return [(e, float(r[k])) for e, r in zip(epochs, rows) if r.get(k) not in ("", None)]
+
+    top, bottom = [k for k in top if points(k)], [k for k in bottom if points(k)]
+    ncol = max(len(top), len(bottom), 1)
+    fig, axes = plt.subplots(2, ncol, figsize=(2.6 * ncol, 5), squeeze=False, tight_layout=True)
+    for r, keys in enumerate((top, bottom)):
+        for c in range(ncol):
+            ax = axes[r, c]
+            if c >= len(keys):
+                fig.delaxes(ax)
+                continue
+            x, y = zip(*points(keys[c]))
+            ax.plot(x, y, marker=".", linewidth=1.5)
+            ax.set_title(keys[c], fontsize=10)
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.tick_params(labelsize=7)
+    return fig
 
 
 def _plot_gammas(history: list[np.ndarray], path: Path) -> None:

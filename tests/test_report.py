@@ -4,6 +4,7 @@ divisor and its rounding stated, figures readable)."""
 
 from __future__ import annotations
 
+import csv
 import json
 from types import SimpleNamespace
 
@@ -118,3 +119,66 @@ def test_fisher_refuses_a_divisor_it_would_ignore(tiny, shapes_yaml, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--method fisher masks one channel at a time and does not round to --divisor" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+def _fake_units(n: int) -> list[dict]:
+    return [{"group": i, "producers": [f"model.{i}.conv"], "ratio": 0.2, "threshold": 0.01, "tripped_by": "box",
+             "curve": [[0.1, 1.001, 1.0, 0.999], [0.2, 1.004, 1.002, 1.0], [0.3, 1.02, 1.003, 1.001]]}
+            for i in range(n)]
+
+
+def test_loss_curves_readable_with_134_units(tmp_path):
+    """Issue 17 item 7: YOLOv9t's 134 units made one 2160x6900 image; now at most 30 panels per image, each image
+    with axis labels and one legend explaining the threshold and markers."""
+    from PIL import Image
+
+    from utils.plots import LOSS_PANELS_PER_PAGE, loss_curve_figures, plot_loss_curves
+
+    files = plot_loss_curves(_fake_units(134), ["box", "obj", "cls"], tmp_path / "loss_curves.png")
+    assert [f.name for f in files] == ["loss_curves.png"] + [f"loss_curves_{i}.png" for i in range(2, 6)]
+    for f in files:
+        w, h = Image.open(f).size
+        assert w <= 2400 and h <= 2000, (f, w, h)
+    figs = list(loss_curve_figures(_fake_units(31), ["box", "obj", "cls"]))
+    assert len(figs) == 2 and len(figs[0].axes) == LOSS_PANELS_PER_PAGE and len(figs[1].axes) == 1
+    for fig in figs:
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert labels == ["box loss / base", "obj loss / base", "cls loss / base", "trip threshold 1 + thres",
+                          "ratio kept", "trial over the threshold"]
+        assert fig._supxlabel.get_text() == "share of the unit's channels removed"
+        assert fig._supylabel.get_text() == "task loss / its base (calibration set)"
+        assert "units" in fig._suptitle.get_text()
+    assert plot_loss_curves(_fake_units(3), ["box", "obj", "cls"], tmp_path / "loss_curves.png") == \
+        [tmp_path / "loss_curves.png"] and not (tmp_path / "loss_curves_2.png").exists()  # a rerun's stale pages go
+
+
+def test_rounds_png_names_rounds_as_the_console_and_hides_nothing():
+    from utils.plots import rounds_figure
+
+    base = {"map50_95": 0.08, "gflops": 0.26}
+    rounds = [{"round": 0, "map50_95": 0.10, "map50_95_before_finetune": 0.075, "gflops": 0.19},
+              {"round": 1, "map50_95": 0.09, "map50_95_before_finetune": 0.06, "gflops": 0.15}]
+    fig = rounds_figure({"base": base, "rounds": rounds, "epochs": 5, "method": "pagcp", "weights": "w.pt"})
+    top, bottom = fig.axes
+    assert [t.get_text() for t in bottom.get_xticklabels()] == ["base", "round 0", "round 1"]
+    assert [t.get_text() for t in top.get_legend().get_texts()] == ["mAP50-95 after fine-tuning",
+                                                                     "mAP50-95 right after the cut"]
+    assert [t.get_text() for t in bottom.get_legend().get_texts()] == ["GFLOPs"]  # its own panel: no shared pixel
+    fig = rounds_figure({"base": base, "rounds": rounds, "epochs": 0})
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["mAP50-95 (no fine-tuning)"]
+
+
+def test_results_png_has_validation_losses_and_no_empty_panel(tiny, shapes_yaml, tmp_path):
+    from engine.trainer import results_figure, train
+
+    train(cfg=str(tiny), data=str(shapes_yaml), epochs=2, imgsz=64, batch_size=8, workers=0, progress=False,
+          hyp="scratch-low", save_dir=str(tmp_path / "t"), noval=True)
+    rows = list(csv.DictReader(open(tmp_path / "t" / "results.csv")))
+    assert [r["val/box_loss"] == "" for r in rows] == [True, False]  # --noval: only the last epoch validated
+    assert all(float(rows[-1][f"val/{k}_loss"]) > 0 for k in ("box", "obj", "cls"))
+    fig = results_figure(rows)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["train/box_loss", "train/obj_loss", "train/cls_loss", "metrics/precision", "metrics/recall",
+                      "val/box_loss", "val/obj_loss", "val/cls_loss", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95"]
+    assert all(ax.lines and ax.get_xlabel() == "epoch" for ax in fig.axes)
+    assert (tmp_path / "t" / "results.png").exists()
