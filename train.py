@@ -19,8 +19,8 @@ import subprocess
 import sys
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
-from utils.config import defaults
-from utils.general import UsageError
+from utils.config import HelpFormatter, defaults, explicit_flags
+from utils.general import LOGGER, UsageError
 
 
 def add_train_args(p: argparse.ArgumentParser, d: dict) -> None:
@@ -46,10 +46,12 @@ def add_train_args(p: argparse.ArgumentParser, d: dict) -> None:
 
 def parse_opt(argv=None) -> argparse.Namespace:
     d = defaults("train")
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
+                                epilog="Defaults come from cfg/default.yaml (train: section). Without --data the "
+                                       "built-in shapes dataset is used.")
     p.add_argument("--weights", type=str, default="", help="initial weights: checkpoint (full or pruned)")
     p.add_argument("--cfg", type=str, default="", help="model yaml, to train from scratch")
-    p.add_argument("--data", type=str, default=d["data"], help="dataset yaml or 'shapes' (built-in)")
+    p.add_argument("--data", type=str, default=d["data"], help="dataset yaml, or 'shapes' (the built-in synthetic set)")
     p.add_argument("--epochs", type=int, default=d["epochs"], help="total training epochs")
     p.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"], help="total batch size, all GPUs")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=d["imgsz"], help="train, val image size")
@@ -64,7 +66,12 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the DDP launcher")
     p.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
     add_train_args(p, d)
-    return p.parse_args(argv)
+    opt = p.parse_args(argv)
+    if "data" not in explicit_flags(p, sys.argv[1:] if argv is None else argv) and opt.data == "shapes" \
+            and not opt.resume:
+        LOGGER.info("no --data: training on the built-in shapes dataset (4 synthetic classes, generated offline); "
+                    "pass --data your.yaml for your own")
+    return opt
 
 
 def _launch_ddp(n: int, argv: list[str]) -> int:
@@ -73,29 +80,50 @@ def _launch_ddp(n: int, argv: list[str]) -> int:
     return subprocess.call(cmd)
 
 
+def resume_hint(opt, since: float) -> str:
+    """How to continue after an interruption: the last.pt this process wrote (newer than `since`)."""
+    from pathlib import Path
+
+    if opt is None:
+        return "nothing was started; run the command again"
+    if opt.resume:
+        return f"continue with python train.py --resume{'' if opt.resume is True else f' {opt.resume}'}"
+    root = Path(opt.save_dir) if getattr(opt, "save_dir", None) else Path(opt.project)
+    lasts = [f for f in root.rglob("last.pt") if f.stat().st_mtime >= since]
+    if lasts:
+        return f"continue with python train.py --resume {max(lasts, key=lambda f: f.stat().st_mtime)}"
+    return "stopped before the first epoch's checkpoint (last.pt): nothing to resume; run the command again"
+
+
 def main(argv=None) -> int:
+    import time
+
     from engine.data import DataConfigError
     from utils.checkpoint import CheckpointError
+    from utils.general import interrupt_status, sigterm_as_interrupt
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    opt, since = None, time.time() - 1  # file times may round down
     try:
-        opt = parse_opt(argv)
-        devices = [x for x in str(opt.device).replace("cuda:", "").split(",") if x.strip().isdigit()]
-        if len(devices) > 1 and "LOCAL_RANK" not in os.environ:
-            from utils.general import select_device
+        with sigterm_as_interrupt():
+            opt = parse_opt(argv)
+            devices = [x for x in str(opt.device).replace("cuda:", "").split(",") if x.strip().isdigit()]
+            if len(devices) > 1 and "LOCAL_RANK" not in os.environ:
+                from utils.general import select_device
 
-            select_device(opt.device)  # a clear error if a listed device does not exist
-            return _launch_ddp(len(devices), argv)
-        from engine.trainer import Trainer, train_options
+                select_device(opt.device)  # a clear error if a listed device does not exist
+                return _launch_ddp(len(devices), argv)
+            from engine.trainer import Trainer, train_options
 
-        opt = train_options(**{k: v for k, v in vars(opt).items()})
-        Trainer(opt).train()
+            opt = train_options(**{k: v for k, v in vars(opt).items()})
+            Trainer(opt).train()
     except (UsageError, CheckpointError, DataConfigError, FileNotFoundError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: continue with python train.py --resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what, status = interrupt_status(e)
+        print(f"{what}: {resume_hint(opt, since)}", file=sys.stderr)
+        return status
     return 0
 
 

@@ -4,6 +4,10 @@
 Usage:
     python val.py --weights yolov5n.pt --data coco128.yaml --img 640
     python val.py --weights runs/compress/exp/weights/best.pt --data shapes --img 320 --verbose
+    python val.py --task speed --weights runs/compress/exp/pruned.pt --img 640      # latency, no dataset
+    python val.py --task sensitivity --weights yolov5n.pt --data coco128.yaml        # seed 002's analysis
+
+Without --data, the built-in shapes dataset (generated offline on first use) is used.
 """
 
 from __future__ import annotations
@@ -14,15 +18,16 @@ from pathlib import Path
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
 from engine.sensitivity import add_sensitivity_args, strip_sensitivity_args
-from utils.config import defaults, explicit_flags
+from utils.config import HelpFormatter, defaults, explicit_flags
 from utils.general import LOGGER, UsageError, increment_path, select_device
 
 
 def parse_opt(argv=None) -> argparse.Namespace:
     d = defaults()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
+                                epilog="Defaults come from cfg/default.yaml.")
     p.add_argument("--weights", nargs="+", type=str, required=True, help="checkpoint (.pt) or model yaml")
-    p.add_argument("--data", type=str, default=d["data"], help="dataset yaml or 'shapes' (built-in)")
+    p.add_argument("--data", type=str, default=d["data"], help="dataset yaml, or 'shapes' (the built-in synthetic set)")
     p.add_argument("--imgsz", "--img", "--img-size", type=int, default=d["imgsz"], help="inference size (pixels)")
     p.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"], help="batch size")
     p.add_argument("--conf-thres", type=float, default=d["conf_thres"], help="confidence threshold")
@@ -54,8 +59,12 @@ def parse_opt(argv=None) -> argparse.Namespace:
         raise UsageError("--conf-thres and --iou-thres must be in [0, 1]")
     if opt.ignore and opt.task != "sensitivity":
         raise UsageError("--ignore applies to --task sensitivity only (compress.py has its own --ignore)")
-    if opt.task == "speed" and "batch_size" not in explicit_flags(p, sys.argv[1:] if argv is None else argv):
+    given = explicit_flags(p, sys.argv[1:] if argv is None else argv)
+    if opt.task == "speed" and "batch_size" not in given:
         opt.batch_size = None  # --task speed: batch 1 and cfg's speed_batch unless a batch size is given
+    if opt.task != "speed" and "data" not in given and opt.data == "shapes":
+        LOGGER.info("no --data: validating on the built-in shapes dataset (4 synthetic classes, generated offline); "
+                    "pass --data your.yaml for your own")
     return opt
 
 
@@ -179,27 +188,37 @@ def _annotation_json(data: dict, task: str) -> Path | None:
 def main(argv=None) -> int:
     from engine.data import DataConfigError
     from utils.checkpoint import CheckpointError
+    from utils.general import interrupt_status, sigterm_as_interrupt
 
+    opt = None
     try:
-        opt = parse_opt(argv)
-        if opt.task == "sensitivity":
-            from engine.sensitivity import run_sensitivity
+        with sigterm_as_interrupt():
+            opt = parse_opt(argv)
+            if opt.task == "sensitivity":
+                from engine.sensitivity import run_sensitivity
 
-            for w in opt.weights:
-                run_sensitivity(opt, w)
-            return 0
-        if opt.task == "speed":
-            from engine.speed import run_speed
+                for w in opt.weights:
+                    run_sensitivity(opt, w)
+                return 0
+            if opt.task == "speed":
+                from engine.speed import run_speed
 
-            for w in opt.weights:
-                run_speed(w, opt.imgsz, opt.batch_size, opt.device, opt.half, opt.project, opt.name, opt.exist_ok,
-                          opt.trust_checkpoint)
-            return 0
-        for w in opt.weights:  # several --weights are validated one after another, each in its own run folder
-            run(**{**strip_sensitivity_args(vars(opt)), "weights": w})
+                for w in opt.weights:
+                    run_speed(w, opt.imgsz, opt.batch_size, opt.device, opt.half, opt.project, opt.name,
+                              opt.exist_ok, opt.trust_checkpoint)
+                return 0
+            for w in opt.weights:  # several --weights are validated one after another, each in its own run folder
+                run(**{**strip_sensitivity_args(vars(opt)), "weights": w})
     except (UsageError, CheckpointError, DataConfigError, FileNotFoundError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        what, status = interrupt_status(e)
+        how = ("the analysis keeps every finished layer: continue with the same command and --resume"
+               if opt is not None and opt.task == "sensitivity" else
+               "validation writes its results at the end, so nothing was saved; run the command again")
+        print(f"{what}: {how}", file=sys.stderr)
+        return status
     return 0
 
 

@@ -52,7 +52,8 @@ class Evaluator:
 
     def __call__(self, model: nn.Module, progress: bool = True) -> ValResult:
         m = fuse_model(copy.deepcopy(model).to(self.device))
-        res, _ = validate(m, self.loader, self.data["names"], device=self.device, progress=progress)
+        res, _ = validate(m, self.loader, self.data["names"], device=self.device, progress=progress,
+                          single_cls=bool(self.data.get("single_cls")))
         return res
 
 
@@ -121,12 +122,15 @@ def run(opt) -> dict:
     needs_train = opt.method in ("taylor", "pagcp", "fisher") or opt.bias_compensation or opt.epochs > 0 \
         or opt.bn_recalib > 0
     data = check_dataset(opt.data, splits=("train", "val") if needs_train else ("val",))
+    if opt.single_cls:  # every loader (validation, calibration, BN re-estimation) then reads class 0 only
+        data = {**data, "single_cls": True}
     if opt.weights is None:
         opt.weights = str(ensure_base_model(opt, data))
     from_yaml = Path(str(opt.weights)).suffix in (".yaml", ".yml")
     model = load_model(opt.weights, nc=data["nc"] if from_yaml else None, trust=opt.trust_checkpoint)
-    if model.nc != data["nc"]:
-        raise UsageError(f"{opt.weights} predicts {model.nc} classes but {data['yaml_file']} has {data['nc']}")
+    if model.nc != data["nc"] and not opt.single_cls:
+        raise UsageError(f"{opt.weights} predicts {model.nc} classes but {data['yaml_file']} has {data['nc']}: "
+                         "pass the matching --data (or --single-cls)")
     if summary is None and (opt.ignore or opt.target_flops is not None and opt.method != "pagcp"):
         _check_reachable(model, opt)  # a bad --ignore pattern or an unreachable target: before any folder
     if save_dir is None:  # the inputs are usable: only now is a run folder created

@@ -183,11 +183,13 @@ class Trainer:
                 LOGGER.warning("both --weights and --cfg given: training the checkpoint's own structure "
                                "(a checkpoint, pruned or not, is never rebuilt from a yaml)")
         else:
-            model = load_model(opt.cfg or opt.weights, nc=data["nc"])
-        if int(model.nc) != data["nc"]:
-            LOGGER.info(f"new class head: {model.nc} -> {data['nc']} classes for {data['yaml_file']}")
-            reset_classes(model, data["nc"])
-        model.names = dict(data["names"])
+            model = load_model(opt.cfg or opt.weights, nc=1 if opt.single_cls else data["nc"])
+        nc = 1 if opt.single_cls else data["nc"]  # --single-cls: one class, as YOLOv5's train.py
+        if int(model.nc) != nc:
+            LOGGER.info(f"new class head: {model.nc} -> {nc} classes for {data['yaml_file']}"
+                        + (" (--single-cls)" if opt.single_cls else ""))
+            reset_classes(model, nc)
+        model.names = {0: "item"} if opt.single_cls and data["nc"] != 1 else dict(data["names"])
         return model.float()
 
     def _prepare_params(self, model: nn.Module) -> None:
@@ -292,7 +294,8 @@ class Trainer:
 
         self.train_set, loader = self._train_loader(data, batch, stride)
         nb = len(loader)
-        val_loader = build_val_loader(data, "val", imgsz, batch * 2, stride, opt.workers) if self.main else None
+        val_loader = build_val_loader(data, "val", imgsz, batch * 2, stride, opt.workers, opt.single_cls) \
+            if self.main else None
         # the inputs (weights, data, labels) are usable: only now is the run folder created
         self.save_dir = save_dir = self._save_dir()
         wdir = save_dir / "weights"

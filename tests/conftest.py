@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT.parent / "shared" / "assets"
+# the real assets: $YOLOC_ASSETS if set (any checkout location), else ../shared/assets beside the repository
+ASSETS = Path(os.environ.get("YOLOC_ASSETS") or ROOT.parent / "shared" / "assets").expanduser()
 YOLOV5N_PT = ASSETS / "weights" / "yolov5n.pt"
 YOLOV9T_PT = ASSETS / "weights" / "extra_noncoco" / "yolov9t_volleyball_ball_1cls.pt"
 COCO128 = ASSETS / "datasets" / "coco128"
@@ -22,7 +23,8 @@ if str(ROOT) not in sys.path:
 
 def need(path: Path):
     """Skip marker for a test that needs a real asset."""
-    return pytest.mark.skipif(not path.exists(), reason=f"real asset {path} not present")
+    return pytest.mark.skipif(not path.exists(), reason=f"real asset {path} not present (set YOLOC_ASSETS to the "
+                                                        "assets folder)")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -548,3 +548,64 @@ def test_train_killed_and_resumed(tiny_pt, shapes_yaml, tmp_path):
     rows = (tmp_path / "exp" / "results.csv").read_text().splitlines()
     assert [r.split(",")[0].strip() for r in rows[1:]] == ["0", "1", "2"]
     assert _sha(tiny_pt) == before and _files(tiny_pt.parent) == {tiny_pt.name}
+
+
+# ---------------------------------------------------------------- SIGTERM behaves like Ctrl-C (issue 17 item 8)
+def _terminate_when(cmd: list[str], ready, timeout: float = 300) -> tuple[int, str]:
+    """Run cmd, send SIGTERM once ready() is true; (return code, stderr). Skips if it finished first."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + timeout
+        while not ready() and p.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        if p.poll() is not None:
+            pytest.skip("the command finished before it could be terminated")
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.returncode, err
+
+
+def test_compress_sigterm_says_how_to_resume_and_resumes(tiny_pt, shapes_yaml, tmp_path):
+    args = ["--weights", str(tiny_pt), "--data", str(shapes_yaml), "--img", "64", "--batch", "8", "--method", "l1",
+            "--ratio", "0.3", "--epochs", "3", "--hyp", "scratch-low", "--no-latency", "--workers", "0",
+            "--project", str(tmp_path)]
+    run = tmp_path / "exp"
+    rc, err = _terminate_when([sys.executable, str(ROOT / "compress.py"), *args],
+                              lambda: (run / "round_0" / "weights" / "last.pt").exists())
+    assert rc == 143, err
+    assert err.strip().splitlines()[-1] == f"terminated (SIGTERM): continue with python compress.py --resume {run}"
+    assert compress.main(["--resume", str(run), "--no-latency", "--workers", "0"]) == 0
+    s = json.loads((run / "summary.json").read_text())
+    assert len(s["rounds"]) == 1 and (run / "pruned.pt").exists()
+    epochs = [r.split(",")[0] for r in (run / "round_0" / "results.csv").read_text().splitlines()[1:]]
+    assert epochs == ["0", "1", "2"]  # none lost, none repeated
+
+
+def test_train_sigterm_says_how_to_resume(tiny_pt, shapes_yaml, tmp_path):
+    cmd = [sys.executable, str(ROOT / "train.py"), "--weights", str(tiny_pt), "--data", str(shapes_yaml), "--img",
+           "64", "--batch", "8", "--epochs", "3", "--workers", "0", "--project", str(tmp_path), "--hyp", "scratch-low"]
+    last = tmp_path / "exp" / "weights" / "last.pt"
+    rc, err = _terminate_when(cmd, last.exists)
+    assert rc == 143, err
+    assert err.strip().splitlines()[-1] == f"terminated (SIGTERM): continue with python train.py --resume {last}"
+    assert train.main(["--resume", str(last), "--workers", "0"]) == 0
+
+
+def test_val_sensitivity_sigterm_keeps_finished_layers(tiny_pt, shapes_yaml, tmp_path):
+    args = ["--task", "sensitivity", "--weights", str(tiny_pt), "--data", str(shapes_yaml), "--img", "64",
+            "--batch", "8", "--workers", "0", "--pruning-rate", "[0.25,0.5,0.75]", "--project", str(tmp_path),
+            "--no-progress"]
+    first = tmp_path / "exp" / "output_0.25.txt"
+    rc, err = _terminate_when([sys.executable, str(ROOT / "val.py"), *args],
+                              lambda: first.exists() and first.read_text().count("\n") >= 1)
+    assert rc == 143, err
+    assert "terminated (SIGTERM): the analysis keeps every finished layer: continue with the same command and " \
+           "--resume" in err
+    done = first.read_text().count("\n")
+    assert val.main([*args, "--resume"]) == 0
+    assert first.read_text().count("\n") >= done and (tmp_path / "exp" / "sensitivity.csv").exists()
