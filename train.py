@@ -23,7 +23,7 @@ from utils.config import HelpFormatter, defaults, explicit_flags
 from utils.general import LOGGER, UsageError
 
 
-def add_train_args(p: argparse.ArgumentParser, d: dict) -> None:
+def add_train_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, d: dict) -> None:
     """Flags shared by train.py and compress.py's fine-tuning (YOLOv5 names)."""
     p.add_argument("--hyp", type=str, default=d["hyp"], help="hyperparameters yaml (or name in data/hyps)")
     p.add_argument("--optimizer", default=d["optimizer"], choices=("SGD", "Adam", "AdamW"), help="optimizer")
@@ -49,23 +49,26 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                 epilog="Defaults come from cfg/default.yaml (train: section). Without --data the "
                                        "built-in shapes dataset is used.")
-    p.add_argument("--weights", type=str, default="", help="initial weights: checkpoint (full or pruned)")
-    p.add_argument("--cfg", type=str, default="", help="model yaml, to train from scratch")
-    p.add_argument("--data", type=str, default=d["data"], help="dataset yaml, or 'shapes' (the built-in synthetic set)")
-    p.add_argument("--epochs", type=int, default=d["epochs"], help="total training epochs")
-    p.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"], help="total batch size, all GPUs")
-    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=d["imgsz"], help="train, val image size")
-    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume the most recent (or given) run")
-    p.add_argument("--device", default=d["device"], help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
-    p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
-    p.add_argument("--workers", type=int, default=d["workers"], help="max dataloader workers (per process)")
-    p.add_argument("--project", default=d["project"], help="save to project/name")
-    p.add_argument("--name", default=d["name"], help="save to project/name")
-    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
-    p.add_argument("--seed", type=int, default=d["seed"], help="global training seed")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the DDP launcher")
-    p.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
-    add_train_args(p, d)
+    g_data = p.add_argument_group("data and model")
+    g_data.add_argument("--weights", type=str, default="", help="initial weights: checkpoint (full or pruned)")
+    g_data.add_argument("--cfg", type=str, default="", help="model yaml, to train from scratch")
+    g_data.add_argument("--data", type=str, default=d["data"], help="dataset yaml, or 'shapes' (the built-in synthetic set)")
+    g_data.add_argument("--imgsz", "--img", "--img-size", type=int, default=d["imgsz"], help="train, val image size")
+    g_data.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"], help="total batch size, all GPUs")
+    g_data.add_argument("--device", default=d["device"], help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    g_data.add_argument("--workers", type=int, default=d["workers"], help="max dataloader workers (per process)")
+    g_data.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
+    g_data.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
+    g_train = p.add_argument_group("training (also compress.py's fine-tuning)")
+    g_train.add_argument("--epochs", type=int, default=d["epochs"], help="total training epochs")
+    g_train.add_argument("--resume", nargs="?", const=True, default=False, help="resume the most recent (or given) run")
+    g_train.add_argument("--seed", type=int, default=d["seed"], help="global training seed")
+    g_train.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the DDP launcher")
+    add_train_args(g_train, d)
+    g_out = p.add_argument_group("output")
+    g_out.add_argument("--project", default=d["project"], help="save to project/name")
+    g_out.add_argument("--name", default=d["name"], help="save to project/name")
+    g_out.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
     opt = p.parse_args(argv)
     if "data" not in explicit_flags(p, sys.argv[1:] if argv is None else argv) and opt.data == "shapes" \
             and not opt.resume:

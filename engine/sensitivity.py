@@ -28,7 +28,7 @@ _SAME = ("weights", "data", "imgsz", "criterion", "conf_thres", "iou_thres", "ma
 _CRITERIA = ("l2", "l2_largest", "l1", "l1_largest", "bn", "bnl1", "random")
 
 
-def add_sensitivity_args(p: argparse.ArgumentParser) -> None:
+def add_sensitivity_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     d = defaults("sensitivity")
     p.add_argument("--pruning-rate", default=repr(d["pruning_rate"]),
                    help="--task sensitivity: rate or list of rates in (0, 1), e.g. \"[0.25,0.5,0.75]\"")

@@ -37,6 +37,8 @@ def test_compress_help(capsys):
     assert "why the fixed ones cannot be pruned" in flat  # --show-groups, no longer cut mid-sentence
     assert "--divisor DIVISOR round kept channels to a multiple of this: 8 or 16" in flat
     assert "(default: on)" in flat.rsplit("--no-prefix-cache", 1)[1][:200]
+    for title in ("data and model", "method", "PAGCP", "Group Fisher", "fine-tuning", "output"):
+        assert f"\n{title}" in text, title  # argument groups
 
 
 @pytest.mark.parametrize("module", [train, val])
