@@ -653,6 +653,7 @@ def _plot_gammas(history: list[np.ndarray], path: Path) -> None:
         ax.plot((edges[:-1] + edges[1:]) / 2, counts, color=cmap(e / max(len(history) - 1, 1)), label=f"epoch {e + 1}")
     ax.set_xlabel("|gamma|")
     ax.set_ylabel("BN channels")
+    ax.set_title("BatchNorm |gamma| per epoch (sparsity training moves mass towards 0)", fontsize=9)
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=150)
     plt.close(fig)

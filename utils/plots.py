@@ -28,6 +28,8 @@ def plot_channels(base: dict, pruned: dict, path: Path) -> None:
     ax.bar(x, [pruned[n]["out"] for n in names], color="#2a5b9b", label="kept")
     ax.set_xticks(list(x), names, rotation=90, fontsize=5)
     ax.set_ylabel("output channels")
+    ax.set_title(f"output channels per conv: base vs kept ({sum(pruned[n]['out'] for n in names):,} of "
+                 f"{sum(base[n]['out'] for n in names):,} kept)", fontsize=9)
     ax.legend()
     fig.savefig(path, dpi=150)
     plt.close(fig)
