@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT
+from conftest import ROOT, TINY_YAML
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,25 +28,6 @@ import export
 import train
 import val
 
-# 6 convs, 9 PAGCP units: a whole PAGCP pass at --ratio-step 0.45 takes ~20 oracle calls
-TINY_YAML = """\
-nc: 4
-depth_multiple: 0.33
-width_multiple: 0.25
-anchors:
-  - [10,13, 16,30, 33,23]
-  - [30,61, 62,45, 59,119]
-  - [116,90, 156,198, 373,326]
-backbone:
-  [[-1, 1, Conv, [64, 6, 2, 2]],
-   [-1, 1, Conv, [128, 3, 2]],
-   [-1, 1, C3, [128]],
-   [-1, 1, Conv, [256, 3, 2]],
-   [-1, 1, Conv, [512, 3, 2]],
-   [-1, 1, Conv, [1024, 3, 2]]]
-head:
-  [[[3, 4, 5], 1, Detect, [nc, anchors]]]
-"""
 QUIET = ["--epochs", "0", "--no-latency", "--workers", "0"]
 
 
