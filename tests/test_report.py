@@ -125,8 +125,8 @@ def test_loss_curves_readable_with_134_units(tmp_path):
     for fig in figs:
         labels = [t.get_text() for t in fig.legends[0].get_texts()]
         assert labels == ["box loss / base", "obj loss / base", "cls loss / base", "trip threshold 1 + thres",
-                          "ratio kept", "trial over the threshold"]
-        assert fig._supxlabel.get_text() == "share of the unit's channels removed"
+                          "ratio accepted", "trial over the threshold"]
+        assert fig._supxlabel.get_text().startswith("ratio tried (share of the unit's channels asked to go")
         assert fig._supylabel.get_text() == "task loss / its base (calibration set)"
         assert "units" in fig._suptitle.get_text()
     assert plot_loss_curves(_fake_units(3), ["box", "obj", "cls"], tmp_path / "loss_curves.png") == \

@@ -40,9 +40,9 @@ LOSS_PANELS_PER_PAGE = 30  # 6 x 5 panels per loss_curves image: readable with 1
 
 def plot_loss_curves(decisions: list[dict], tasks: list[str], path: Path, per_row: int = 6,
                      per_page: int = LOSS_PANELS_PER_PAGE) -> list[Path]:
-    """PAGCP's search, one panel per visited unit (in visiting order): each task's loss / base against the share
-    of the unit's channels removed, the unit's trip threshold (1 + thres) dotted, the ratio kept as a red line and
-    trials over the threshold crossed. At most `per_page` panels per image: path, then path_2.png, path_3.png, ...
+    """PAGCP's search, one panel per visited unit (in visiting order): each task's loss / base against the ratio
+    tried (the grid value; --divisor rounds the kept channels up), the unit's trip threshold (1 + thres) dotted, the
+    ratio accepted as a red line and trials over the threshold crossed. At most `per_page` panels per image: path, then path_2.png, path_3.png, ...
     with one shared legend and axis labels each. Returns the files written."""
     plt = _plt()
     files = []
@@ -69,7 +69,7 @@ def loss_curve_figures(decisions: list[dict], tasks: list[str], per_row: int = 6
     colors = {t: f"C{j}" for j, t in enumerate(tasks)}
     handles = [Line2D([], [], color=colors[t], marker=".", label=f"{t} loss / base") for t in tasks]
     handles += [Line2D([], [], color="k", linestyle=":", label="trip threshold 1 + thres"),
-                Line2D([], [], color="r", label="ratio kept"),
+                Line2D([], [], color="r", label="ratio accepted"),
                 Line2D([], [], color="k", marker="x", linestyle="", label="trial over the threshold")]
     pages = [units[i:i + per_page] for i in range(0, len(units), per_page)]
     for n, page in enumerate(pages):
@@ -97,14 +97,16 @@ def loss_curve_figures(decisions: list[dict], tasks: list[str], per_row: int = 6
             more = f" +{len(d['producers']) - 1}" if len(d.get("producers") or []) > 1 else ""
             first = d["producers"][0] if d.get("producers") else ""
             trip = f", tripped by {d['tripped_by']}" if d.get("tripped_by") else ", never tripped"
-            ax.set_title(f"#{n * per_page + k + 1} g{d['group']} {first}{more}\nkept {d['ratio']:.2f}{trip}", fontsize=7)
+            ax.set_title(f"#{n * per_page + k + 1} g{d['group']} {first}{more}\naccepted {d['ratio']:.2f}{trip}",
+                         fontsize=7)
             ax.tick_params(labelsize=6)
         for ax in axes.ravel()[len(page):]:
             fig.delaxes(ax)
         first, last = n * per_page + 1, n * per_page + len(page)
         fig.suptitle(f"PAGCP search per unit, in visiting order: units {first}-{last} of {len(units)}"
                      + (f" (image {n + 1} of {len(pages)})" if len(pages) > 1 else ""), fontsize=10)
-        fig.supxlabel("share of the unit's channels removed", fontsize=9)
+        fig.supxlabel("ratio tried (share of the unit's channels asked to go; --divisor rounds the kept count up)",
+                      fontsize=9)
         fig.supylabel("task loss / its base (calibration set)", fontsize=9)
         fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=7, frameon=False,
                    bbox_to_anchor=(0.5, 1 - 0.35 / fig.get_figheight()))
