@@ -23,7 +23,7 @@ from pathlib import Path
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
 from engine.sensitivity import PRUNING_ARGS, add_pruning_args, check_seed_flags, strip_sensitivity_args
-from utils.config import defaults, explicit_flags
+from utils.config import HelpFormatter, defaults, explicit_flags
 from utils.general import LOGGER, UsageError
 
 
@@ -50,7 +50,7 @@ def _prune_at_load(opt):
     return model, {"on_train_start": [save_record]}
 
 
-def add_train_args(p: argparse.ArgumentParser, d: dict) -> None:
+def add_train_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, d: dict) -> None:
     """Flags shared by train.py and compress.py's fine-tuning (YOLOv5 names)."""
     p.add_argument("--hyp", type=str, default=d["hyp"], help="hyperparameters yaml (or name in data/hyps)")
     p.add_argument("--optimizer", default=d["optimizer"], choices=("SGD", "Adam", "AdamW"), help="optimizer")
@@ -73,26 +73,31 @@ def add_train_args(p: argparse.ArgumentParser, d: dict) -> None:
 
 def parse_opt(argv=None) -> argparse.Namespace:
     d = defaults("train")
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", type=str, default="", help="initial weights: checkpoint (full or pruned)")
-    p.add_argument("--cfg", type=str, default="", help="model yaml, to train from scratch")
-    p.add_argument("--data", type=str, default=d["data"], help="dataset yaml or 'shapes' (built-in)")
-    p.add_argument("--epochs", type=int, default=d["epochs"], help="total training epochs")
-    p.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"], help="total batch size, all GPUs")
-    p.add_argument("--imgsz", "--img", "--img-size", type=int, nargs="+", default=[d["imgsz"]],
-                   help="train, val image size (pixels); YOLOv7's '--img 640 640' (train, test) is accepted")
-    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume the most recent (or given) run")
-    p.add_argument("--device", default=d["device"], help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
-    p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
-    p.add_argument("--workers", type=int, default=d["workers"], help="max dataloader workers (per process)")
-    p.add_argument("--project", default=d["project"], help="save to project/name")
-    p.add_argument("--name", default=d["name"], help="save to project/name")
-    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
-    p.add_argument("--seed", type=int, default=d["seed"], help="global training seed")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the DDP launcher")
-    p.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
-    add_train_args(p, d)
-    add_pruning_args(p, criterion=True)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
+                                epilog="Defaults come from cfg/default.yaml (train: section). Without --data the "
+                                       "built-in shapes dataset is used.")
+    g_data = p.add_argument_group("data and model")
+    g_data.add_argument("--weights", type=str, default="", help="initial weights: checkpoint (full or pruned)")
+    g_data.add_argument("--cfg", type=str, default="", help="model yaml, to train from scratch")
+    g_data.add_argument("--data", type=str, default=d["data"], help="dataset yaml, or 'shapes' (the built-in synthetic set)")
+    g_data.add_argument("--imgsz", "--img", "--img-size", type=int, nargs="+", default=[d["imgsz"]],
+                        help="train, val image size (pixels); YOLOv7's '--img 640 640' (train, test) is accepted")
+    g_data.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"], help="total batch size, all GPUs")
+    g_data.add_argument("--device", default=d["device"], help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    g_data.add_argument("--workers", type=int, default=d["workers"], help="max dataloader workers (per process)")
+    g_data.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
+    g_data.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
+    g_train = p.add_argument_group("training (also compress.py's fine-tuning)")
+    g_train.add_argument("--epochs", type=int, default=d["epochs"], help="total training epochs")
+    g_train.add_argument("--resume", nargs="?", const=True, default=False, help="resume the most recent (or given) run")
+    g_train.add_argument("--seed", type=int, default=d["seed"], help="global training seed")
+    g_train.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the DDP launcher")
+    add_train_args(g_train, d)
+    g_out = p.add_argument_group("output")
+    g_out.add_argument("--project", default=d["project"], help="save to project/name")
+    g_out.add_argument("--name", default=d["name"], help="save to project/name")
+    g_out.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    add_pruning_args(p.add_argument_group("seed 002: prune at load, then fine-tune"), criterion=True)
     opt = p.parse_args(argv)
     if len(opt.imgsz) > 2:
         raise UsageError(f"--imgsz takes one size, or two (train, test) as YOLOv7 does; got {opt.imgsz}")
@@ -103,6 +108,10 @@ def parse_opt(argv=None) -> argparse.Namespace:
     check_seed_flags(opt, explicit_flags(p, sys.argv[1:] if argv is None else argv))
     if opt.pruning_params is not None and opt.resume:
         raise UsageError("--resume continues the pruned run from its last.pt: drop --pruning-params")
+    if "data" not in explicit_flags(p, sys.argv[1:] if argv is None else argv) and opt.data == "shapes" \
+            and not opt.resume:
+        LOGGER.info("no --data: training on the built-in shapes dataset (4 synthetic classes, generated offline); "
+                    "pass --data your.yaml for your own")
     return opt
 
 
@@ -112,30 +121,51 @@ def _launch_ddp(n: int, argv: list[str]) -> int:
     return subprocess.call(cmd)
 
 
+def resume_hint(opt, since: float) -> str:
+    """How to continue after an interruption: the last.pt this process wrote (newer than `since`)."""
+    from pathlib import Path
+
+    if opt is None:
+        return "nothing was started; run the command again"
+    if opt.resume:
+        return f"continue with python train.py --resume{'' if opt.resume is True else f' {opt.resume}'}"
+    root = Path(opt.save_dir) if getattr(opt, "save_dir", None) else Path(opt.project)
+    lasts = [f for f in root.rglob("last.pt") if f.stat().st_mtime >= since]
+    if lasts:
+        return f"continue with python train.py --resume {max(lasts, key=lambda f: f.stat().st_mtime)}"
+    return "stopped before the first epoch's checkpoint (last.pt): nothing to resume; run the command again"
+
+
 def main(argv=None) -> int:
+    import time
+
     from engine.data import DataConfigError
     from utils.checkpoint import CheckpointError
+    from utils.general import interrupt_status, sigterm_as_interrupt
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    opt, since = None, time.time() - 1  # file times may round down
     try:
-        opt = parse_opt(argv)
-        devices = [x for x in str(opt.device).replace("cuda:", "").split(",") if x.strip().isdigit()]
-        if len(devices) > 1 and "LOCAL_RANK" not in os.environ:
-            from utils.general import select_device
+        with sigterm_as_interrupt():
+            opt = parse_opt(argv)
+            devices = [x for x in str(opt.device).replace("cuda:", "").split(",") if x.strip().isdigit()]
+            if len(devices) > 1 and "LOCAL_RANK" not in os.environ:
+                from utils.general import select_device
 
-            select_device(opt.device)  # a clear error if a listed device does not exist
-            return _launch_ddp(len(devices), argv)
-        from engine.trainer import Trainer, train_options
+                select_device(opt.device)  # a clear error if a listed device does not exist
+                return _launch_ddp(len(devices), argv)
+            from engine.trainer import Trainer, train_options
 
-        model, callbacks = _prune_at_load(opt) if opt.pruning_params is not None else (None, None)
-        opt = train_options(**strip_sensitivity_args(vars(opt), PRUNING_ARGS))
-        Trainer(opt, model=model, callbacks=callbacks).train()
+            model, callbacks = _prune_at_load(opt) if opt.pruning_params is not None else (None, None)
+            opt = train_options(**strip_sensitivity_args(vars(opt), PRUNING_ARGS))
+            Trainer(opt, model=model, callbacks=callbacks).train()
     except (UsageError, CheckpointError, DataConfigError, FileNotFoundError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: continue with python train.py --resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what, status = interrupt_status(e)
+        print(f"{what}: {resume_hint(opt, since)}", file=sys.stderr)
+        return status
     return 0
 
 

@@ -19,6 +19,15 @@ import torch
 import torch.nn as nn
 
 from engine.data import build_val_loader, check_dataset
+from engine.report import (
+    FLOPS_TOLERANCE,
+    console_table,
+    final_line,
+    report_markdown,
+    round_seconds,
+    rounding_warning,
+    write_results,
+)
 from engine.validator import ValResult, format_table, validate, write_json
 from models.loader import fuse_model, load_model, model_family
 from prune import build_groups
@@ -43,7 +52,8 @@ class Evaluator:
 
     def __call__(self, model: nn.Module, progress: bool = True) -> ValResult:
         m = fuse_model(copy.deepcopy(model).to(self.device))
-        res, _ = validate(m, self.loader, self.data["names"], device=self.device, progress=progress)
+        res, _ = validate(m, self.loader, self.data["names"], device=self.device, progress=progress,
+                          single_cls=bool(self.data.get("single_cls")))
         return res
 
 
@@ -63,6 +73,9 @@ def check_args(opt) -> None:
         return
     if opt.method == "fisher" and (opt.target_flops is None or opt.ratio is not None or opt.pruning_params):
         raise UsageError("--method fisher prunes during training to a FLOPs target: give --target-flops F only")
+    if opt.method == "fisher" and opt.divisor > 1:
+        raise UsageError("--method fisher masks one channel at a time and does not round to --divisor: leave "
+                         "--divisor at 1 (or prune with --method l1/pagcp, which round to it)")
     budgets = [opt.target_flops is not None, opt.ratio is not None, opt.pruning_params is not None]
     if opt.method == "slim":
         budgets += [opt.slim_threshold is not None, opt.slim_percent is not None]
@@ -99,6 +112,7 @@ def run(opt) -> dict:
     """compress.py: `--rounds` x (prune -> fine-tune `--epochs` -> validate), each round starting from the
     previous round's result; `--resume` continues an interrupted run at its last unfinished stage, with the
     options the run was started with."""
+    t_run = time.time()
     save_dir, summary = _find_run(opt) if opt.resume else (None, None)
     given = {k: v for k, v in vars(opt).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
     check_args(opt)
@@ -108,14 +122,17 @@ def run(opt) -> dict:
     needs_train = opt.method in ("taylor", "pagcp", "fisher") or opt.bias_compensation or opt.epochs > 0 \
         or opt.bn_recalib > 0
     data = check_dataset(opt.data, splits=("train", "val") if needs_train else ("val",))
+    if opt.single_cls:  # every loader (validation, calibration, BN re-estimation) then reads class 0 only
+        data = {**data, "single_cls": True}
     if opt.weights is None:
         opt.weights = str(ensure_base_model(opt, data))
     from_yaml = Path(str(opt.weights)).suffix in (".yaml", ".yml")
     model = load_model(opt.weights, nc=data["nc"] if from_yaml else None, trust=opt.trust_checkpoint)
-    if model.nc != data["nc"]:
-        raise UsageError(f"{opt.weights} predicts {model.nc} classes but {data['yaml_file']} has {data['nc']}")
-    if opt.target_flops is not None and opt.method != "pagcp" and summary is None:
-        _check_reachable(model, opt)
+    if model.nc != data["nc"] and not opt.single_cls:
+        raise UsageError(f"{opt.weights} predicts {model.nc} classes but {data['yaml_file']} has {data['nc']}: "
+                         "pass the matching --data (or --single-cls)")
+    if summary is None and (opt.ignore or opt.target_flops is not None and opt.method != "pagcp"):
+        _check_reachable(model, opt)  # a bad --ignore pattern or an unreachable target: before any folder
     if save_dir is None:  # the inputs are usable: only now is a run folder created
         save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
         write_json(given, save_dir / "opt.json")  # what --resume restores
@@ -140,7 +157,7 @@ def run(opt) -> dict:
         model = load_model(rdir / entry["model"]).to(device)
         summary["rounds"].append(entry)
         write_json(summary, save_dir / "summary.json")
-        _write_results(summary, save_dir / "results.csv")
+        write_results(summary, save_dir / "results.csv")
         plot_rounds(summary, save_dir / "rounds.png")
 
     final = summary["rounds"][-1]
@@ -150,7 +167,9 @@ def run(opt) -> dict:
     summary["params_ratio"] = final["params"] / summary["base"]["params"]
     for key in ("image_forwards", "forward_equivalents"):
         summary[key] = sum(r.get(key) or 0 for r in summary["rounds"]) or None
-    summary["seconds"] = sum(r["seconds"] for r in summary["rounds"])
+    summary.update(round_seconds(summary["rounds"]))
+    summary["divisor"], summary["target_flops"] = opt.divisor, opt.target_flops
+    summary["flops_share"] = float(np.prod([r.get("flops_share", np.nan) for r in summary["rounds"]]))
     summary["groups"] = final.get("groups")  # per group channels before/after, last round
     if opt.latency:
         from engine.speed import compress_latency
@@ -161,9 +180,12 @@ def run(opt) -> dict:
     copy_file(final_file, save_dir / "pruned.pt")
     write_json(channel_table(model), save_dir / "channels.json")
     plot_channels(base_channels, channel_table(model), save_dir / "channels.png")
+    summary["run_seconds"] = time.time() - t_run  # this process (a resumed run: since the resume)
+    summary["base_trained"] = bool(getattr(opt, "base_trained", False))  # the demo's base model, in run_seconds
     write_json(summary, save_dir / "summary.json")
-    write_text(save_dir / "report.md", _report(summary, opt))
-    LOGGER.info(_table(summary))
+    write_text(save_dir / "report.md", report_markdown(summary, opt))
+    LOGGER.info(console_table(summary))
+    LOGGER.info(final_line(summary))
     LOGGER.info(f"Results saved to {save_dir}: pruned.pt (final model), summary.json, results.csv, report.md, "
                 f"round_*/")
     summary["save_dir"] = str(save_dir)
@@ -174,10 +196,14 @@ run_one_shot = run  # the name earlier code used
 
 
 def _check_reachable(model: nn.Module, opt) -> None:
-    """Refuse a --target-flops that no plan can reach, before anything is written."""
+    """Refuse --ignore patterns that match no prunable layer and a --target-flops that no plan can reach,
+    before anything is written."""
     from prune.uniform import min_flops_share
 
-    least = min_flops_share(build_groups(model, imgsz=opt.imgsz, ignore=opt.ignore), opt.divisor, opt.min_channels)
+    groups = build_groups(model, imgsz=opt.imgsz, ignore=opt.ignore)  # raises on a pattern that matches nothing
+    if opt.target_flops is None or opt.method == "pagcp":
+        return
+    least = min_flops_share(groups, opt.divisor, opt.min_channels)
     if least > opt.target_flops:
         raise UsageError(f"--target-flops {opt.target_flops} cannot be reached: keeping --min-channels "
                          f"{opt.min_channels} (--divisor {opt.divisor}) per group leaves at least {least:.3f} of the "
@@ -218,14 +244,16 @@ def _round(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
     t0 = time.time()
     rdir.mkdir(parents=True, exist_ok=True)
     stage = rdir / "pruned.json"
-    if opt.resume and stage.exists() and (rdir / "pruned.pt").exists():  # never reuse another run's (--exist-ok)
+    reused = opt.resume and stage.exists() and (rdir / "pruned.pt").exists()  # never another run's (--exist-ok)
+    if reused:
         pruned = json.loads(stage.read_text())
         model = load_model(rdir / "pruned.pt").to(device)
         LOGGER.info(f"round {k}: reusing {rdir / 'pruned.pt'}")
     else:
         pruned = _prune(k, model, data, opt, device, evaluate, rdir)
-    entry = {"round": k, **pruned}
+    entry = {"round": k, **pruned, "finetune_seconds": 0.0}
     if opt.epochs > 0:
+        t1 = time.time()
         from engine.trainer import train
 
         last = rdir / "weights" / "last.pt"
@@ -238,13 +266,15 @@ def _round(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
             res = train(model=None if resume else model, resume=str(last) if resume else False,
                         teacher_model=teacher, **kw)
             model = res.model.to(device)
+        entry["finetune_seconds"] = time.time() - t1  # training with its per-epoch validation (this process)
         after = _measure(model, evaluate, opt.imgsz, f"round {k} after fine-tuning")
         entry.update(after, model="weights/best.pt")
     else:
         entry.update({k2: pruned["pruned_metrics"][k2] for k2 in ("params", "gflops", "map50", "map50_95",
                                                                   "precision", "recall")}, model="pruned.pt")
     entry["map50_95_before_finetune"] = pruned["pruned_metrics"]["map50_95"]
-    entry["seconds"] = pruned["prune_seconds"] + (time.time() - t0 if opt.epochs > 0 else 0.0)
+    # the whole round: pruning (with the oracle), validations, saving and fine-tuning, each counted once
+    entry["seconds"] = time.time() - t0 + (pruned["prune_seconds"] if reused else 0.0)
     return model, entry
 
 
@@ -253,6 +283,8 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
     groups = build_groups(model, imgsz=opt.imgsz, ignore=opt.ignore)
     write_text(rdir / "groups.txt", groups.dump())
     LOGGER.info(f"round {k}: {len(groups.prunable)} prunable groups of {len(groups.groups)} ({time.time() - t0:.1f}s)")
+    if groups.ignored:
+        LOGGER.info(groups.ignored_text())
     if opt.show_groups:
         LOGGER.info(groups.dump())
     if not groups.prunable:
@@ -260,7 +292,7 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
     stride = int(max(model.stride.max(), 32))
     if opt.method == "taylor":
         _accumulate_gradients(model, data, opt, device)
-    opt.image_forwards = opt.forward_equivalents = None
+    opt.image_forwards = opt.forward_equivalents = opt.oracle_seconds = None
     if opt.method == "pagcp":
         removed = _plan_pagcp(model, groups, opt, data, device, rdir, round_index=opt.round + k)
     elif opt.method == "fisher":
@@ -289,8 +321,11 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
         LOGGER.info(f"BN statistics re-estimated on {opt.bn_recalib} images: calibration loss {before:.4f} -> "
                     f"{after:.4f}, {'kept' if kept else 'discarded (the original statistics are better)'}")
     prune_seconds = time.time() - t0
+    target = opt.target_flops ** (1 / max(opt.rounds, 1)) if opt.target_flops is not None else None
     LOGGER.info(f"round {k}: pruned {sum(map(len, removed.values()))} channels in {len(removed)} groups: "
                 f"conv FLOPs x{frac:.3f} ({prune_seconds:.1f}s)")
+    if target is not None and abs(frac - target) > FLOPS_TOLERANCE:
+        LOGGER.warning(rounding_warning(k, frac, target, opt.divisor))
     from engine.trainer import _storable
 
     ckpt = {
@@ -304,7 +339,8 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
     save_checkpoint(ckpt, rdir / "pruned.pt")
     write_json(channel_table(model), rdir / "channels.json")
     info = {"pruned_metrics": _measure(model, evaluate, opt.imgsz, f"round {k} pruned"),
-            "prune_seconds": prune_seconds, "image_forwards": opt.image_forwards,
+            "flops_share": frac, "target_share": target, "divisor": opt.divisor,
+            "prune_seconds": prune_seconds, "oracle_seconds": opt.oracle_seconds, "image_forwards": opt.image_forwards,
             "forward_equivalents": opt.forward_equivalents,
             "groups_pruned": len(removed), "channels_removed": int(sum(map(len, removed.values()))),
             "groups": group_sizes(groups, removed)}
@@ -348,52 +384,8 @@ def ensure_base_model(opt, data: dict) -> Path:
                 device=opt.device, workers=opt.workers, hyp=opt.base_hyp, optimizer=opt.base_optimizer,
                 seed=opt.seed, save_dir=str(path.parent / f".{tag}-run"), exist_ok=True)
     copy_file(res.best, path)
+    opt.base_trained = True
     return path
-
-
-def _write_results(summary: dict, path: Path) -> None:
-    cols = ("round", "params", "gflops", "map50", "map50_95", "map50_95_before_finetune", "image_forwards", "seconds")
-    b = summary["base"]
-    lines = [",".join(cols), ",".join(str(x) for x in ("base", b["params"], b["gflops"], b["map50"], b["map50_95"],
-                                                         "", "", ""))]
-    lines += [",".join("" if r.get(c) is None else str(r.get(c)) for c in cols) for r in summary["rounds"]]
-    write_text(path, "\n".join(lines) + "\n")
-
-
-def _report(summary: dict, opt) -> str:
-    b, a = summary["before"], summary["after"]
-    lat = summary.get("latency") or {}
-    lines = [f"# Compression report: {summary['method']} on {Path(str(summary['weights'])).name}", "",
-             f"data `{summary['data']}`, image size {summary['imgsz']}, {len(summary['rounds'])} round(s), "
-             f"{summary['epochs']} fine-tune epoch(s) per round", "",
-             "| model | params | GFLOPs | mAP50 | mAP50-95 | latency (ms, ORT CPU b1) |", "|---|---|---|---|---|---|"]
-
-    def ms(tag):
-        v = lat.get(f"{tag}_ms")
-        return f"{v:.1f}" if isinstance(v, (int, float)) else "-"
-
-    lines.append(f"| base | {b['params']:,} | {b['gflops']:.2f} | {b['map50']:.3f} | {b['map50_95']:.3f} | {ms('base')} |")
-    for r in summary["rounds"]:
-        lines.append(f"| round {r['round']} | {r['params']:,} | {r['gflops']:.2f} | {r['map50']:.3f} | "
-                     f"{r['map50_95']:.3f} (pruned {r['map50_95_before_finetune']:.3f}) | - |")
-    lines.append(f"| **final** | {a['params']:,} | {a['gflops']:.2f} | {a['map50']:.3f} | {a['map50_95']:.3f} | "
-                 f"{ms('pruned')} |")
-    ratio = summary["flops_ratio"]
-    lines += ["", f"FLOPs x{ratio:.3f} (/{1 / ratio:.2f}), params x{summary['params_ratio']:.3f}" + _speedup_text(lat, ratio), ""]
-    if summary.get("image_forwards"):
-        eq = f" ({summary['forward_equivalents']:,} full-model equivalents)" if summary.get("forward_equivalents") else ""
-        lines.append(f"PAGCP oracle: {summary['image_forwards']:,} image-forwards{eq}; {summary['seconds']:.0f} s in all")
-    lines += ["", "Files: `pruned.pt` final model, `round_k/` (pruned.pt, weights/best.pt, units.txt, channels.json), "
-              "`summary.json`, `results.csv`, `rounds.png`, `channels.png`."]
-    return "\n".join(lines) + "\n"
-
-
-def _speedup_text(lat: dict, flops_ratio: float) -> str:
-    """The latency speedup next to the FLOPs factor it should approach (issue 7's yardstick)."""
-    if isinstance(lat.get("speedup"), (int, float)):
-        return (f"; latency speedup x{lat['speedup']:.2f} = {lat['speedup'] * flops_ratio:.2f} of the FLOPs factor "
-                f"(onnxruntime CPU, batch 1, {lat['threads']} threads)")
-    return f"; latency {lat['skipped']}" if lat.get("skipped") else ""
 
 
 def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Path,
@@ -424,19 +416,20 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
         journal.unlink(missing_ok=True)  # another run's (--exist-ok)
     policy = PAGCP(model, groups, oracle, list(criterion.names), cfg, units=units, journal=journal)
     removed, decisions = policy.run()
+    opt.oracle_seconds = time.time() - t  # the greedy pass: every oracle call and mask change (this process)
     calls = policy.oracle_calls  # including the calls made before an interruption
     forwards = calls * oracle.images
     rows = [d.row(list(criterion.names)) for d in decisions]
     write_text(save_dir / "units.txt",
                f"PAGCP rate {rate} thres {thres} exp {opt.exp} lambda {policy.lam:.5f} topk {opt.topk}\n"
                f"oracle calls {calls}, image-forwards {forwards} ({oracle.flop_forwards:,.0f} full-model equivalents "
-               f"by FLOPs: the prefix cache runs only the layers a unit can change), {time.time() - t:.1f}s\n"
+               f"by FLOPs: the prefix cache runs only the layers a unit can change), {opt.oracle_seconds:.1f}s\n"
                "unit  ch -> kept  ratio  threshold  tripped-by  accepted loss/base  producers\n" + "\n".join(rows) + "\n")
     write_json([vars(d) for d in decisions], save_dir / "units.json")
     plot_loss_curves([vars(d) for d in decisions], list(criterion.names), save_dir / "loss_curves.png")
     resumed = f", {policy.resumed_units} units replayed from {journal.name}" if policy.resumed_units else ""
     LOGGER.info(f"PAGCP: {len(removed)} of {len(units)} units pruned, {calls} oracle calls, "
-                f"{forwards} image-forwards ({time.time() - t:.1f}s{resumed}); decisions in units.txt")
+                f"{forwards} image-forwards ({opt.oracle_seconds:.1f}s{resumed}); decisions in units.txt")
     opt.image_forwards = forwards
     opt.forward_equivalents = round(oracle.flop_forwards)  # this run's calls only (a resumed pass replayed some)
     return removed
@@ -535,14 +528,3 @@ def _accumulate_gradients(model, data, opt, device) -> None:
         if seen >= opt.calib_images:
             break
     model.eval()
-
-
-def _table(summary: dict) -> str:
-    row = "%-10s%12s%10s%10s%11s%16s"
-    lines = [row % ("", "params", "GFLOPs", "mAP50", "mAP50-95", "before-finetune")]
-    b = summary["base"]
-    lines.append(row % ("base", f"{b['params']:,}", f"{b['gflops']:.2f}", f"{b['map50']:.3f}", f"{b['map50_95']:.3f}", ""))
-    for r in summary["rounds"]:
-        lines.append(row % (f"round {r['round']}", f"{r['params']:,}", f"{r['gflops']:.2f}", f"{r['map50']:.3f}",
-                            f"{r['map50_95']:.3f}", f"{r['map50_95_before_finetune']:.3f}"))
-    return "\n".join(lines)

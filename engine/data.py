@@ -204,7 +204,9 @@ def _yolo_dataset_cls():
 
 def build_val_loader(data: dict, split: str, imgsz: int, batch_size: int, stride: int, workers: int = 8,
                      single_cls: bool = False, rect: bool = True, pad: float = 0.5):
-    """Deterministic eval loader (rectangular batches, letterbox, no augmentation)."""
+    """Deterministic eval loader (rectangular batches, letterbox, no augmentation). Labels become class 0 with
+    `single_cls` or when the data dict carries single_cls: True (compress.py --single-cls)."""
+    single_cls = single_cls or bool(data.get("single_cls"))
     import os
 
     from ultralytics.cfg import get_cfg

@@ -37,10 +37,10 @@ _CRITERIA = ("l2", "l2_largest", "l1", "l1_largest", "bn", "bnl1", "random")
 MODIFICATIONS = ("prune-structured", "pruned-structured")
 TASK_ALIASES = {"pruning_sensitivity_analysis": "sensitivity"}  # seed 002's test.py task name
 PRUNING_ARGS = ("modification", "pruning_params", "criterion")  # add_pruning_args (train.py too)
-_ARGS = ("pruning_rate", "layers", "resume", "prune_output", *PRUNING_ARGS)  # add_sensitivity_args (val.py)
+_ARGS = ("pruning_rate", "layers", "resume", "prune_output", "ignore", *PRUNING_ARGS)  # add_sensitivity_args (val.py)
 
 
-def add_sensitivity_args(p: argparse.ArgumentParser) -> None:
+def add_sensitivity_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     d = defaults("sensitivity")
     p.add_argument("--pruning-rate", default=repr(d["pruning_rate"]),
                    help="--task sensitivity: rate or list of rates in (0, 1), e.g. \"[0.25,0.5,0.75]\"")
@@ -51,6 +51,8 @@ def add_sensitivity_args(p: argparse.ArgumentParser) -> None:
                    help="--task sensitivity: only these layer ids, e.g. \"[3,7,12]\" (default: every prunable layer)")
     p.add_argument("--resume", nargs="?", const=True, default=False,
                    help="--task sensitivity: continue the latest (or given) analysis folder, skipping done layers")
+    p.add_argument("--ignore", nargs="*", default=[],
+                   help="--task sensitivity: module-name patterns whose layers are not analysed (as compress.py's)")
     p.add_argument("--prune-output", default=d["prune_output"],
                    help="--task sensitivity: file name whose stem names the results (output.txt -> output_{rate}.txt)")
     add_pruning_args(p)
@@ -105,7 +107,7 @@ def check_seed_flags(opt: argparse.Namespace, given: set[str]) -> None:
                              f"{{stem}}_{{rate}}.txt files in the run folder), got {name!r}")
     if task != "sensitivity":
         if hasattr(opt, "pruning_rate"):  # val.py (train.py's --resume is its own)
-            _no_effect([flag[k] for k in ("pruning_rate", "layers", "prune_output", "resume") if k in given],
+            _no_effect([flag[k] for k in ("pruning_rate", "layers", "prune_output", "resume", "ignore") if k in given],
                        "without --task sensitivity")
         if opt.pruning_params is None:
             _no_effect([flag[k] for k in ("criterion", "modification") if k in given],
@@ -202,6 +204,15 @@ def run_sensitivity(opt, weights: str | None = None) -> Path:
     stride = int(max(model.stride.max(), 32))
     imgsz = (opt.imgsz + stride - 1) // stride * stride
 
+    groups = build_groups(model, imgsz=imgsz, ignore=getattr(opt, "ignore", None))  # bad --ignore/--layers: before any folder
+    if groups.ignored:
+        LOGGER.info(groups.ignored_text())
+    ids = [g.id for g in groups.prunable]
+    if layers is not None:
+        bad = sorted(set(layers) - set(ids))
+        if bad:
+            raise UsageError(f"--layers {bad}: not prunable layers (prunable: {ids})")
+
     project = Path(opt.project if opt.project != defaults()["project"] else defaults("sensitivity")["project"])
     save_dir = _save_dir(opt, project)
     stem = Path(str(opt.prune_output)).stem
@@ -219,13 +230,7 @@ def run_sensitivity(opt, weights: str | None = None) -> Path:
     else:
         write_json(args, af, indent=1)
 
-    groups = build_groups(model, imgsz=imgsz)
     write_text(save_dir / "layers.txt", show_layers(groups, model) + "\n")  # ids, with seed 002's conv indices
-    ids = [g.id for g in groups.prunable]
-    if layers is not None:
-        bad = sorted(set(layers) - set(ids))
-        if bad:
-            raise UsageError(f"--layers {bad}: not prunable layers (prunable: {ids})")
     score = get_criterion(crit)
     scores = {g.id: score(model, g, seed=0) for g in groups.prunable}
     loader = build_val_loader(data, "val", imgsz, opt.batch_size, stride, opt.workers, opt.single_cls)

@@ -36,6 +36,7 @@ class ValResult:
     per_class: list = field(default_factory=list)  # [{class, name, images, instances, p, r, map50, map50_95}]
     maps: list = field(default_factory=list)  # mAP50-95 per class index (overall mAP where a class is absent)
     coco: dict = field(default_factory=dict)  # pycocotools results when --save-json evaluation ran
+    losses: dict = field(default_factory=dict)  # validation loss per task (mean over batches) when a criterion is given
 
     @property
     def fitness(self) -> float:
@@ -103,10 +104,14 @@ def validate(
     coco_ids: bool = False,
     progress: bool = True,
     plotter=None,
+    criterion=None,
 ) -> tuple[ValResult, list[dict]]:
     """Run the model over `loader` and compute detection metrics. Returns (result, json predictions).
 
-    `plotter` (engine.valplots.ValPlots) receives each image's detections and labels and the matching stats."""
+    `plotter` (engine.valplots.ValPlots) receives each image's detections and labels and the matching stats.
+    `criterion` (engine.loss.build_criterion of the same model): also the per-task validation losses, from the raw
+    head outputs the model returns beside its detections in eval mode (as YOLOv5's val.py computes them during
+    training); left out when the head returns none (e.g. a fused end-to-end head)."""
     from ultralytics.utils import TQDM
     from ultralytics.utils.metrics import box_iou
     from ultralytics.utils.nms import non_max_suppression
@@ -126,6 +131,7 @@ def validate(
         class_map = coco80_to_coco91_class()
     iouv = IOU_THRESHOLDS.to(device)
     stats, jdict, seen = [], [], 0
+    loss_sum, loss_batches = None, 0
     dt = [0.0, 0.0, 0.0]
     desc = f"{'Class':>22}{'Images':>11}{'Instances':>11}{'P':>11}{'R':>11}{'mAP50':>11}{'mAP50-95':>11}"
     pbar = TQDM(loader, desc=desc, total=len(loader), disable=not progress)
@@ -137,6 +143,12 @@ def validate(
         t1 = time.perf_counter()
         out = model(im)
         t2 = time.perf_counter()
+        if criterion is not None and isinstance(out, (list, tuple)) and len(out) > 1 and len(out[1]):
+            raw = out[1]
+            raw = [x.float() for x in raw] if isinstance(raw, (list, tuple)) else raw
+            items = criterion(raw, {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})[1]
+            loss_sum = items.float().cpu() if loss_sum is None else loss_sum + items.float().cpu()
+            loss_batches += 1
         preds = non_max_suppression(
             to_nms_format(out, model).float(),
             conf_thres,
@@ -202,7 +214,10 @@ def validate(
         model.float()
     if plotter is not None:
         plotter.add_stats(stats)
-    return _summarize(stats, names if not single_cls else {0: "item"}, nc, seen, dt), jdict
+    res = _summarize(stats, names if not single_cls else {0: "item"}, nc, seen, dt)
+    if loss_sum is not None:
+        res.losses = {n: float(v) / loss_batches for n, v in zip(criterion.names, loss_sum)}
+    return res, jdict
 
 
 def _save_txt(predn: torch.Tensor, save_conf: bool, shape0, file: Path) -> None:

@@ -230,12 +230,17 @@ def _write_summary(results, out_dir: Path, meta: dict) -> None:
         import matplotlib.pyplot as plt
 
         grid = np.array([[results[r][k][1][3] if k in results[r] else np.nan for r in rates] for k in layers])
-        fig, ax = plt.subplots(figsize=(2 + len(rates), 1 + 0.18 * len(layers)))
-        im = ax.imshow(grid, aspect="auto", cmap="viridis")
+        fig, ax = plt.subplots(figsize=(3 + len(rates), 1.5 + 0.18 * len(layers)))
+        # the colour scale runs from 0 to the unpruned model's mAP: a small loss looks small
+        base = (meta or {}).get("map50_95")
+        top = max(float(np.nanmax(grid)) if np.isfinite(grid).any() else 0.0, base or 0.0) or 1.0
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=top)
         ax.set_xticks(range(len(rates)), [str(r) for r in rates])
         ax.set_yticks(range(len(layers)), [str(k) for k in layers], fontsize=6)
-        ax.set_xlabel("pruning rate")
-        ax.set_ylabel("layer")
+        ax.set_xlabel("pruning rate (this layer alone)")
+        ax.set_ylabel("layer (compress.py --show-groups id)", fontsize=8)
+        if base is not None:
+            ax.set_title(f"mAP50-95 after pruning one layer; unpruned {base:.3f}", fontsize=9)
         fig.colorbar(im, ax=ax, label="mAP50-95")
         fig.tight_layout()
         save_figure(fig, out_dir / "sensitivity.png", dpi=120)

@@ -122,8 +122,9 @@ def count_validations(monkeypatch):
 def test_cli_outputs_and_resume(tmp_path, shapes_yaml, count_validations, capsys):
     # interrupted after the unpruned model + 2 layers
     count_validations["fail_after"] = 3
-    with pytest.raises(KeyboardInterrupt):
-        _sens(tmp_path, shapes_yaml)
+    assert _sens(tmp_path, shapes_yaml) == 130  # Ctrl-C: like compress.py/train.py, one line and status 130
+    assert capsys.readouterr().err.strip().endswith("interrupted: the analysis keeps every finished layer: "
+                                                    "continue with the same command and --resume")
     out = tmp_path / "s"
     assert len((out / "output_0.25.txt").read_text().splitlines()) == 2 and not (out / "output_0.5.txt").exists()
     assert (out / "meta.json").exists()  # written first: a partial analysis is usable
