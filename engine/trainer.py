@@ -35,7 +35,7 @@ from engine.data import DATA_DIR, build_val_loader, check_dataset, checked_datas
 from engine.distill import OutputDistiller
 from engine.loss import build_criterion
 from engine.validator import ValResult, format_table, validate
-from models.loader import fuse_model, load_model, reset_classes
+from models.loader import class_rows_kept, fuse_model, load_model, reset_classes
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.config import defaults
 from utils.files import write_text
@@ -183,8 +183,10 @@ class Trainer:
         else:
             model = load_model(opt.cfg or opt.weights, nc=data["nc"])
         if int(model.nc) != data["nc"]:
-            LOGGER.info(f"new class head: {model.nc} -> {data['nc']} classes for {data['yaml_file']}")
-            reset_classes(model, data["nc"])
+            kept = class_rows_kept(model, data["nc"], data["names"])
+            LOGGER.info(f"new class head: {model.nc} -> {data['nc']} classes for {data['yaml_file']}"
+                        + (f" (learned rows kept for {', '.join(data['names'][j] for j in kept)})" if kept else ""))
+            reset_classes(model, data["nc"], data["names"])
         model.names = dict(data["names"])
         return model.float()
 
