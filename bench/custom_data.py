@@ -46,7 +46,8 @@ METHODS = ("pagcp", "fisher", "l1-global", "l1", "slim")
 LABELS = {"pagcp": "PAGCP", "fisher": "Group Fisher", "l1-global": "global L1", "l1": "uniform L1",
           "slim": "slimming (after sparsity)"}
 # settings that decide the numbers: a run folder is only continued with the same ones
-RESULT_KEYS = ("weights", "data", "imgsz", "batch_size", "base_epochs", "base_hyp", "epochs", "hyp", "distill",
+RESULT_KEYS = ("weights", "data", "imgsz", "batch_size", "base_epochs", "base_hyp", "epochs", "hyp", "warmup_epochs",
+               "nbs", "distill",
                "calib_images", "sparsity", "sparsity_epochs", "fisher_interval", "fisher_channels", "seed", "extra")
 # method x budget combinations compress.py cannot honour (reported, not run)
 UNSUPPORTED = {("fisher", "divisor"): "compress.py --method fisher does not apply --divisor"}
@@ -61,10 +62,13 @@ def parse_opt(argv=None) -> argparse.Namespace:
     ap.add_argument("--data", default="raccoon.yaml", help="data yaml (YOLO or VOC layout)")
     ap.add_argument("--imgsz", "--img", type=int, default=320, help="train/val/latency image size (pixels)")
     ap.add_argument("--batch-size", "--batch", type=int, default=16)
-    ap.add_argument("--base-epochs", type=int, default=30, help="epochs of the base's transfer training")
+    ap.add_argument("--base-epochs", type=int, default=20, help="epochs of the base's transfer training")
     ap.add_argument("--base-hyp", default="scratch-low", help="hyp of the base training (train.py --hyp)")
-    ap.add_argument("--epochs", type=int, default=5, help="fine-tune epochs after pruning (equal for all)")
+    ap.add_argument("--epochs", type=int, default=4, help="fine-tune epochs after pruning (equal for all)")
     ap.add_argument("--hyp", default="finetune", help="fine-tune hyp (equal for all, and for the reference)")
+    ap.add_argument("--warmup-epochs", type=float, default=0.0,
+                    help="fine-tune warmup (overrides the hyp's; YOLOv5 warms up >= 100 iterations whenever > 0)")
+    ap.add_argument("--nbs", type=int, default=16, help="nominal batch size of every training (train.py --nbs)")
     ap.add_argument("--distill", action="store_true", help="fine-tune with the base as distillation teacher")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5, 0.35], help="FLOPs shares of the base")
@@ -73,9 +77,9 @@ def parse_opt(argv=None) -> argparse.Namespace:
     ap.add_argument("--tolerance", type=float, default=0.02, help="allowed |FLOPs share - target|")
     ap.add_argument("--calib-images", type=int, default=64, help="PAGCP oracle / BN re-estimation images")
     ap.add_argument("--sparsity", type=float, default=6e-4, help="slim: train.py --sparsity of the sparsity phase")
-    ap.add_argument("--sparsity-epochs", type=int, default=5, help="slim: epochs of the sparsity phase")
-    ap.add_argument("--fisher-interval", type=int, default=2, help="fisher: optimizer steps between prunes")
-    ap.add_argument("--fisher-channels", type=int, default=16, help="fisher: channels masked per prune")
+    ap.add_argument("--sparsity-epochs", type=int, default=3, help="slim: epochs of the sparsity phase")
+    ap.add_argument("--fisher-interval", type=int, default=1, help="fisher: training batches between prunes")
+    ap.add_argument("--fisher-channels", type=int, default=64, help="fisher: channels masked per prune")
     ap.add_argument("--latency-repeats", type=int, default=20, help="timed runs per model (median reported)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for the latency (0 = torch's default)")
     ap.add_argument("--device", default="", help="cuda device (training and pruning); latency is CPU")
@@ -135,6 +139,14 @@ class Bench:
         self.opt, self.dir = opt, save_dir
         self.state_file = save_dir / "state.json"
         self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
+        self.ft_hyp = str(save_dir / "hyp_finetune.yaml")  # --hyp with --warmup-epochs: every fine-tune's hyp
+        if not Path(self.ft_hyp).is_file():
+            import yaml
+
+            from engine.trainer import load_hyp
+
+            write_text(self.ft_hyp, yaml.safe_dump({**load_hyp(opt.hyp), "warmup_epochs": opt.warmup_epochs},
+                                                   sort_keys=False))
 
     def done(self, step: str) -> dict | None:
         return self.state.get(step)
@@ -161,7 +173,7 @@ class Bench:
         else:
             shutil.rmtree(folder, ignore_errors=True)  # a start killed before its first checkpoint
             res = train(weights=weights, data=o.data, epochs=epochs, imgsz=o.imgsz, batch_size=o.batch_size, hyp=hyp,
-                        device=o.device, workers=o.workers, seed=o.seed, save_dir=str(folder), **extra)
+                        nbs=o.nbs, device=o.device, workers=o.workers, seed=o.seed, save_dir=str(folder), **extra)
         weights = str(res.best or res.last)
         m = self.evaluate(weights)  # as compress.py validates every pruned model
         return self.record(step, {"weights": weights, "epochs": epochs, "map50": m.map50, "map50_95": m.map50_95,
@@ -189,8 +201,9 @@ class Bench:
         project, folder = self.dir / "steps", self.dir / "steps" / step
         flags = method_flags(method, target, o) + (["--divisor", str(divisor)] if divisor > 1 else [])
         args = ["--weights", weights, "--data", o.data, "--img", str(o.imgsz), "--batch-size", str(o.batch_size),
-                "--epochs", str(o.epochs), "--hyp", o.hyp, "--calib-images", str(o.calib_images), "--seed",
-                str(o.seed), "--device", str(o.device), "--workers", str(o.workers), "--no-latency",
+                "--epochs", str(o.epochs), "--hyp", self.ft_hyp, "--nbs", str(o.nbs), "--calib-images",
+                str(o.calib_images), "--seed", str(o.seed), "--device", str(o.device), "--workers", str(o.workers),
+                "--no-latency",
                 *(["--distill"] if o.distill else []), *flags, *o.extra]
         t0 = time.time()
         resumed = (folder / "opt.json").is_file()
@@ -280,8 +293,8 @@ def run(opt) -> Path:
     b = Bench(opt, save_dir)
     t_start = time.time()
     base = b.train_step("base", opt.weights, opt.base_epochs, opt.base_hyp)
-    ref = b.train_step("reference", base["weights"], opt.epochs, opt.hyp)
-    sparse = b.train_step("sparse", base["weights"], opt.sparsity_epochs, opt.hyp, sparsity=opt.sparsity) \
+    ref = b.train_step("reference", base["weights"], opt.epochs, b.ft_hyp)
+    sparse = b.train_step("sparse", base["weights"], opt.sparsity_epochs, b.ft_hyp, sparsity=opt.sparsity) \
         if "slim" in opt.methods else None
     runs, skipped = {}, {}
     for step, method, target, divisor in plan(opt):
@@ -345,7 +358,8 @@ def write_report(opt, save_dir: Path, base, ref, sparse, runs, skipped, lat, sec
     head = ("| run | method | divisor | params | GFLOPs | FLOPs share | mAP50 pruned | mAP50-95 pruned | mAP50 | "
             "mAP50-95 | share of base mAP50-95 | ms (ORT CPU, bs 1) | speedup | compute s | notes |")
     lines = [f"Data {opt.data}, weights {Path(opt.weights).name}, {opt.imgsz} px; base {opt.base_epochs} epochs "
-             f"(hyp {opt.base_hyp}), fine-tune {opt.epochs} epochs (hyp {opt.hyp}{', distillation' if opt.distill else ''})"
+             f"(hyp {opt.base_hyp}), fine-tune {opt.epochs} epochs (hyp {opt.hyp}, warmup {opt.warmup_epochs:g} epochs"
+             f"{', distillation' if opt.distill else ''}), nominal batch {opt.nbs}"
              f"; latency: onnxruntime CPU, batch 1, {lat['threads']} threads, median of {lat['repeats']} runs, all "
              f"models interleaved. mAP after fine-tuning unless marked 'pruned'.", "", head,
              "|" + "---|" * (head.count("|") - 1)]
