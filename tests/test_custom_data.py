@@ -16,8 +16,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 @pytest.mark.slow
 def test_custom_data_bench_tiny_killed_and_resumed(tmp_path, monkeypatch):
-    import compress
     import custom_data
+
+    import compress
 
     ann = {f"{i}": _xml([("cat" if i % 2 else "dog", 0, (21, 11, 61, 51))]) for i in range(4)}
     data = _voc(tmp_path / "ds", ann)
