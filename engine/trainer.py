@@ -35,7 +35,7 @@ from engine.data import DATA_DIR, build_val_loader, check_dataset, checked_datas
 from engine.distill import OutputDistiller
 from engine.loss import build_criterion
 from engine.validator import ValResult, format_table, validate
-from models.loader import fuse_model, load_model, reset_classes
+from models.loader import class_rows_kept, fuse_model, load_model, reset_classes
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.config import defaults
 from utils.files import write_text
@@ -185,11 +185,14 @@ class Trainer:
         else:
             model = load_model(opt.cfg or opt.weights, nc=1 if opt.single_cls else data["nc"])
         nc = 1 if opt.single_cls else data["nc"]  # --single-cls: one class, as YOLOv5's train.py
+        names = {0: "item"} if opt.single_cls and data["nc"] != 1 else dict(data["names"])
         if int(model.nc) != nc:
+            kept = class_rows_kept(model, nc, names)
             LOGGER.info(f"new class head: {model.nc} -> {nc} classes for {data['yaml_file']}"
-                        + (" (--single-cls)" if opt.single_cls else ""))
-            reset_classes(model, nc)
-        model.names = {0: "item"} if opt.single_cls and data["nc"] != 1 else dict(data["names"])
+                        + (" (--single-cls)" if opt.single_cls else "")
+                        + (f" (learned rows kept for {', '.join(names[j] for j in kept)})" if kept else ""))
+            reset_classes(model, nc, names)
+        model.names = names
         return model.float()
 
     def _prepare_params(self, model: nn.Module) -> None:
