@@ -14,8 +14,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
@@ -67,12 +65,6 @@ def parse_opt(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _launch_ddp(n: int, argv: list[str]) -> int:
-    """--device 0,1 without a launcher: re-run this script under torch.distributed.run with n processes."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", __file__, *argv]
-    return subprocess.call(cmd)
-
-
 def main(argv=None) -> int:
     from engine.data import DataConfigError
     from utils.checkpoint import CheckpointError
@@ -80,12 +72,11 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         opt = parse_opt(argv)
-        devices = [x for x in str(opt.device).replace("cuda:", "").split(",") if x.strip().isdigit()]
-        if len(devices) > 1 and "LOCAL_RANK" not in os.environ:
-            from utils.general import select_device
+        from engine.distributed import relaunch
 
-            select_device(opt.device)  # a clear error if a listed device does not exist
-            return _launch_ddp(len(devices), argv)
+        rc = relaunch(opt.device, __file__, argv, opt.batch_size)  # --device 0,1: one process per device
+        if rc is not None:
+            return rc
         from engine.trainer import Trainer, train_options
 
         opt = train_options(**{k: v for k, v in vars(opt).items()})
