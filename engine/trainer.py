@@ -129,9 +129,10 @@ class Trainer:
                  teacher_model: nn.Module | None = None):
         self.opt, self._given_model, self._teacher_model = opt, model, teacher_model
         self.callbacks = {e: list((callbacks or {}).get(e, [])) for e in CALLBACK_EVENTS}
-        self.rank = int(os.environ.get("RANK", -1))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", -1))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
+        single = self.world <= 1  # (torchrun --nproc_per_node 1 is one process: no sampler, no process group)
+        self.rank = -1 if single else int(os.environ.get("RANK", -1))
+        self.local_rank = -1 if single else int(os.environ.get("LOCAL_RANK", -1))
         self.main = self.rank in (-1, 0)
         self.stop = False
         self.epoch = 0
@@ -349,7 +350,7 @@ class Trainer:
         self._run_callbacks("on_train_start")
         if self.main:
             LOGGER.info(f"image sizes {imgsz} train, {imgsz} val; {self.world} process(es); batch {opt.batch_size} "
-                        f"(accumulate {accumulate}); logging results to {save_dir}\n"
+                        f"(accumulate {accumulate}); AMP {'on' if amp else 'off'}; logging results to {save_dir}\n"
                         f"starting training for {epochs} epochs...")
         from ultralytics.utils import TQDM
 

@@ -13,31 +13,22 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import ROOT
 
 import compress
 
-# a small trained detector whose losses react to pruning (so PAGCP's decisions depend on the oracle's values)
-TINY_YAML = """\
-nc: 4
-depth_multiple: 0.33
-width_multiple: 0.25
-anchors:
-  - [10,13, 16,30, 33,23]
-  - [30,61, 62,45, 59,119]
-  - [116,90, 156,198, 373,326]
-backbone:
-  [[-1, 1, Conv, [32, 3, 2]],
-   [-1, 1, Conv, [64, 3, 2]],
-   [-1, 1, C3, [64]],
-   [-1, 1, Conv, [128, 3, 2]],
-   [-1, 1, C3, [128]],
-   [-1, 1, Conv, [256, 3, 2]],
-   [-1, 1, Conv, [256, 3, 2]],
-   [-1, 1, SPPF, [256, 5]]]
-head:
-  [[[4, 5, 7], 1, Detect, [nc, anchors]]]
-"""
+
+def _tiny_yaml() -> str:
+    """A small detector (8 layers, 15 prunable groups): yolov5n's anchors and multiples, a short backbone."""
+    cfg = yaml.safe_load((ROOT / "models" / "yolov5n.yaml").read_text())
+    cfg.update(nc=4, head=[[[4, 5, 7], 1, "Detect", ["nc", "anchors"]]], backbone=[
+        [-1, 1, "Conv", [32, 3, 2]], [-1, 1, "Conv", [64, 3, 2]], [-1, 1, "C3", [64]], [-1, 1, "Conv", [128, 3, 2]],
+        [-1, 1, "C3", [128]], [-1, 1, "Conv", [256, 3, 2]], [-1, 1, "Conv", [256, 3, 2]], [-1, 1, "SPPF", [256, 5]]])
+    return yaml.safe_dump(cfg)
+
+
+TINY_YAML = _tiny_yaml()  # a trained copy's losses react to pruning: PAGCP's decisions depend on the oracle's values
 
 # test-only hooks, loaded by every process of a torchrun job through PYTHONPATH: log each file written (with the
 # writer's rank) and let one rank kill itself (SIGKILL) at a given PAGCP oracle call or fine-tuning epoch
@@ -158,6 +149,8 @@ def test_ddp_pagcp_two_gloo_processes_match_single_process(single, tiny_pt, shap
     writers = _writers(tmp_path)
     assert set(writers) == {"0"}, writers  # no other rank wrote anything
     assert {"summary.json", "report.md", "units_progress.json", "pruned.pt", "best.pt"} <= writers["0"]
+    summaries = [x for x in (tmp_path / "writes.log").read_text().splitlines() if x.endswith(f"{run}/summary.json")]
+    assert len(summaries) == 3  # once each after the base validation, the round and the final report (rank 0)
 
     from models.loader import load_model
     from prune.surgery import channel_table
