@@ -9,6 +9,9 @@ gloo on CPU cores, NCCL on GPUs), measured side by side:
 
 Configurations run alternately, `--repeats` times each; medians are reported, with the speedup over the first
 process count. On CPU each process gets `--threads` threads (default 1: one core per process, like one GPU each).
+CPU time is reported too (the PAGCP job's, start-up and validation included; the fine-tuning loop's, summed over
+the processes, per image): on a machine shared with other jobs, wall-time speedups are bounded by the cores the
+scheduler grants, while equal CPU time per unit of work shows that the processes split the work without waste.
 
     python bench/ddp_scaling.py --weights yolov5n.pt --data coco128.yaml --img 320 --procs 1 2
     python bench/ddp_scaling.py --weights w.pt --data coco.yaml --device 0,1,2,3 --procs 1 2 4 --threads 8
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -50,29 +54,33 @@ def parse(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _torchrun(n: int, args: list[str], threads: int, log: Path) -> None:
+def _torchrun(n: int, args: list[str], threads: int, log: Path) -> float:
+    """Run a torchrun job; returns the CPU seconds (user + system) of its processes."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *args]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log, "w") as f:
         rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if rc:
         raise SystemExit(f"ERROR: {' '.join(cmd[3:6])} ... failed (exit {rc}); see {log}")
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def _devices(opt, n: int) -> str:
     return "cpu" if opt.device == "cpu" else ",".join(opt.device.split(",")[:n])
 
 
-def pagcp(opt, n: int, out: Path) -> tuple[float, str]:
-    """(seconds of the PAGCP pass, channels.json text) with n processes."""
+def pagcp(opt, n: int, out: Path) -> tuple[float, float, str]:
+    """(seconds of the PAGCP pass, CPU seconds of the whole job, channels.json text) with n processes."""
     name = out.name
-    _torchrun(n, [str(ROOT / "compress.py"), "--weights", opt.weights, "--data", opt.data, "--img", str(opt.img),
+    cpu = _torchrun(n, [str(ROOT / "compress.py"), "--weights", opt.weights, "--data", opt.data, "--img", str(opt.img),
                   "--batch", str(opt.batch), "--method", "pagcp", "--calib-images", str(opt.calib_images),
                   *opt.pagcp.split(), "--epochs", "0", "--bn-recalib", "0", "--no-latency", "--workers", "0",
                   "--device", _devices(opt, n), "--project", str(out.parent), "--name", name, "--exist-ok"],
               opt.threads, out.parent / f"{name}.log")
     line = (out / "round_0" / "units.txt").read_text().splitlines()[1]
-    return float(line.rsplit(", ", 1)[1].rstrip("s")), (out / "channels.json").read_text()
+    return float(line.rsplit(", ", 1)[1].rstrip("s")), cpu, (out / "channels.json").read_text()
 
 
 def finetune(opt, n: int, pruned: Path, out: Path) -> dict:
@@ -86,25 +94,35 @@ def finetune(opt, n: int, pruned: Path, out: Path) -> dict:
 
 def worker(opt) -> None:
     """Under torchrun: fine-tune as compress.py does, timing each epoch's batch loop on every rank (lockstep)."""
+    import numpy as np
+    import torch.distributed as dist
+
     from engine import distributed as ddp
     from engine.trainer import train
 
-    times, images = [], []
+    ddp.setup(opt.device)  # the group outlives the training: the CPU times are summed over the processes after it
+    times, cpu, images = [], [], []
 
     def start(trainer):
-        trainer.bench_t0 = time.perf_counter()
+        trainer.bench_t0, trainer.bench_c0 = time.perf_counter(), time.process_time()
 
     def end(trainer):
         times.append(time.perf_counter() - trainer.bench_t0)
+        cpu.append(time.process_time() - trainer.bench_c0)
         images.append(len(trainer.train_set))
 
     train(weights=opt.weights, data=opt.data, imgsz=opt.img, batch_size=opt.batch, epochs=opt.epochs,
           device=opt.device, workers=0, noval=True, nosave=True, hyp="finetune", progress=False, save_dir=opt.out,
           callbacks={"on_train_epoch_start": [start], "on_train_epoch_end": [end]})
+    cpu = ddp.all_reduce_sum(np.array(cpu)).tolist()  # all processes' CPU seconds per epoch
+    if dist.is_initialized():
+        dist.destroy_process_group()
     if ddp.is_main():
-        timed = times[1:] or times
-        Path(opt.worker).write_text(json.dumps({"epoch_seconds": times, "images_per_epoch": images[0],
-                                                "images_per_second": images[0] / statistics.median(timed)}))
+        timed, timed_cpu = times[1:] or times, cpu[1:] or cpu
+        Path(opt.worker).write_text(json.dumps({
+            "epoch_seconds": times, "epoch_cpu_seconds": cpu, "images_per_epoch": images[0],
+            "images_per_second": images[0] / statistics.median(timed),
+            "cpu_ms_per_image": 1e3 * statistics.median(timed_cpu) / images[0]}))
 
 
 def main(argv=None) -> None:
@@ -113,33 +131,39 @@ def main(argv=None) -> None:
         return worker(opt)
     out = Path(opt.out or tempfile.mkdtemp(prefix="ddp_scaling_"))
     out.mkdir(parents=True, exist_ok=True)
-    runs = {n: {"pagcp_s": [], "img_s": [], "channels": set()} for n in opt.procs}
+    runs = {n: {"pagcp_s": [], "pagcp_cpu_s": [], "img_s": [], "cpu_ms": [], "channels": set()} for n in opt.procs}
     for r in range(opt.repeats):
         for n in opt.procs:
-            secs, channels = pagcp(opt, n, out / f"pagcp_n{n}_r{r}")
+            secs, cpu, channels = pagcp(opt, n, out / f"pagcp_n{n}_r{r}")
             runs[n]["pagcp_s"].append(secs)
+            runs[n]["pagcp_cpu_s"].append(cpu)
             runs[n]["channels"].add(channels)
             ft = finetune(opt, n, out / f"pagcp_n{n}_r{r}" / "pruned.pt", out / f"finetune_n{n}_r{r}")
             runs[n]["img_s"].append(ft["images_per_second"])
-            print(f"repeat {r + 1}/{opt.repeats}, {n} process(es): PAGCP pass {secs:.1f} s, fine-tuning "
-                  f"{ft['images_per_second']:.1f} img/s (epochs {', '.join(f'{t:.1f}' for t in ft['epoch_seconds'])} s)",
-                  flush=True)
+            runs[n]["cpu_ms"].append(ft["cpu_ms_per_image"])
+            print(f"repeat {r + 1}/{opt.repeats}, {n} process(es): PAGCP pass {secs:.1f} s (job CPU {cpu:.0f} s), "
+                  f"fine-tuning {ft['images_per_second']:.1f} img/s, {ft['cpu_ms_per_image']:.0f} CPU ms/img "
+                  f"(epochs {', '.join(f'{t:.1f}' for t in ft['epoch_seconds'])} s)", flush=True)
     same = len({c for v in runs.values() for c in v["channels"]}) == 1
     base = opt.procs[0]
     rows = []
     for n in opt.procs:
         p, f = statistics.median(runs[n]["pagcp_s"]), statistics.median(runs[n]["img_s"])
         rows.append({"processes": n, "pagcp_seconds": p, "pagcp_speedup": statistics.median(runs[base]["pagcp_s"]) / p,
+                     "pagcp_job_cpu_seconds": statistics.median(runs[n]["pagcp_cpu_s"]),
+                     "finetune_cpu_ms_per_image": statistics.median(runs[n]["cpu_ms"]),
                      "finetune_images_per_second": f,
                      "finetune_speedup": f / statistics.median(runs[base]["img_s"]), "runs": {
                          k: v for k, v in runs[n].items() if k != "channels"}})
     print(f"\n{opt.weights} on {opt.data} at {opt.img} px, batch {opt.batch}, device {opt.device}, {opt.threads} "
           f"thread(s) per process, median of {opt.repeats}; PAGCP decisions identical for every process count: "
           f"{'yes' if same else 'NO'}")
-    print("| processes | PAGCP pass (s) | speedup | fine-tuning (img/s) | speedup |\n|---|---|---|---|---|")
+    print("| processes | PAGCP pass (s) | speedup | PAGCP job CPU (s) | fine-tuning (img/s) | speedup | "
+          "fine-tuning CPU (ms/img) |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['processes']} | {r['pagcp_seconds']:.1f} | x{r['pagcp_speedup']:.2f} | "
-              f"{r['finetune_images_per_second']:.1f} | x{r['finetune_speedup']:.2f} |")
+              f"{r['pagcp_job_cpu_seconds']:.0f} | {r['finetune_images_per_second']:.1f} | x{r['finetune_speedup']:.2f} | "
+              f"{r['finetune_cpu_ms_per_image']:.0f} |")
     (out / "ddp_scaling.json").write_text(json.dumps({"settings": vars(opt), "identical_decisions": same,
                                                       "rows": rows}, indent=2))
     print(f"results in {out / 'ddp_scaling.json'}")

@@ -238,3 +238,23 @@ def test_group_fisher_accumulators_summed_across_processes(tmp_path):
     assert len(ref) == 6
     assert [r["reduce"] for r in ranks] == [ref, ref]
     assert [r["local"] for r in ranks] != [ref, ref]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 1, reason="checks the refusal on a machine without 2 GPUs")
+def test_device_list_without_gpus_is_one_line(shapes_yaml, tmp_path, capsys):
+    """`--device 0,1` is checked before any process is started: one line, exit 2, nothing written."""
+    rc = compress.main(["--weights", "yolov5n.yaml", "--data", str(shapes_yaml), "--device", "0,1", "--project",
+                        str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("ERROR: --device 0,1 requested but")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_batch_must_split_evenly():
+    from engine.distributed import check_batch
+    from utils.general import UsageError
+
+    check_batch(16, 2)
+    check_batch(7, 1)
+    with pytest.raises(UsageError, match="--batch-size 10 must be a multiple of the 4 processes"):
+        check_batch(10, 4)
