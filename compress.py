@@ -10,11 +10,14 @@ for later runs), prunes it with PAGCP and fine-tunes it (cfg/default.yaml's demo
         --initial_rate 0.06 --initial_thres 6. --topk 0.8 --exp --sequential --device 0     # the PAGCP paper's command
     python compress.py --method l1 --target-flops 0.7 --epochs 0 --weights yolov5n.pt --data coco128.yaml
     python compress.py --resume runs/compress/exp3         # continue an interrupted run
+    python compress.py --device 0,1,2,3 ...                # one process per GPU (DDP fine-tuning); or:
+    torchrun --nproc_per_node 4 compress.py ...
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -180,19 +183,28 @@ def resume_hint(opt, since: float) -> str:
 def main(argv=None) -> int:
     import time
 
+    from engine import distributed as ddp
     from engine.data import DataConfigError
     from utils.checkpoint import CheckpointError
     from utils.general import interrupt_status, sigterm_as_interrupt
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     opt, since = None, time.time() - 1  # file times may round down
     try:
         with sigterm_as_interrupt():
             opt = parse_opt(argv)
-            from engine.compress import run
+            from engine.compress import check_args, run
 
-            run(opt)
+            if not opt.resume and len(ddp.device_ids(opt.device)) > 1:
+                check_args(copy.copy(opt))  # bad flags: one line here rather than one per process
+            rc = ddp.relaunch(opt.device, __file__, argv, opt.batch_size)  # --device 0,1: one process per device
+            if rc is not None:
+                return rc
+            with ddp.process_group(opt.device):  # under torchrun: the group every round's DDP fine-tuning uses
+                run(opt)
     except (UsageError, CheckpointError, DataConfigError, FileNotFoundError, ValueError) as e:
-        print(f"ERROR: {e}", file=sys.stderr)
+        where = f"[rank {ddp.rank()}] " if not ddp.is_main() else ""
+        print(f"ERROR: {where}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         what, status = interrupt_status(e)

@@ -16,8 +16,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -115,12 +113,6 @@ def parse_opt(argv=None) -> argparse.Namespace:
     return opt
 
 
-def _launch_ddp(n: int, argv: list[str]) -> int:
-    """--device 0,1 without a launcher: re-run this script under torch.distributed.run with n processes."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", __file__, *argv]
-    return subprocess.call(cmd)
-
-
 def resume_hint(opt, since: float) -> str:
     """How to continue after an interruption: the last.pt this process wrote (newer than `since`)."""
     from pathlib import Path
@@ -148,12 +140,11 @@ def main(argv=None) -> int:
     try:
         with sigterm_as_interrupt():
             opt = parse_opt(argv)
-            devices = [x for x in str(opt.device).replace("cuda:", "").split(",") if x.strip().isdigit()]
-            if len(devices) > 1 and "LOCAL_RANK" not in os.environ:
-                from utils.general import select_device
+            from engine.distributed import relaunch
 
-                select_device(opt.device)  # a clear error if a listed device does not exist
-                return _launch_ddp(len(devices), argv)
+            rc = relaunch(opt.device, __file__, argv, opt.batch_size)  # --device 0,1: one process per device
+            if rc is not None:
+                return rc
             from engine.trainer import Trainer, train_options
 
             model, callbacks = _prune_at_load(opt) if opt.pruning_params is not None else (None, None)

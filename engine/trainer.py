@@ -39,7 +39,7 @@ from models.loader import class_rows_kept, fuse_model, load_model, reset_classes
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.config import defaults
 from utils.files import write_text
-from utils.general import LOGGER, UsageError, increment_path, select_device
+from utils.general import LOGGER, UsageError, increment_path
 
 CALLBACK_EVENTS = ("on_train_start", "on_train_epoch_start", "on_train_batch_start", "on_after_backward",
                    "on_optimizer_step",
@@ -131,9 +131,10 @@ class Trainer:
                  teacher_model: nn.Module | None = None):
         self.opt, self._given_model, self._teacher_model = opt, model, teacher_model
         self.callbacks = {e: list((callbacks or {}).get(e, [])) for e in CALLBACK_EVENTS}
-        self.rank = int(os.environ.get("RANK", -1))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", -1))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
+        single = self.world <= 1  # (torchrun --nproc_per_node 1 is one process: no sampler, no process group)
+        self.rank = -1 if single else int(os.environ.get("RANK", -1))
+        self.local_rank = -1 if single else int(os.environ.get("LOCAL_RANK", -1))
         self.main = self.rank in (-1, 0)
         self.stop = False
         self.epoch = 0
@@ -145,15 +146,11 @@ class Trainer:
             cb(self)
 
     def _setup_device(self) -> torch.device:
-        if self.world > 1:
-            use_cuda = torch.cuda.is_available() and str(self.opt.device).lower() != "cpu"
-            device = torch.device("cuda", self.local_rank) if use_cuda else torch.device("cpu")
-            if use_cuda:
-                torch.cuda.set_device(device)
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=3))
-            return device
-        return select_device(self.opt.device)
+        from engine.distributed import setup
+
+        # a process group compress.py opened for its whole run outlives this training (its next round needs it)
+        self._owns_group = self.world > 1 and not dist.is_initialized()
+        return setup(self.opt.device)
 
     def _save_dir(self) -> Path:
         opt = self.opt
@@ -364,7 +361,7 @@ class Trainer:
         self._run_callbacks("on_train_start")
         if self.main:
             LOGGER.info(f"image sizes {imgsz} train, {imgsz} val; {self.world} process(es); batch {opt.batch_size} "
-                        f"(accumulate {accumulate}); logging results to {save_dir}\n"
+                        f"(accumulate {accumulate}); AMP {'on' if amp else 'off'}; logging results to {save_dir}\n"
                         f"starting training for {epochs} epochs...")
         from ultralytics.utils import TQDM
 
@@ -491,7 +488,7 @@ class Trainer:
             LOGGER.info(f"{ran} epochs completed in {(time.time() - t_start) / 3600:.3f} "
                         f"hours.\nResults saved to {save_dir}")
         self._run_callbacks("on_train_end")
-        if self.world > 1 and dist.is_initialized():
+        if getattr(self, "_owns_group", False) and dist.is_initialized():
             dist.destroy_process_group()
         return result
 
