@@ -140,7 +140,7 @@ def validate_ultralytics(model: nn.Module, loader, names: dict[int, str], conf_t
                          iou_thres: float | None = None, max_det: int = 300, single_cls: bool = False,
                          device: torch.device | str = "cpu", half: bool = False, save_dir: Path | None = None,
                          save_txt: bool = False, save_conf: bool = False, save_json: bool = False,
-                         coco_ids: bool = False, progress: bool = True):
+                         coco_ids: bool = False, progress: bool = True, plotter=None, criterion=None):
     """engine.validator.validate for ultralytics models, with ultralytics' DetectionValidator conventions.
 
     model: an ultralytics DetectionModel (fused or not; its `end2end` flag picks the head, see select_head);
@@ -149,7 +149,7 @@ def validate_ultralytics(model: nn.Module, loader, names: dict[int, str], conf_t
     """
     from ultralytics.utils import TQDM
 
-    from engine.validator import ValResult
+    from engine.validator import LossMeter, ValResult
 
     use_convention(loader, "ultralytics")
     device, half, was_training, class_map = eval_setup(model, device, half, coco_ids)
@@ -158,7 +158,7 @@ def validate_ultralytics(model: nn.Module, loader, names: dict[int, str], conf_t
     v = _make_validator(model, loader, out_dir, conf_thres,
                         DEFAULT_IOU["ultralytics"] if iou_thres is None else iou_thres, max_det, single_cls, half,
                         save_conf, class_map)
-    dt, guard = [0.0, 0.0, 0.0], SaturationGuard(conf_thres)
+    dt, guard, losses, stats = [0.0, 0.0, 0.0], SaturationGuard(conf_thres), LossMeter(criterion, device), []
     desc = f"{'Class':>22}{'Images':>11}{'Instances':>11}{'P':>11}{'R':>11}{'mAP50':>11}{'mAP50-95':>11}"
     try:
         for batch in TQDM(loader, desc=desc, total=len(loader), disable=not progress):
@@ -167,15 +167,20 @@ def validate_ultralytics(model: nn.Module, loader, names: dict[int, str], conf_t
             t1 = time.perf_counter()
             out = model(batch["img"])
             t2 = time.perf_counter()
+            losses.add(out, batch)
             if not v.end2end:
                 guard(out[0] if isinstance(out, (list, tuple)) else out)
             preds = _postprocess(v, out)
             t3 = time.perf_counter()
             v.update_metrics(preds, batch)
+            if plotter is not None:
+                stats += _plot_inputs(v, preds, batch, plotter)
             if save_txt or save_json:
                 _save(v, preds, batch, out_dir / "labels" if save_txt else None, save_json)
             dt = [a + b for a, b in zip(dt, (t1 - t0, t2 - t1, t3 - t2))]
         v.get_stats()
+        if plotter is not None:
+            plotter.add_stats(stats)
     finally:
         if was_training:
             model.train()
@@ -185,9 +190,24 @@ def validate_ultralytics(model: nn.Module, loader, names: dict[int, str], conf_t
             tmp.cleanup()
     res = _result(v, ValResult, names if not single_cls else {0: "item"}, dt)
     res.convention = "ultralytics"
+    res.losses = losses.mean()
     if guard.note():
         res.notes.append(guard.note())
     return res, v.jdict
+
+
+def _plot_inputs(v, preds, batch, plotter) -> list[tuple]:
+    """Each image's detections and labels (letterboxed pixels, the space ultralytics matches in) to the plotter;
+    returns the matching stats (tp (n, 10), conf, pred_cls, target_cls) per image for its curves."""
+    rows = []
+    for si, pred in enumerate(preds):
+        pbatch = v._prepare_batch(si, batch)
+        predn = v._prepare_pred(pred)
+        tp = v._process_batch(predn, pbatch)["tp"]
+        det = torch.cat([predn["bboxes"], predn["conf"][:, None], predn["cls"][:, None].float()], 1)
+        plotter.add_image(det, pbatch["bboxes"] if len(pbatch["cls"]) else None, pbatch["cls"])
+        rows.append((tp, predn["conf"].cpu().numpy(), predn["cls"].cpu().numpy(), pbatch["cls"].cpu().numpy()))
+    return rows
 
 
 def _postprocess(v, out) -> list[dict]:

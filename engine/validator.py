@@ -39,6 +39,7 @@ class ValResult:
     coco: dict = field(default_factory=dict)  # pycocotools results when --save-json evaluation ran
     convention: str = "yolov5"  # whose validator the numbers reproduce (engine.ultralytics_val.CONVENTIONS)
     notes: list = field(default_factory=list)  # caveats, e.g. the NMS time limit was hit
+    losses: dict = field(default_factory=dict)  # validation loss per task (mean over batches) when a criterion is given
 
     @property
     def fitness(self) -> float:
@@ -88,6 +89,26 @@ def _coco_image_id(path: str):
     return int(stem) if stem.isnumeric() else stem
 
 
+class LossMeter:
+    """Mean per-task validation loss over batches, from the raw head outputs a model returns beside its
+    detections in eval mode ((detections, raw) tuples); nothing when there is no criterion or no raw output."""
+
+    def __init__(self, criterion, device):
+        self.criterion, self.device, self.sum, self.batches = criterion, device, None, 0
+
+    def add(self, out, batch: dict) -> None:
+        if self.criterion is None or not isinstance(out, (list, tuple)) or len(out) < 2 or not len(out[1]):
+            return
+        raw = [x.float() for x in out[1]] if isinstance(out[1], (list, tuple)) else out[1]
+        items = self.criterion(raw, {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()})[1]
+        items = items.detach().float().cpu()
+        self.sum = items if self.sum is None else self.sum + items
+        self.batches += 1
+
+    def mean(self) -> dict:
+        return {} if self.sum is None else {n: float(v) / self.batches for n, v in zip(self.criterion.names, self.sum)}
+
+
 @torch.no_grad()
 def validate(
     model: nn.Module,
@@ -105,16 +126,23 @@ def validate(
     save_json: bool = False,
     coco_ids: bool = False,
     progress: bool = True,
+    plotter=None,
+    criterion=None,
 ) -> tuple[ValResult, list[dict]]:
     """Run the model over `loader` and compute detection metrics. Returns (result, json predictions).
 
     The model's family picks the convention (engine.ultralytics_val); iou_thres None is the convention's default
-    (YOLOv5 0.6, ultralytics 0.7)."""
+    (YOLOv5 0.6, ultralytics 0.7).
+    `plotter` (engine.valplots.ValPlots) receives each image's detections and labels and the matching stats.
+    `criterion` (engine.loss.build_criterion of the same model): also the per-task validation losses, from the raw
+    head outputs the model returns beside its detections in eval mode (as YOLOv5's val.py computes them during
+    training); left out when the head returns none (e.g. a fused end-to-end head)."""
     from engine import ultralytics_val as uv
 
     if uv.validation_convention(model) == "ultralytics":
         return uv.validate_ultralytics(model, loader, names, conf_thres, iou_thres, max_det, single_cls, device, half,
-                                       save_dir, save_txt, save_conf, save_json, coco_ids, progress)
+                                       save_dir, save_txt, save_conf, save_json, coco_ids, progress, plotter=plotter,
+                                       criterion=criterion)
     uv.use_convention(loader, "yolov5")
     iou_thres = uv.DEFAULT_IOU["yolov5"] if iou_thres is None else iou_thres
     from ultralytics.utils import TQDM
@@ -126,6 +154,7 @@ def validate(
     nc = 1 if single_cls else len(names)
     iouv = IOU_THRESHOLDS.to(device)
     stats, jdict, seen = [], [], 0
+    losses = LossMeter(criterion, device)
     dt, guard = [0.0, 0.0, 0.0], uv.SaturationGuard(conf_thres)
     desc = f"{'Class':>22}{'Images':>11}{'Instances':>11}{'P':>11}{'R':>11}{'mAP50':>11}{'mAP50-95':>11}"
     pbar = TQDM(loader, desc=desc, total=len(loader), disable=not progress)
@@ -137,6 +166,7 @@ def validate(
         t1 = time.perf_counter()
         out = model(im)
         t2 = time.perf_counter()
+        losses.add(out, batch)
         pred = to_nms_format(out, model).float()
         guard(pred)  # a broken model's saturated images cannot stall validation (deterministically)
         preds = non_max_suppression(
@@ -167,6 +197,8 @@ def validate(
             if npr == 0:
                 if len(cls):
                     stats.append((np.zeros((0, len(iouv)), bool), np.zeros(0), np.zeros(0), cls.cpu().numpy()))
+                if plotter is not None:
+                    plotter.add_image(pred, None, cls)
                 continue
             predn = pred.clone()
             scale_boxes(im[si].shape[1:], predn[:, :4], shape0, ratio_pad=ratio_pad)
@@ -177,6 +209,8 @@ def validate(
             else:
                 correct = np.zeros((npr, len(iouv)), bool)
             stats.append((correct, pred[:, 4].cpu().numpy(), pred[:, 5].cpu().numpy(), cls.cpu().numpy()))
+            if plotter is not None:
+                plotter.add_image(predn, tbox if len(cls) else None, cls)
 
             if save_txt and save_dir is not None:
                 _save_txt(predn, save_conf, shape0, save_dir / "labels" / f"{Path(batch['im_file'][si]).stem}.txt")
@@ -198,7 +232,10 @@ def validate(
         model.train()
     if half:
         model.float()
+    if plotter is not None:
+        plotter.add_stats(stats)
     res = _summarize(stats, names if not single_cls else {0: "item"}, nc, seen, dt)
+    res.losses = losses.mean()
     if guard.note():
         res.notes.append(guard.note())
     return res, jdict

@@ -101,7 +101,9 @@ def solve_lambda(rate: float, thres: float, n_units: int) -> float:
 class PAGCP:
     def __init__(self, model: nn.Module, groups: GroupSet, task_losses: Callable[[], np.ndarray],
                  tasks: list[str], cfg: PAGCPConfig, units: list[Group] | None = None, progress: bool = True,
-                 journal: str | Path | None = None):
+                 journal: str | Path | None = None, write_journal: bool = True):
+        """journal: progress file read at the start and, with write_journal (only one process of a DDP run
+        writes), rewritten after every unit."""
         self.model, self.groups, self.task_losses, self.tasks, self.cfg = model, groups, task_losses, tasks, cfg
         self.units = units if units is not None else groups.prunable
         self.masks = ChannelMasks(model, groups)
@@ -109,6 +111,7 @@ class PAGCP:
         self.resumed_units = 0  # units replayed from the journal
         self.progress = progress
         self.journal = Path(journal) if journal else None
+        self.write_journal = write_journal
         self._in_cols = self._input_columns()
         self._focus = getattr(task_losses, "focus", None)  # oracles that cache per unit are told which one
 
@@ -139,7 +142,7 @@ class PAGCP:
                         cols, idx = self._in_cols[m.module]
                         keep = torch.ones(w.shape[0])
                         keep[cols] = self.masks.values[idx]
-                        keep_cache[m.module] = keep.view(-1, *([1] * (w.dim() - 1)))
+                        keep_cache[m.module] = keep.view(-1, *([1] * (w.dim() - 1))).to(w.device)  # CUDA models
                     w = w * keep_cache[m.module]
                 scores[i] += float(w.abs().sum()) if l1 else float(w.pow(2).sum())
         return scores if l1 else np.sqrt(scores)
@@ -281,7 +284,7 @@ class PAGCP:
                 "units": [[g.id, len(g)] for g in units]}
 
     def _save_journal(self, units, decisions, original, base, thres, stopped) -> None:
-        if self.journal is None:
+        if self.journal is None or not self.write_journal:
             return
         from utils.files import write_json
 
