@@ -73,6 +73,18 @@ def parse_opt(argv=None) -> argparse.Namespace:
                    help="PAGCP oracle: BN with running statistics, or each batch's (the loss after --bn-recalib)")
     p.add_argument("--bn-recalib", type=int, default=d["bn_recalib"],
                    help="re-estimate BN statistics on this many training images after each cut (0 = off)")
+    # PAGCP to a FLOPs target (--target-flops; prune/pagcp_budget.py), its trip rule, budget guards (engine/safeguards.py)
+    p.add_argument("--flops-tol", type=float, default=d["flops_tol"],
+                   help="PAGCP --target-flops: end within target +- this FLOPs share")
+    p.add_argument("--flops-budget", default=d["flops_budget"], choices=("greedy", "search"),
+                   help="PAGCP --target-flops: budgeted greedy by loss per FLOP, or a search of the threshold scale")
+    p.add_argument("--search-images", type=int, default=d["search_images"],
+                   help="PAGCP --target-flops: calibration images of the greedy's pricing / the cheap search passes")
+    p.add_argument("--threshold-schedule", default=d["threshold_schedule"], choices=("reference", "flops"),
+                   help="PAGCP: per-unit threshold rate*lambda^i (reference) or rate x FLOPs share the cut removes")
+    p.add_argument("--trip", default=d["trip"], choices=("any", "mean"),
+                   help="PAGCP: a cut trips when any task loss (reference) or their mean passes the threshold")
+    p.add_argument("--force", action="store_true", help="accept a --target-flops below min_target_flops (0.1)")
     p.add_argument("--divisor", type=int, default=d["divisor"], help="round kept channels up to a multiple")
     p.add_argument("--min-channels", type=int, default=d["min_channels"], help="minimum channels kept per group")
     p.add_argument("--ignore", nargs="*", default=d["ignore"], help="module-name patterns never pruned")
@@ -111,6 +123,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
                 raise UsageError(f"{source}: unknown option '{k}' (use compress.py's flag names)")
             if key not in given:
                 setattr(opt, key, v)
+    opt.explicit = sorted(given | {k.replace("-", "_") for _, values in layers for k in values})  # engine/safeguards.py
     if opt.pruned_model:
         opt.weights = opt.pruned_model
     if opt.dataset and "--data" not in " ".join(argv if argv is not None else sys.argv[1:]):
