@@ -1,5 +1,8 @@
 # AGPL-3.0 License
-"""Compress a YOLO detector by structured channel pruning: rounds of prune -> fine-tune -> validate.
+r"""Compress a YOLO detector by structured channel pruning: rounds of prune -> fine-tune -> validate.
+
+With no arguments, compress.py runs the offline demo: it trains a small YOLOv5n on the built-in shapes data (cached
+for later runs), prunes it with PAGCP and fine-tunes it (cfg/default.yaml's demo block; flags you give win).
 
     python compress.py                                   # offline demo: base model on the built-in data, PAGCP, fine-tune
     python compress.py --weights yolov5n.pt --data coco128.yaml --img 320 --initial_rate 0.02 --epochs 5
@@ -7,16 +10,19 @@
         --initial_rate 0.06 --initial_thres 6. --topk 0.8 --exp --sequential --device 0     # the PAGCP paper's command
     python compress.py --method l1 --target-flops 0.7 --epochs 0 --weights yolov5n.pt --data coco128.yaml
     python compress.py --resume runs/compress/exp3         # continue an interrupted run
+    python compress.py --device 0,1,2,3 ...                # one process per GPU (DDP fine-tuning); or:
+    torchrun --nproc_per_node 4 compress.py ...
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
-from utils.config import defaults, explicit_flags
+from utils.config import HelpFormatter, defaults, explicit_flags
 from utils.general import UsageError
 
 
@@ -24,90 +30,116 @@ def parse_opt(argv=None) -> argparse.Namespace:
     from train import add_train_args
 
     d = {**defaults("train"), **defaults("compress")}
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", type=str, default=None, help="checkpoint (.pt) or model yaml (fresh model)")
-    p.add_argument("--data", type=str, default=d["data"], help="dataset yaml or 'shapes' (built-in)")
-    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=d["imgsz"], help="image size (pixels)")
-    p.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"], help="batch size")
-    p.add_argument("--device", default=d["device"], help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
-    p.add_argument("--workers", type=int, default=d["workers"], help="max dataloader workers")
-    p.add_argument("--method", default=d["method"],
-                   help="pruning method / criterion: l1 l2 l1_largest l2_largest bn bnl1 random taylor slim")
-    p.add_argument("--criterion", default=None, help="alias of --method; seed 002's 0-6 are accepted")
-    p.add_argument("--target-flops", type=float, default=d["target_flops"], help="keep this share of base FLOPs")
-    p.add_argument("--ratio", type=float, default=d["ratio"], help="share of channels to remove per group")
-    # PAGCP (the reference compress.py's flags and names)
-    p.add_argument("--initial_rate", type=float, default=d["initial_rate"], help="PAGCP: first unit's allowed loss growth")
-    p.add_argument("--initial_thres", type=float, default=d["initial_thres"], help="PAGCP: cap of cumulative growth")
-    p.add_argument("--topk", type=float, default=d["topk"], help="PAGCP: keep the best share of pruned units")
-    p.add_argument("--exp", action="store_true", help="PAGCP: thresholds decay so their product is initial_thres")
-    p.add_argument("--sequential", action="store_true", help="accepted for the reference's command (always sequential)")
-    p.add_argument("--compression", default=d["compression"], choices=("global", "backbone"), help="PAGCP units")
-    p.add_argument("--prunemethod", default=d["prunemethod"], choices=("L1", "L2", "l1", "l2"), help="PAGCP saliency")
-    p.add_argument("--ratio-step", type=float, default=d["ratio_step"], help="PAGCP: ratio grid step (0.05 = reference)")
-    p.add_argument("--ratio-search", default=d["ratio_search"], choices=("linear", "gallop"),
-                   help="PAGCP: every ratio up to the first trip (reference), or galloping + bisection (fewer calls)")
-    p.add_argument("--round", type=int, default=0, help="PAGCP round index (with --rate_slope/--thres_slope)")
-    p.add_argument("--rate_slope", type=float, default=0.0, help="PAGCP: initial_rate += round * rate_slope")
-    p.add_argument("--thres_slope", type=float, default=0.0, help="PAGCP: initial_thres += round * thres_slope")
-    p.add_argument("--model", default=None, help="reference flag: model name (informational)")
-    p.add_argument("--dataset", default=None, choices=("COCO", "VOC"), help="reference flag: default --data")
-    p.add_argument("--pruned", action="store_true", help="reference flag: --weights is already pruned (informational)")
-    p.add_argument("--pruned-model", default="", help="reference flag: pruned model path (used as --weights if set)")
-    p.add_argument("--pruning-params", default=None,
-                   help="seed 002: a rate for every layer, or \"[(layer, rate), ...]\" (layers: --show-groups)")
-    p.add_argument("--fisher-norm", default=d["fisher_norm"], choices=("flops", "act", "none"),
-                   help="--method fisher: importance per FLOP or per activation removed")
-    p.add_argument("--interval", type=int, default=d["interval"], help="--method fisher: steps between prunes")
-    p.add_argument("--channels-per-step", type=int, default=d["channels_per_step"],
-                   help="--method fisher: channels masked at each prune")
-    p.add_argument("--slim-threshold", type=float, default=None, help="--method slim: prune BN |gamma| below this")
-    p.add_argument("--slim-percent", type=float, default=None, help="--method slim: prune this share of all gammas")
-    p.add_argument("--global", dest="global_ranking", action="store_true", default=d["global_ranking"],
-                   help="one ranking across all groups (scores normalized per group)")
-    p.add_argument("--bias-compensation", action="store_true", default=d["bias_compensation"],
-                   help="fold removed channels' mean activation into their consumers (uses --calib-images)")
-    p.add_argument("--prefix-cache", action=argparse.BooleanOptionalAction, default=d["prefix_cache"],
-                   help="PAGCP oracle: start forwards at the unit's first layer, reusing earlier layers' outputs")
-    p.add_argument("--oracle-bn", default=d["oracle_bn"], choices=("running", "batch"),
-                   help="PAGCP oracle: BN with running statistics, or each batch's (the loss after --bn-recalib)")
-    p.add_argument("--bn-recalib", type=int, default=d["bn_recalib"],
-                   help="re-estimate BN statistics on this many training images after each cut (0 = off)")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
+                                epilog="Defaults come from cfg/default.yaml (compress: and train: sections); a --cfg "
+                                       "recipe overrides them and the command line overrides both.")
+    g_data = p.add_argument_group("data and model")
+    g_data.add_argument("--weights", type=str, default=None,
+                        help="checkpoint (.pt) or model yaml (fresh model); none: the offline demo trains its own base model")
+    g_data.add_argument("--data", type=str, default=d["data"], help="dataset yaml or 'shapes' (built-in)")
+    g_data.add_argument("--imgsz", "--img", "--img-size", type=int, default=d["imgsz"], help="image size (pixels)")
+    g_data.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"], help="batch size")
+    g_data.add_argument("--device", default=d["device"],
+                        help="cuda device, i.e. 0 or 0,1,2,3 or cpu (default: the first CUDA device, else the CPU)")
+    g_data.add_argument("--workers", type=int, default=d["workers"], help="max dataloader workers")
+    g_data.add_argument("--single-cls", action="store_true",
+                        help="treat the data as single-class (validation, PAGCP's calibration set and fine-tuning)")
+    g_data.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
+    g_data.add_argument("--cfg", default="", help="YAML recipe setting any of these flags (cfg/pagcp/*.yaml); the CLI wins")
+    g_method = p.add_argument_group("method (every method; criteria with --target-flops / --ratio / --pruning-params)")
+    g_method.add_argument("--method", default=d["method"],
+                          help="pagcp (loss-oracle greedy, PAGCP flags below); fisher (Group Fisher, needs --target-flops); "
+                               "a criterion with --target-flops, --ratio or --pruning-params: l1 l2 l1_largest l2_largest bn "
+                               "bnl1 random taylor; slim (network slimming: --slim-threshold/--slim-percent)")
+    g_method.add_argument("--criterion", default=None, help="alias of --method; seed 002's 0-6 are accepted")
+    g_method.add_argument("--target-flops", type=float, default=d["target_flops"],
+                          help="keep this share of the base conv FLOPs, e.g. 0.7 (with --divisor: the closest plan)")
+    g_method.add_argument("--ratio", type=float, default=d["ratio"], help="share of channels to remove per group")
+    g_method.add_argument("--pruning-params", default=None,
+                          help="seed 002: a rate for every layer, or \"[(layer, rate), ...]\" (layers: --show-groups)")
+    g_method.add_argument("--global", dest="global_ranking", action="store_true", default=d["global_ranking"],
+                          help="one ranking across all groups (scores normalized per group)")
+    g_method.add_argument("--divisor", type=int, default=d["divisor"],
+                          help="round kept channels to a multiple of this: 8 or 16 make pruned models faster on CPU/GPU kernels")
+    g_method.add_argument("--min-channels", type=int, default=d["min_channels"], help="minimum channels kept per group")
+    g_method.add_argument("--ignore", nargs="*", default=d["ignore"],
+                          help="module-name patterns never pruned; a module covers its submodules (model.9 = all of SPPF)")
+    g_method.add_argument("--rounds", type=int, default=d["rounds"], help="prune -> fine-tune -> validate rounds")
+    g_method.add_argument("--calib-images", type=int, default=d["calib_images"],
+                          help="PAGCP's calibration set: training images the loss oracle evaluates every trial on (also the "
+                               "images for --method taylor and --bias-compensation)")
+    g_method.add_argument("--bias-compensation", action="store_true", default=d["bias_compensation"],
+                          help="fold removed channels' mean activation into their consumers (uses --calib-images)")
+    g_method.add_argument("--bn-recalib", type=int, default=d["bn_recalib"],
+                          help="re-estimate BN statistics on this many training images after each cut (0 = off)")
+    g_method.add_argument("--slim-threshold", type=float, default=None, help="--method slim: prune BN |gamma| below this")
+    g_method.add_argument("--slim-percent", type=float, default=None, help="--method slim: prune this share of all gammas")
+    g_method.add_argument("--seed", type=int, default=d["seed"], help="random seed")
+    g_method.add_argument("--show-groups", action="store_true",
+                          help="print every channel group (the layer ids of --pruning-params) and why the fixed ones cannot be "
+                               "pruned")
+    g_pagcp = p.add_argument_group("PAGCP (--method pagcp, the default; the reference compress.py's names)")
+    g_pagcp.add_argument("--initial_rate", type=float, default=d["initial_rate"],
+                         help="PAGCP: the first unit's allowed relative growth of each task loss (0.05 = +5%%)")
+    g_pagcp.add_argument("--initial_thres", type=float, default=d["initial_thres"],
+                         help="PAGCP: cap on the cumulative loss growth (> 1; with --exp the thresholds' product)")
+    g_pagcp.add_argument("--topk", type=float, default=d["topk"], help="PAGCP: keep the best share of pruned units (1 = all)")
+    g_pagcp.add_argument("--exp", action="store_true", help="PAGCP: thresholds decay so their product is initial_thres")
+    g_pagcp.add_argument("--sequential", action="store_true", help="accepted for the reference's command (always sequential)")
+    g_pagcp.add_argument("--compression", default=d["compression"], choices=("global", "backbone"), help="PAGCP units")
+    g_pagcp.add_argument("--prunemethod", default=d["prunemethod"], choices=("L1", "L2", "l1", "l2"), help="PAGCP saliency")
+    g_pagcp.add_argument("--ratio-step", type=float, default=d["ratio_step"], help="PAGCP: ratio grid step (0.05 = reference)")
+    g_pagcp.add_argument("--ratio-search", default=d["ratio_search"], choices=("linear", "gallop"),
+                         help="PAGCP: every ratio up to the first trip (reference), or galloping + bisection (fewer calls)")
+    g_pagcp.add_argument("--round", type=int, default=0, help="PAGCP round index (with --rate_slope/--thres_slope)")
+    g_pagcp.add_argument("--rate_slope", type=float, default=0.0, help="PAGCP: initial_rate += round * rate_slope")
+    g_pagcp.add_argument("--thres_slope", type=float, default=0.0, help="PAGCP: initial_thres += round * thres_slope")
+    g_pagcp.add_argument("--prefix-cache", action=argparse.BooleanOptionalAction, default=d["prefix_cache"],
+                         help="PAGCP oracle: start forwards at the unit's first layer, reusing earlier layers' outputs")
+    g_pagcp.add_argument("--oracle-bn", default=d["oracle_bn"], choices=("running", "batch"),
+                         help="PAGCP oracle: BN with running statistics, or each batch's (the loss after --bn-recalib)")
     # PAGCP to a FLOPs target (--target-flops; prune/pagcp_budget.py), its trip rule, budget guards (engine/safeguards.py)
-    p.add_argument("--flops-tol", type=float, default=d["flops_tol"],
-                   help="PAGCP --target-flops: end within target +- this FLOPs share")
-    p.add_argument("--flops-budget", default=d["flops_budget"], choices=("greedy", "search"),
-                   help="PAGCP --target-flops: budgeted greedy by loss per FLOP, or a search of the threshold scale")
-    p.add_argument("--search-images", type=int, default=d["search_images"],
-                   help="PAGCP --target-flops: calibration images of the greedy's pricing / the cheap search passes")
-    p.add_argument("--threshold-schedule", default=d["threshold_schedule"], choices=("reference", "flops"),
-                   help="PAGCP: per-unit threshold rate*lambda^i (reference) or rate x FLOPs share the cut removes")
-    p.add_argument("--trip", default=d["trip"], choices=("any", "mean"),
-                   help="PAGCP: a cut trips when any task loss (reference) or their mean passes the threshold")
-    p.add_argument("--force", action="store_true", help="accept a --target-flops below min_target_flops (0.1)")
-    p.add_argument("--divisor", type=int, default=d["divisor"], help="round kept channels up to a multiple")
-    p.add_argument("--min-channels", type=int, default=d["min_channels"], help="minimum channels kept per group")
-    p.add_argument("--ignore", nargs="*", default=d["ignore"], help="module-name patterns never pruned")
-    p.add_argument("--epochs", type=int, default=d["epochs"], help="fine-tuning epochs after each pruning round")
-    p.add_argument("--rounds", type=int, default=d["rounds"], help="prune -> fine-tune -> validate rounds")
-    p.add_argument("--resume", nargs="?", const=True, default=False, help="continue the latest (or given) run")
-    p.add_argument("--distill", action="store_true", default=d["distill"],
-                   help="fine-tune with the unpruned model as output-distillation teacher")
-    p.add_argument("--no-latency", dest="latency", action="store_false", default=d["latency"],
-                   help="skip the base vs pruned onnxruntime latency measurement")
-    p.add_argument("--base-cfg", default=d["base_cfg"], help="no --weights: model yaml of the base model to train")
-    p.add_argument("--base-epochs", type=int, default=d["base_epochs"], help="no --weights: base training epochs")
-    p.add_argument("--base-hyp", default=d["base_hyp"], help="no --weights: base training hyperparameters")
-    p.add_argument("--base-optimizer", default=d["base_optimizer"], help="no --weights: base training optimizer")
-    add_train_args(p, d)
-    p.add_argument("--calib-images", type=int, default=d["calib_images"], help="images for gradient criteria")
-    p.add_argument("--seed", type=int, default=d["seed"], help="random seed")
-    p.add_argument("--show-groups", action="store_true", help="print every channel group and why fixed ones are")
-    p.add_argument("--project", default=d["project"], help="save to project/name")
-    p.add_argument("--name", default=d["name"], help="save to project/name")
-    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
-    p.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
-    p.add_argument("--cfg", default="", help="YAML recipe setting any of these flags (cfg/pagcp/*.yaml); the CLI wins")
+    g_pagcp.add_argument("--flops-tol", type=float, default=d["flops_tol"],
+                         help="PAGCP --target-flops: end within target +- this FLOPs share")
+    g_pagcp.add_argument("--flops-budget", default=d["flops_budget"], choices=("greedy", "search"),
+                         help="PAGCP --target-flops: budgeted greedy by loss per FLOP, or a search of the threshold scale")
+    g_pagcp.add_argument("--search-images", type=int, default=d["search_images"],
+                         help="PAGCP --target-flops: calibration images of the greedy's pricing / the cheap search passes")
+    g_pagcp.add_argument("--pricing-rounds", type=int, default=d["pricing_rounds"],
+                         help="PAGCP --target-flops (greedy): pricing rounds planned, one oracle call per unit each")
+    g_pagcp.add_argument("--threshold-schedule", default=d["threshold_schedule"], choices=("reference", "flops"),
+                         help="PAGCP: per-unit threshold rate*lambda^i (reference) or rate x FLOPs share the cut removes")
+    g_pagcp.add_argument("--trip", default=d["trip"], choices=("any", "mean"),
+                         help="PAGCP: a cut trips when any task loss (reference) or their mean passes the threshold")
+    g_pagcp.add_argument("--force", action="store_true", help="accept a --target-flops below min_target_flops (0.1)")
+    g_pagcp.add_argument("--model", default=None, help="reference flag: model name (informational)")
+    g_pagcp.add_argument("--dataset", default=None, choices=("COCO", "VOC"),
+                         help="reference flag: sets --data to coco.yaml / VOC.yaml")
+    g_pagcp.add_argument("--pruned", action="store_true", help="reference flag: --weights is already pruned (informational)")
+    g_pagcp.add_argument("--pruned-model", default="", help="reference flag: pruned model path (used as --weights if set)")
+    g_fisher = p.add_argument_group("Group Fisher (--method fisher)")
+    g_fisher.add_argument("--fisher-norm", default=d["fisher_norm"], choices=("flops", "act", "none"),
+                          help="--method fisher: importance per FLOP or per activation removed")
+    g_fisher.add_argument("--interval", type=int, default=d["interval"], help="--method fisher: steps between prunes")
+    g_fisher.add_argument("--channels-per-step", type=int, default=d["channels_per_step"],
+                          help="--method fisher: channels masked at each prune")
+    g_tune = p.add_argument_group("fine-tuning after each round (train.py's flags)")
+    g_tune.add_argument("--epochs", type=int, default=d["epochs"], help="fine-tuning epochs after each pruning round")
+    g_tune.add_argument("--distill", action="store_true", default=d["distill"],
+                        help="fine-tune with the unpruned model as output-distillation teacher")
+    add_train_args(g_tune, d)
+    g_base = p.add_argument_group("offline demo: the base model trained when no --weights is given")
+    g_base.add_argument("--base-cfg", default=d["base_cfg"], help="no --weights: model yaml of the base model to train")
+    g_base.add_argument("--base-epochs", type=int, default=d["base_epochs"], help="no --weights: base training epochs")
+    g_base.add_argument("--base-hyp", default=d["base_hyp"], help="no --weights: base training hyperparameters")
+    g_base.add_argument("--base-optimizer", default=d["base_optimizer"], help="no --weights: base training optimizer")
+    g_out = p.add_argument_group("output")
+    g_out.add_argument("--project", default=d["project"], help="save to project/name")
+    g_out.add_argument("--name", default=d["name"], help="save to project/name")
+    g_out.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    g_out.add_argument("--resume", nargs="?", const=True, default=False, help="continue the latest (or given) run")
+    g_out.add_argument("--no-latency", dest="latency", action="store_false", default=d["latency"],
+                       help="skip the base vs pruned onnxruntime latency measurement")
     argv = sys.argv[1:] if argv is None else list(argv)
     opt = p.parse_args(argv)
     given = explicit_flags(p, argv)
@@ -151,21 +183,48 @@ def load_recipe(path: str) -> dict:
     raise UsageError(f"--cfg {path}: recipe not found (see cfg/pagcp/)")
 
 
+def resume_hint(opt, since: float) -> str:
+    """How to continue after an interruption: the run folder this process wrote (opt.json newer than `since`)."""
+    if opt is None:
+        return "nothing was started; run the command again"
+    if opt.resume:
+        return f"continue with python compress.py --resume{'' if opt.resume is True else f' {opt.resume}'}"
+    runs = [f.parent for f in Path(opt.project).glob("*/opt.json") if f.stat().st_mtime >= since]
+    if runs:
+        return f"continue with python compress.py --resume {max(runs, key=lambda d: (d / 'opt.json').stat().st_mtime)}"
+    return "stopped before its run folder was written: nothing to resume; run the command again"
+
+
 def main(argv=None) -> int:
+    import time
+
+    from engine import distributed as ddp
     from engine.data import DataConfigError
     from utils.checkpoint import CheckpointError
+    from utils.general import interrupt_status, sigterm_as_interrupt
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    opt, since = None, time.time() - 1  # file times may round down
     try:
-        opt = parse_opt(argv)
-        from engine.compress import run
+        with sigterm_as_interrupt():
+            opt = parse_opt(argv)
+            from engine.compress import check_args, run
 
-        run(opt)
+            if not opt.resume and len(ddp.device_ids(opt.device)) > 1:
+                check_args(copy.copy(opt))  # bad flags: one line here rather than one per process
+            rc = ddp.relaunch(opt.device, __file__, argv, opt.batch_size)  # --device 0,1: one process per device
+            if rc is not None:
+                return rc
+            with ddp.process_group(opt.device):  # under torchrun: the group every round's DDP fine-tuning uses
+                run(opt)
     except (UsageError, CheckpointError, DataConfigError, FileNotFoundError, ValueError) as e:
-        print(f"ERROR: {e}", file=sys.stderr)
+        where = f"[rank {ddp.rank()}] " if not ddp.is_main() else ""
+        print(f"ERROR: {where}{e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: continue with python compress.py --resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what, status = interrupt_status(e)
+        print(f"{what}: {resume_hint(opt, since)}", file=sys.stderr)
+        return status
     return 0
 
 

@@ -8,22 +8,47 @@ Usage:
     python train.py --weights yolov5n.pt --data VOC.yaml --sparsity 6e-4                      # network slimming
     python train.py --weights pruned.pt --teacher yolov5s.pt --data coco128.yaml             # distillation
     python train.py --resume                                                                  # continue runs/train/exp*/weights/last.pt
+    python train.py --weights yolov5n.pt --data coco128.yaml --img 640 640 --pruning-params "[(12, 0.25), (45, 0.75)]" \
+        --criterion 0                                                                         # seed 002: prune at load, fine-tune
     torchrun --nproc_per_node 2 train.py --weights yolov5s.pt --data coco.yaml --batch 64    # DDP (or --device 0,1)
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
+from pathlib import Path
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
-from utils.config import defaults
-from utils.general import UsageError
+from engine.sensitivity import PRUNING_ARGS, add_pruning_args, check_seed_flags, strip_sensitivity_args
+from utils.config import HelpFormatter, defaults, explicit_flags
+from utils.general import LOGGER, UsageError
 
 
-def add_train_args(p: argparse.ArgumentParser, d: dict) -> None:
+def _prune_at_load(opt):
+    """Seed 002's train.py --pruning-params: the loaded model pruned by --criterion, to be fine-tuned (the
+    pruning record goes to the run folder as pruning.json)."""
+    from engine.data import check_dataset
+    from engine.sensitivity import load_pruned_model
+    from utils.files import write_json
+
+    weights = opt.weights or opt.cfg
+    if not weights:
+        raise UsageError("--pruning-params prunes the loaded model: give --weights")
+    nc = check_dataset(opt.data, splits=("train",))["nc"] if Path(weights).suffix in (".yaml", ".yml") else None
+    model, info = load_pruned_model(weights, opt.pruning_params, opt.criterion, opt.imgsz, nc=nc,
+                                    trust=opt.trust_checkpoint, seed=opt.seed)
+    record = {"pruning_params": opt.pruning_params, "criterion": info["criterion"], "weights": str(weights),
+              "removed": info["removed"], "params": info["params"], "gflops": info["gflops"], "imgsz": opt.imgsz}
+
+    def save_record(trainer):
+        if trainer.main:
+            write_json(record, trainer.save_dir / "pruning.json")
+
+    return model, {"on_train_start": [save_record]}
+
+
+def add_train_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, d: dict) -> None:
     """Flags shared by train.py and compress.py's fine-tuning (YOLOv5 names)."""
     p.add_argument("--hyp", type=str, default=d["hyp"], help="hyperparameters yaml (or name in data/hyps)")
     p.add_argument("--optimizer", default=d["optimizer"], choices=("SGD", "Adam", "AdamW"), help="optimizer")
@@ -46,56 +71,92 @@ def add_train_args(p: argparse.ArgumentParser, d: dict) -> None:
 
 def parse_opt(argv=None) -> argparse.Namespace:
     d = defaults("train")
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", type=str, default="", help="initial weights: checkpoint (full or pruned)")
-    p.add_argument("--cfg", type=str, default="", help="model yaml, to train from scratch")
-    p.add_argument("--data", type=str, default=d["data"], help="dataset yaml or 'shapes' (built-in)")
-    p.add_argument("--epochs", type=int, default=d["epochs"], help="total training epochs")
-    p.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"], help="total batch size, all GPUs")
-    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=d["imgsz"], help="train, val image size")
-    p.add_argument("--resume", nargs="?", const=True, default=False, help="resume the most recent (or given) run")
-    p.add_argument("--device", default=d["device"], help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
-    p.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
-    p.add_argument("--workers", type=int, default=d["workers"], help="max dataloader workers (per process)")
-    p.add_argument("--project", default=d["project"], help="save to project/name")
-    p.add_argument("--name", default=d["name"], help="save to project/name")
-    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
-    p.add_argument("--seed", type=int, default=d["seed"], help="global training seed")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the DDP launcher")
-    p.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
-    add_train_args(p, d)
-    return p.parse_args(argv)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
+                                epilog="Defaults come from cfg/default.yaml (train: section). Without --data the "
+                                       "built-in shapes dataset is used.")
+    g_data = p.add_argument_group("data and model")
+    g_data.add_argument("--weights", type=str, default="", help="initial weights: checkpoint (full or pruned)")
+    g_data.add_argument("--cfg", type=str, default="", help="model yaml, to train from scratch")
+    g_data.add_argument("--data", type=str, default=d["data"], help="dataset yaml, or 'shapes' (the built-in synthetic set)")
+    g_data.add_argument("--imgsz", "--img", "--img-size", type=int, nargs="+", default=[d["imgsz"]],
+                        help="train, val image size (pixels); YOLOv7's '--img 640 640' (train, test) is accepted")
+    g_data.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"], help="total batch size, all GPUs")
+    g_data.add_argument("--device", default=d["device"], help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    g_data.add_argument("--workers", type=int, default=d["workers"], help="max dataloader workers (per process)")
+    g_data.add_argument("--single-cls", action="store_true", help="train multi-class data as single-class")
+    g_data.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
+    g_train = p.add_argument_group("training (also compress.py's fine-tuning)")
+    g_train.add_argument("--epochs", type=int, default=d["epochs"], help="total training epochs")
+    g_train.add_argument("--resume", nargs="?", const=True, default=False, help="resume the most recent (or given) run")
+    g_train.add_argument("--seed", type=int, default=d["seed"], help="global training seed")
+    g_train.add_argument("--local_rank", "--local-rank", type=int, default=-1, help="set by the DDP launcher")
+    add_train_args(g_train, d)
+    g_out = p.add_argument_group("output")
+    g_out.add_argument("--project", default=d["project"], help="save to project/name")
+    g_out.add_argument("--name", default=d["name"], help="save to project/name")
+    g_out.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    add_pruning_args(p.add_argument_group("seed 002: prune at load, then fine-tune"), criterion=True)
+    opt = p.parse_args(argv)
+    if len(opt.imgsz) > 2:
+        raise UsageError(f"--imgsz takes one size, or two (train, test) as YOLOv7 does; got {opt.imgsz}")
+    if len(opt.imgsz) == 2 and opt.imgsz[0] != opt.imgsz[1]:
+        LOGGER.warning(f"WARNING: --imgsz {opt.imgsz[0]} {opt.imgsz[1]}: training and validating at {opt.imgsz[0]} "
+                       "(one size for both here)")
+    opt.imgsz = opt.imgsz[0]
+    check_seed_flags(opt, explicit_flags(p, sys.argv[1:] if argv is None else argv))
+    if opt.pruning_params is not None and opt.resume:
+        raise UsageError("--resume continues the pruned run from its last.pt: drop --pruning-params")
+    if "data" not in explicit_flags(p, sys.argv[1:] if argv is None else argv) and opt.data == "shapes" \
+            and not opt.resume:
+        LOGGER.info("no --data: training on the built-in shapes dataset (4 synthetic classes, generated offline); "
+                    "pass --data your.yaml for your own")
+    return opt
 
 
-def _launch_ddp(n: int, argv: list[str]) -> int:
-    """--device 0,1 without a launcher: re-run this script under torch.distributed.run with n processes."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", __file__, *argv]
-    return subprocess.call(cmd)
+def resume_hint(opt, since: float) -> str:
+    """How to continue after an interruption: the last.pt this process wrote (newer than `since`)."""
+    from pathlib import Path
+
+    if opt is None:
+        return "nothing was started; run the command again"
+    if opt.resume:
+        return f"continue with python train.py --resume{'' if opt.resume is True else f' {opt.resume}'}"
+    root = Path(opt.save_dir) if getattr(opt, "save_dir", None) else Path(opt.project)
+    lasts = [f for f in root.rglob("last.pt") if f.stat().st_mtime >= since]
+    if lasts:
+        return f"continue with python train.py --resume {max(lasts, key=lambda f: f.stat().st_mtime)}"
+    return "stopped before the first epoch's checkpoint (last.pt): nothing to resume; run the command again"
 
 
 def main(argv=None) -> int:
+    import time
+
     from engine.data import DataConfigError
     from utils.checkpoint import CheckpointError
+    from utils.general import interrupt_status, sigterm_as_interrupt
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    opt, since = None, time.time() - 1  # file times may round down
     try:
-        opt = parse_opt(argv)
-        devices = [x for x in str(opt.device).replace("cuda:", "").split(",") if x.strip().isdigit()]
-        if len(devices) > 1 and "LOCAL_RANK" not in os.environ:
-            from utils.general import select_device
+        with sigterm_as_interrupt():
+            opt = parse_opt(argv)
+            from engine.distributed import relaunch
 
-            select_device(opt.device)  # a clear error if a listed device does not exist
-            return _launch_ddp(len(devices), argv)
-        from engine.trainer import Trainer, train_options
+            rc = relaunch(opt.device, __file__, argv, opt.batch_size)  # --device 0,1: one process per device
+            if rc is not None:
+                return rc
+            from engine.trainer import Trainer, train_options
 
-        opt = train_options(**{k: v for k, v in vars(opt).items()})
-        Trainer(opt).train()
+            model, callbacks = _prune_at_load(opt) if opt.pruning_params is not None else (None, None)
+            opt = train_options(**strip_sensitivity_args(vars(opt), PRUNING_ARGS))
+            Trainer(opt, model=model, callbacks=callbacks).train()
     except (UsageError, CheckpointError, DataConfigError, FileNotFoundError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: continue with python train.py --resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what, status = interrupt_status(e)
+        print(f"{what}: {resume_hint(opt, since)}", file=sys.stderr)
+        return status
     return 0
 
 

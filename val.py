@@ -4,6 +4,12 @@
 Usage:
     python val.py --weights yolov5n.pt --data coco128.yaml --img 640
     python val.py --weights runs/compress/exp/weights/best.pt --data shapes --img 320 --verbose
+    python val.py --weights yolov5n.pt --data coco128.yaml --modification prune-structured \
+        --pruning-params "[(12, 0.25), (45, 0.75)]" --criterion 0          # seed 002: the model pruned that way
+    python val.py --task speed --weights runs/compress/exp/pruned.pt --img 640      # latency, no dataset
+    python val.py --task sensitivity --weights yolov5n.pt --data coco128.yaml        # seed 002's analysis
+
+Without --data, the built-in shapes dataset (generated offline on first use) is used.
 """
 
 from __future__ import annotations
@@ -13,47 +19,61 @@ import sys
 from pathlib import Path
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
-from engine.sensitivity import add_sensitivity_args, strip_sensitivity_args
-from utils.config import defaults, explicit_flags
+from engine.sensitivity import TASK_ALIASES, add_sensitivity_args, check_seed_flags, strip_sensitivity_args
+from utils.config import HelpFormatter, defaults, explicit_flags
 from utils.general import LOGGER, UsageError, increment_path, select_device
 
 
 def parse_opt(argv=None) -> argparse.Namespace:
     d = defaults()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", nargs="+", type=str, required=True, help="checkpoint (.pt) or model yaml")
-    p.add_argument("--data", type=str, default=d["data"], help="dataset yaml or 'shapes' (built-in)")
-    p.add_argument("--imgsz", "--img", "--img-size", type=int, default=d["imgsz"], help="inference size (pixels)")
-    p.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"], help="batch size")
-    p.add_argument("--conf-thres", type=float, default=d["conf_thres"], help="confidence threshold")
-    p.add_argument("--iou-thres", type=float, default=d["iou_thres"], help="NMS IoU threshold")
-    p.add_argument("--max-det", type=int, default=d["max_det"], help="maximum detections per image")
-    p.add_argument("--task", default=d["task"], choices=("train", "val", "test", "sensitivity", "speed"),
-                   help="dataset split to evaluate; sensitivity (per-layer pruning analysis, seed 002); "
-                        "speed (latency: PyTorch and onnxruntime, batch 1 and --batch-size, no dataset)")
-    p.add_argument("--device", default=d["device"], help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
-    p.add_argument("--workers", type=int, default=d["workers"], help="max dataloader workers")
-    p.add_argument("--single-cls", action="store_true", help="treat as single-class dataset")
-    p.add_argument("--verbose", action="store_true", help="report mAP by class")
-    p.add_argument("--save-txt", action="store_true", help="save results to *.txt")
-    p.add_argument("--save-conf", action="store_true", help="save confidences in --save-txt labels")
-    p.add_argument("--save-json", action="store_true", help="save a COCO-JSON results file (and run pycocotools)")
-    p.add_argument("--project", default=d["project"], help="save to project/name")
-    p.add_argument("--name", default=d["name"], help="save to project/name")
-    p.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
-    p.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA only)")
-    p.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_sensitivity_args(p)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
+                                epilog="Defaults come from cfg/default.yaml.")
+    g_data = p.add_argument_group("data and model")
+    g_data.add_argument("--weights", nargs="+", type=str, required=True, help="checkpoint (.pt) or model yaml")
+    g_data.add_argument("--data", type=str, default=d["data"], help="dataset yaml, or 'shapes' (the built-in synthetic set)")
+    g_data.add_argument("--imgsz", "--img", "--img-size", type=int, default=d["imgsz"], help="inference size (pixels)")
+    g_data.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"], help="batch size")
+    g_data.add_argument("--task", default=d["task"], choices=("train", "val", "test", "sensitivity", "speed", *TASK_ALIASES),
+                        help="dataset split to evaluate; sensitivity (per-layer pruning analysis, seed 002; alias "
+                             "pruning_sensitivity_analysis); "
+                             "speed (latency: PyTorch and onnxruntime, batch 1 and --batch-size, no dataset)")
+    g_data.add_argument("--device", default=d["device"], help="cuda device, i.e. 0 or 0,1,2,3 or cpu")
+    g_data.add_argument("--workers", type=int, default=d["workers"], help="max dataloader workers")
+    g_data.add_argument("--single-cls", action="store_true", help="treat as single-class dataset")
+    g_data.add_argument("--half", action="store_true", help="use FP16 half-precision inference (CUDA only)")
+    g_data.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
+    g_val = p.add_argument_group("validation (YOLOv5 val.py's flags)")
+    g_val.add_argument("--conf-thres", type=float, default=d["conf_thres"], help="confidence threshold")
+    g_val.add_argument("--iou-thres", type=float, default=d["iou_thres"], help="NMS IoU threshold")
+    g_val.add_argument("--max-det", type=int, default=d["max_det"], help="maximum detections per image")
+    g_val.add_argument("--verbose", action="store_true", help="report mAP by class")
+    g_out = p.add_argument_group("output")
+    g_out.add_argument("--save-txt", action="store_true", help="save results to *.txt")
+    g_out.add_argument("--save-conf", action="store_true", help="save confidences in --save-txt labels")
+    g_out.add_argument("--save-json", action="store_true", help="save a COCO-JSON results file (and run pycocotools)")
+    g_out.add_argument("--project", default=d["project"], help="save to project/name")
+    g_out.add_argument("--name", default=d["name"], help="save to project/name")
+    g_out.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    g_out.add_argument("--plots", action=argparse.BooleanOptionalAction, default=d["plots"],
+                       help="PR, P, R, F1 curves and confusion matrices in the run folder")
+    g_out.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_sensitivity_args(p.add_argument_group("--task sensitivity (seed 002's per-layer analysis)"))
     opt = p.parse_args(argv)
+    check_seed_flags(opt, explicit_flags(p, sys.argv[1:] if argv is None else argv))
     if opt.imgsz <= 0 or opt.imgsz % 32:
         opt.imgsz = max(32, (opt.imgsz + 31) // 32 * 32) if opt.imgsz > 0 else opt.imgsz
     if opt.imgsz <= 0 or opt.batch_size <= 0:
         raise UsageError("--imgsz and --batch-size must be positive")
     if not 0 <= opt.conf_thres <= 1 or not 0 <= opt.iou_thres <= 1:
         raise UsageError("--conf-thres and --iou-thres must be in [0, 1]")
-    if opt.task == "speed" and "batch_size" not in explicit_flags(p, sys.argv[1:] if argv is None else argv):
+    if opt.ignore and opt.task != "sensitivity":
+        raise UsageError("--ignore applies to --task sensitivity only (compress.py has its own --ignore)")
+    given = explicit_flags(p, sys.argv[1:] if argv is None else argv)
+    if opt.task == "speed" and "batch_size" not in given:
         opt.batch_size = None  # --task speed: batch 1 and cfg's speed_batch unless a batch size is given
+    if opt.task != "speed" and "data" not in given and opt.data == "shapes":
+        LOGGER.info("no --data: validating on the built-in shapes dataset (4 synthetic classes, generated offline); "
+                    "pass --data your.yaml for your own")
     return opt
 
 
@@ -79,6 +99,7 @@ def run(
     half=False,
     trust_checkpoint=False,
     no_progress=False,
+    plots=True,
     model=None,
 ):
     """Validate one model; returns (ValResult, save_dir). `model` skips loading (used by train/compress)."""
@@ -108,6 +129,11 @@ def run(
     loader = build_val_loader(data_dict, task, imgsz, batch_size, stride, workers, single_cls)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)  # only once the inputs are usable
     coco_ids = save_json and is_coco_named(data_dict["names"])
+    plotter = None
+    if plots:
+        from engine.valplots import ValPlots
+
+        plotter = ValPlots(data_dict["names"] if not single_cls else {0: "item"})
     res, jdict = validate(
         model,
         loader,
@@ -124,7 +150,13 @@ def run(
         save_json,
         coco_ids,
         progress=not no_progress,
+        plotter=plotter,
     )
+    if plotter is not None:
+        try:
+            plotter.save(save_dir, {c["class"]: c["map50"] for c in res.per_class})
+        except Exception as e:  # a figure must never cost the metrics (e.g. another ultralytics plotting API)
+            LOGGER.warning(f"WARNING: plots not written ({type(e).__name__}: {e}); metrics follow")
     LOGGER.info(format_table(res, verbose or data_dict["nc"] < 50 and verbose))
     s = res.speed_ms
     LOGGER.info(
@@ -174,30 +206,52 @@ def _annotation_json(data: dict, task: str) -> Path | None:
     return p if p.exists() else None
 
 
+def _pruned(opt, weights):
+    """Seed 002's "testing with the pruning parameters": the model pruned by --pruning-params (else None)."""
+    if opt.pruning_params is None:
+        return None
+    from engine.data import check_dataset
+    from engine.sensitivity import load_pruned_model
+
+    nc = check_dataset(opt.data, splits=(opt.task,))["nc"] if Path(weights).suffix in (".yaml", ".yml") else None
+    return load_pruned_model(weights, opt.pruning_params, opt.criterion, opt.imgsz, nc=nc,
+                             trust=opt.trust_checkpoint, fuse=True)[0]
+
+
 def main(argv=None) -> int:
     from engine.data import DataConfigError
     from utils.checkpoint import CheckpointError
+    from utils.general import interrupt_status, sigterm_as_interrupt
 
+    opt = None
     try:
-        opt = parse_opt(argv)
-        if opt.task == "sensitivity":
-            from engine.sensitivity import run_sensitivity
+        with sigterm_as_interrupt():
+            opt = parse_opt(argv)
+            if opt.task == "sensitivity":
+                from engine.sensitivity import run_sensitivity
 
-            for w in opt.weights:
-                run_sensitivity(opt, w)
-            return 0
-        if opt.task == "speed":
-            from engine.speed import run_speed
+                for w in opt.weights:
+                    run_sensitivity(opt, w)
+                return 0
+            if opt.task == "speed":
+                from engine.speed import run_speed
 
-            for w in opt.weights:
-                run_speed(w, opt.imgsz, opt.batch_size, opt.device, opt.half, opt.project, opt.name, opt.exist_ok,
-                          opt.trust_checkpoint)
-            return 0
-        for w in opt.weights:  # several --weights are validated one after another, each in its own run folder
-            run(**{**strip_sensitivity_args(vars(opt)), "weights": w})
+                for w in opt.weights:
+                    run_speed(w, opt.imgsz, opt.batch_size, opt.device, opt.half, opt.project, opt.name,
+                              opt.exist_ok, opt.trust_checkpoint)
+                return 0
+            for w in opt.weights:  # several --weights are validated one after another, each in its own run folder
+                run(**{**strip_sensitivity_args(vars(opt)), "weights": w, "model": _pruned(opt, w)})
     except (UsageError, CheckpointError, DataConfigError, FileNotFoundError) as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:
+        what, status = interrupt_status(e)
+        how = ("the analysis keeps every finished layer: continue with the same command and --resume"
+               if opt is not None and opt.task == "sensitivity" else
+               "validation writes its results at the end, so nothing was saved; run the command again")
+        print(f"{what}: {how}", file=sys.stderr)
+        return status
     return 0
 
 

@@ -287,7 +287,9 @@ def ensure_shapes(cache_dir: PathLike | None = None, n_train: int = 256, n_val: 
     _remove_stale_tmp(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it 0700; the published dataset should be shareable
+        from utils.files import current_umask
+
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700; a published dataset follows the umask
         t0 = time.perf_counter()
         boxes = {s: _write_split(tmp, s, n, seed) for s, n in (("train", n_train), ("val", n_val))}
         (tmp / YAML_NAME).write_text(_dataset_yaml(final))  # 'path' already points at the final name

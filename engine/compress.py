@@ -4,6 +4,10 @@
 The run folder (runs/compress/exp*) receives pruned.pt (a normal checkpoint carrying the pruned
 structure), channels.json (remaining channels per layer), groups.txt and summary.json
 (params, gflops, map50, map50_95 before and after).
+
+Under torchrun (or `compress.py --device 0,1,...`) every process runs this module: pruning is decided identically
+on all of them (PAGCP's oracle and Group Fisher share their work through engine/distributed.py), fine-tuning is
+DDP, and only rank 0 validates and writes the run folder.
 """
 
 from __future__ import annotations
@@ -18,7 +22,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from engine import distributed as ddp
 from engine.data import build_val_loader, check_dataset
+from engine.report import (
+    FLOPS_TOLERANCE,
+    console_table,
+    final_line,
+    report_markdown,
+    round_seconds,
+    rounding_warning,
+    write_results,
+)
 from engine.validator import ValResult, format_table, validate, write_json
 from models.loader import fuse_model, load_model, model_family
 from prune import build_groups
@@ -28,7 +42,7 @@ from prune.uniform import plan_global, plan_uniform, solve_ratio_for_flops
 from utils.checkpoint import save_checkpoint
 from utils.files import copy_file, write_text
 from utils.flops import count_params, gflops
-from utils.general import LOGGER, UsageError, increment_path, select_device
+from utils.general import LOGGER, UsageError, increment_path
 from utils.plots import plot_channels, plot_loss_curves, plot_rounds
 
 ONE_SHOT_METHODS = ("pagcp", "fisher", "l1", "l2", "l1_largest", "l2_largest", "bn", "bnl1", "random", "taylor", "slim")
@@ -43,7 +57,8 @@ class Evaluator:
 
     def __call__(self, model: nn.Module, progress: bool = True) -> ValResult:
         m = fuse_model(copy.deepcopy(model).to(self.device))
-        res, _ = validate(m, self.loader, self.data["names"], device=self.device, progress=progress)
+        res, _ = validate(m, self.loader, self.data["names"], device=self.device, progress=progress,
+                          single_cls=bool(self.data.get("single_cls")))
         return res
 
 
@@ -70,6 +85,9 @@ def check_args(opt) -> None:
         return
     if opt.method == "fisher" and (opt.target_flops is None or opt.ratio is not None or opt.pruning_params):
         raise UsageError("--method fisher prunes during training to a FLOPs target: give --target-flops F only")
+    if opt.method == "fisher" and opt.divisor > 1:
+        raise UsageError("--method fisher masks one channel at a time and does not round to --divisor: leave "
+                         "--divisor at 1 (or prune with --method l1/pagcp, which round to it)")
     budgets = [opt.target_flops is not None, opt.ratio is not None, opt.pruning_params is not None]
     if opt.method == "slim":
         budgets += [opt.slim_threshold is not None, opt.slim_percent is not None]
@@ -104,35 +122,45 @@ def run(opt) -> dict:
     """compress.py: `--rounds` x (prune -> fine-tune `--epochs` -> validate), each round starting from the
     previous round's result; `--resume` continues an interrupted run at its last unfinished stage, with the
     options the run was started with."""
+    t_run = time.time()
     save_dir, summary = _find_run(opt) if opt.resume else (None, None)
     given = {k: v for k, v in vars(opt).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
     check_args(opt)
-    device = select_device(opt.device)
+    device = ddp.setup(opt.device)
+    ddp.check_batch(opt.batch_size, ddp.world_size())
     torch.manual_seed(opt.seed)
     np.random.seed(opt.seed)
     needs_train = opt.method in ("taylor", "pagcp", "fisher") or opt.bias_compensation or opt.epochs > 0 \
         or opt.bn_recalib > 0
-    data = check_dataset(opt.data, splits=("train", "val") if needs_train else ("val",))
+    with ddp.zero_first():  # the built-in data is generated once
+        data = check_dataset(opt.data, splits=("train", "val") if needs_train else ("val",))
+    if opt.single_cls:  # every loader (validation, calibration, BN re-estimation) then reads class 0 only
+        data = {**data, "single_cls": True}
     if opt.weights is None:
         opt.weights = str(ensure_base_model(opt, data))
     from_yaml = Path(str(opt.weights)).suffix in (".yaml", ".yml")
     model = load_model(opt.weights, nc=data["nc"] if from_yaml else None, trust=opt.trust_checkpoint)
-    if model.nc != data["nc"]:
-        raise UsageError(f"{opt.weights} predicts {model.nc} classes but {data['yaml_file']} has {data['nc']}")
-    if opt.target_flops is not None and summary is None:
-        _check_reachable(model, opt)
-    if save_dir is None:  # the inputs are usable: only now is a run folder created
-        save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
-        write_json(given, save_dir / "opt.json")  # what --resume restores
+    if model.nc != data["nc"] and not opt.single_cls:
+        raise UsageError(f"{opt.weights} predicts {model.nc} classes but {data['yaml_file']} has {data['nc']}: "
+                         "pass the matching --data (or --single-cls)")
+    if summary is None and (opt.ignore or opt.target_flops is not None):
+        _check_reachable(model, opt)  # a bad --ignore pattern or an unreachable target: before any folder
+    if save_dir is None:  # the inputs are usable: only now is a run folder created (by rank 0, for all)
+        if ddp.is_main():
+            save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
+            write_json(given, save_dir / "opt.json")  # what --resume restores
+        save_dir = ddp.broadcast(save_dir)
     model.to(device).eval()
     stride = int(max(model.stride.max(), 32))
-    evaluate = Evaluator(data, opt.imgsz, opt.batch_size, device, opt.workers, stride)
+    evaluate = Evaluator(data, opt.imgsz, opt.batch_size, device, opt.workers, stride) if ddp.is_main() else None
     base_channels = channel_table(model)
     if summary is None:
         summary = {"method": opt.method, "family": model_family(model), "weights": str(opt.weights),
                    "data": data["yaml_file"], "imgsz": opt.imgsz, "rounds_planned": opt.rounds, "epochs": opt.epochs,
                    "base": _measure(model, evaluate, opt.imgsz, "base"), "rounds": []}
-        write_json(summary, save_dir / "summary.json")
+        if ddp.is_main():
+            write_json(summary, save_dir / "summary.json")
+    summary = ddp.broadcast(summary)  # rank 0's measurements
     teacher = copy.deepcopy(model).eval() if opt.distill else None
 
     for k in range(opt.rounds):
@@ -141,12 +169,16 @@ def run(opt) -> dict:
             model = load_model(rdir / summary["rounds"][k]["model"]).to(device)
             continue
         model, entry = _round(k, model, data, opt, device, evaluate, rdir, teacher)
+        ddp.barrier()  # rank 0 has saved the round's model
         # the next round starts from the saved file, as it does after --resume: same structure either way
         model = load_model(rdir / entry["model"]).to(device)
         summary["rounds"].append(entry)
-        write_json(summary, save_dir / "summary.json")
-        _write_results(summary, save_dir / "results.csv")
-        plot_rounds(summary, save_dir / "rounds.png")
+        if ddp.is_main():
+            write_json(summary, save_dir / "summary.json")
+            write_results(summary, save_dir / "results.csv")
+            plot_rounds(summary, save_dir / "rounds.png")
+    if not ddp.is_main():  # the summary, report and final files are rank 0's
+        return summary
 
     final = summary["rounds"][-1]
     summary["before"], summary["after"] = summary["base"], {k: final[k] for k in ("params", "gflops", "map50",
@@ -159,7 +191,9 @@ def run(opt) -> dict:
     summary["params_ratio"] = final["params"] / summary["base"]["params"]
     for key in ("image_forwards", "forward_equivalents"):
         summary[key] = sum(r.get(key) or 0 for r in summary["rounds"]) or None
-    summary["seconds"] = sum(r["seconds"] for r in summary["rounds"])
+    summary.update(round_seconds(summary["rounds"]))
+    summary["divisor"], summary["target_flops"] = opt.divisor, opt.target_flops
+    summary["flops_share"] = float(np.prod([r.get("flops_share", np.nan) for r in summary["rounds"]]))
     summary["groups"] = final.get("groups")  # per group channels before/after, last round
     if opt.latency:
         from engine.speed import compress_latency
@@ -170,9 +204,12 @@ def run(opt) -> dict:
     copy_file(final_file, save_dir / "pruned.pt")
     write_json(channel_table(model), save_dir / "channels.json")
     plot_channels(base_channels, channel_table(model), save_dir / "channels.png")
+    summary["run_seconds"] = time.time() - t_run  # this process (a resumed run: since the resume)
+    summary["base_trained"] = bool(getattr(opt, "base_trained", False))  # the demo's base model, in run_seconds
     write_json(summary, save_dir / "summary.json")
-    write_text(save_dir / "report.md", _report(summary, opt))
-    LOGGER.info(_table(summary))
+    write_text(save_dir / "report.md", report_markdown(summary, opt))
+    LOGGER.info(console_table(summary))
+    LOGGER.info(final_line(summary))
     for w in summary["warnings"]:
         LOGGER.warning(w)
     LOGGER.info(f"Results saved to {save_dir}: pruned.pt (final model), summary.json, results.csv, report.md, "
@@ -185,10 +222,13 @@ run_one_shot = run  # the name earlier code used
 
 
 def _check_reachable(model: nn.Module, opt) -> None:
-    """Refuse a --target-flops that no plan can reach, before anything is written."""
+    """Refuse --ignore patterns that match no prunable layer and a --target-flops that no plan can reach,
+    before anything is written."""
     from prune.uniform import min_flops_share
 
-    groups = build_groups(model, imgsz=opt.imgsz, ignore=opt.ignore)
+    groups = build_groups(model, imgsz=opt.imgsz, ignore=opt.ignore)  # raises on a pattern that matches nothing
+    if opt.target_flops is None:
+        return
     if opt.method == "pagcp":  # per round, the grid's largest ratio in every unit
         from prune.pagcp_budget import least_share
 
@@ -237,16 +277,20 @@ def _round(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
            teacher: nn.Module | None) -> tuple[nn.Module, dict]:
     """One round: prune (or reuse this round's pruned.pt after an interruption), fine-tune, validate."""
     t0 = time.time()
-    rdir.mkdir(parents=True, exist_ok=True)
+    if ddp.is_main():
+        rdir.mkdir(parents=True, exist_ok=True)
     stage = rdir / "pruned.json"
-    if opt.resume and stage.exists() and (rdir / "pruned.pt").exists():  # never reuse another run's (--exist-ok)
+    reused = opt.resume and stage.exists() and (rdir / "pruned.pt").exists()  # never another run's (--exist-ok)
+    if reused:
         pruned = json.loads(stage.read_text())
         model = load_model(rdir / "pruned.pt").to(device)
         LOGGER.info(f"round {k}: reusing {rdir / 'pruned.pt'}")
     else:
         pruned = _prune(k, model, data, opt, device, evaluate, rdir)
-    entry = {"round": k, **pruned}
+    entry = {"round": k, **pruned, "finetune_seconds": 0.0}
+    ddp.check_same(channel_table(model), f"round {k}: the pruned structure (channel table)")
     if opt.epochs > 0:
+        t1 = time.time()
         from engine.trainer import train
 
         last = rdir / "weights" / "last.pt"
@@ -258,22 +302,27 @@ def _round(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
             kw = {} if resume else dict(_train_kwargs(opt), save_dir=str(rdir))
             res = train(model=None if resume else model, resume=str(last) if resume else False,
                         teacher_model=teacher, **kw)
-            model = res.model.to(device)
+            model = (res.model if res.model is not None else model).to(device)  # only rank 0 has the EMA's best
+        entry["finetune_seconds"] = time.time() - t1  # training with its per-epoch validation (this process)
         after = _measure(model, evaluate, opt.imgsz, f"round {k} after fine-tuning")
         entry.update(after, model="weights/best.pt")
     else:
         entry.update({k2: pruned["pruned_metrics"][k2] for k2 in ("params", "gflops", "map50", "map50_95",
                                                                   "precision", "recall")}, model="pruned.pt")
     entry["map50_95_before_finetune"] = pruned["pruned_metrics"]["map50_95"]
-    entry["seconds"] = pruned["prune_seconds"] + (time.time() - t0 if opt.epochs > 0 else 0.0)
+    # the whole round: pruning (with the oracle), validations, saving and fine-tuning, each counted once
+    entry["seconds"] = time.time() - t0 + (pruned["prune_seconds"] if reused else 0.0)
     return model, entry
 
 
 def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluator, rdir: Path) -> dict:
     t0 = time.time()
     groups = build_groups(model, imgsz=opt.imgsz, ignore=opt.ignore)
-    write_text(rdir / "groups.txt", groups.dump())
+    if ddp.is_main():
+        write_text(rdir / "groups.txt", groups.dump())
     LOGGER.info(f"round {k}: {len(groups.prunable)} prunable groups of {len(groups.groups)} ({time.time() - t0:.1f}s)")
+    if groups.ignored:
+        LOGGER.info(groups.ignored_text())
     if opt.show_groups:
         LOGGER.info(groups.dump())
     if not groups.prunable:
@@ -281,13 +330,14 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
     stride = int(max(model.stride.max(), 32))
     if opt.method == "taylor":
         _accumulate_gradients(model, data, opt, device)
-    opt.image_forwards = opt.forward_equivalents = opt.pagcp_info = None
+    opt.image_forwards = opt.forward_equivalents = opt.oracle_seconds = opt.pagcp_info = None
     if opt.method == "pagcp":
         removed = _plan_pagcp(model, groups, opt, data, device, rdir, round_index=opt.round + k)
     elif opt.method == "fisher":
         removed = _plan_fisher(model, groups, opt, rdir)
     else:
         removed = _plan(model, groups, opt)
+    removed = ddp.agree(removed, "pruning plan")  # identical on every process by construction; rank 0's wins
     frac = estimate_flops(groups, removed)[1] / estimate_flops(groups, {})[0]
     model.zero_grad(set_to_none=True)
     if opt.bias_compensation:
@@ -310,26 +360,32 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
         LOGGER.info(f"BN statistics re-estimated on {opt.bn_recalib} images: calibration loss {before:.4f} -> "
                     f"{after:.4f}, {'kept' if kept else 'discarded (the original statistics are better)'}")
     prune_seconds = time.time() - t0
+    target = opt.target_flops ** (1 / max(opt.rounds, 1)) if opt.target_flops is not None else None
     LOGGER.info(f"round {k}: pruned {sum(map(len, removed.values()))} channels in {len(removed)} groups: "
                 f"conv FLOPs x{frac:.3f} ({prune_seconds:.1f}s)")
+    if target is not None and abs(frac - target) > FLOPS_TOLERANCE:
+        LOGGER.warning(rounding_warning(k, frac, target, opt.divisor))
     from engine.trainer import _storable
 
-    ckpt = {
-        "model": _storable(model).half(),  # ultralytics' loss args as a dict: loadable by the allowlisted loader
-        "epoch": -1,
-        "date": datetime.datetime.now().isoformat(),
-        "pruning": {"method": opt.method, "round": k, "global": opt.global_ranking, "removed": removed,
-                    "source": str(opt.weights)},
-        "channels": channel_table(model),
-    }
-    save_checkpoint(ckpt, rdir / "pruned.pt")
-    write_json(channel_table(model), rdir / "channels.json")
+    if ddp.is_main():
+        ckpt = {
+            "model": _storable(model).half(),  # ultralytics' loss args as a dict: loadable by the allowlisted loader
+            "epoch": -1,
+            "date": datetime.datetime.now().isoformat(),
+            "pruning": {"method": opt.method, "round": k, "global": opt.global_ranking, "removed": removed,
+                        "source": str(opt.weights)},
+            "channels": channel_table(model),
+        }
+        save_checkpoint(ckpt, rdir / "pruned.pt")
+        write_json(channel_table(model), rdir / "channels.json")
     info = {"pruned_metrics": _measure(model, evaluate, opt.imgsz, f"round {k} pruned"),
-            "prune_seconds": prune_seconds, "image_forwards": opt.image_forwards,
+            "flops_share": frac, "target_share": target, "divisor": opt.divisor,
+            "prune_seconds": prune_seconds, "oracle_seconds": opt.oracle_seconds, "image_forwards": opt.image_forwards,
             "forward_equivalents": opt.forward_equivalents, "pagcp": opt.pagcp_info,
             "groups_pruned": len(removed), "channels_removed": int(sum(map(len, removed.values()))),
             "groups": group_sizes(groups, removed)}
-    write_json(info, rdir / "pruned.json")  # marks the pruning stage done (for --resume)
+    if ddp.is_main():
+        write_json(info, rdir / "pruned.json")  # marks the pruning stage done (for --resume)
     return info
 
 
@@ -360,7 +416,7 @@ def ensure_base_model(opt, data: dict) -> Path:
 
     tag = f"{Path(data['yaml_file']).parent.name}-{opt.base_cfg.replace('.yaml', '')}-{opt.imgsz}-{opt.base_epochs}"
     path = shapes_root() / "base" / f"{tag}.pt"
-    if path.exists():
+    if ddp.broadcast(path.exists()):
         LOGGER.info(f"base model: {path} (cached)")
         return path
     LOGGER.info(f"no --weights: training a base {opt.base_cfg} on {data['yaml_file']} for {opt.base_epochs} epochs "
@@ -368,54 +424,11 @@ def ensure_base_model(opt, data: dict) -> Path:
     res = train(cfg=opt.base_cfg, data=opt.data, epochs=opt.base_epochs, imgsz=opt.imgsz, batch_size=opt.batch_size,
                 device=opt.device, workers=opt.workers, hyp=opt.base_hyp, optimizer=opt.base_optimizer,
                 seed=opt.seed, save_dir=str(path.parent / f".{tag}-run"), exist_ok=True)
-    copy_file(res.best, path)
+    if ddp.is_main():
+        copy_file(res.best, path)
+    ddp.barrier()
+    opt.base_trained = True
     return path
-
-
-def _write_results(summary: dict, path: Path) -> None:
-    cols = ("round", "params", "gflops", "map50", "map50_95", "map50_95_before_finetune", "image_forwards", "seconds")
-    b = summary["base"]
-    lines = [",".join(cols), ",".join(str(x) for x in ("base", b["params"], b["gflops"], b["map50"], b["map50_95"],
-                                                         "", "", ""))]
-    lines += [",".join("" if r.get(c) is None else str(r.get(c)) for c in cols) for r in summary["rounds"]]
-    write_text(path, "\n".join(lines) + "\n")
-
-
-def _report(summary: dict, opt) -> str:
-    b, a = summary["before"], summary["after"]
-    lat = summary.get("latency") or {}
-    lines = [f"# Compression report: {summary['method']} on {Path(str(summary['weights'])).name}", "",
-             f"data `{summary['data']}`, image size {summary['imgsz']}, {len(summary['rounds'])} round(s), "
-             f"{summary['epochs']} fine-tune epoch(s) per round", "",
-             "| model | params | GFLOPs | mAP50 | mAP50-95 | latency (ms, ORT CPU b1) |", "|---|---|---|---|---|---|"]
-
-    def ms(tag):
-        v = lat.get(f"{tag}_ms")
-        return f"{v:.1f}" if isinstance(v, (int, float)) else "-"
-
-    lines.append(f"| base | {b['params']:,} | {b['gflops']:.2f} | {b['map50']:.3f} | {b['map50_95']:.3f} | {ms('base')} |")
-    for r in summary["rounds"]:
-        lines.append(f"| round {r['round']} | {r['params']:,} | {r['gflops']:.2f} | {r['map50']:.3f} | "
-                     f"{r['map50_95']:.3f} (pruned {r['map50_95_before_finetune']:.3f}) | - |")
-    lines.append(f"| **final** | {a['params']:,} | {a['gflops']:.2f} | {a['map50']:.3f} | {a['map50_95']:.3f} | "
-                 f"{ms('pruned')} |")
-    ratio = summary["flops_ratio"]
-    lines += ["", f"FLOPs x{ratio:.3f} (/{1 / ratio:.2f}), params x{summary['params_ratio']:.3f}" + _speedup_text(lat, ratio), ""]
-    if summary.get("image_forwards"):
-        eq = f" ({summary['forward_equivalents']:,} full-model equivalents)" if summary.get("forward_equivalents") else ""
-        lines.append(f"PAGCP oracle: {summary['image_forwards']:,} image-forwards{eq}; {summary['seconds']:.0f} s in all")
-    lines += [f"**{w}**" for w in summary.get("warnings", [])]
-    lines += ["", "Files: `pruned.pt` final model, `round_k/` (pruned.pt, weights/best.pt, units.txt, channels.json), "
-              "`summary.json`, `results.csv`, `rounds.png`, `channels.png`."]
-    return "\n".join(lines) + "\n"
-
-
-def _speedup_text(lat: dict, flops_ratio: float) -> str:
-    """The latency speedup next to the FLOPs factor it should approach (issue 7's yardstick)."""
-    if isinstance(lat.get("speedup"), (int, float)):
-        return (f"; latency speedup x{lat['speedup']:.2f} = {lat['speedup'] * flops_ratio:.2f} of the FLOPs factor "
-                f"(onnxruntime CPU, batch 1, {lat['threads']} threads)")
-    return f"; latency {lat['skipped']}" if lat.get("skipped") else ""
 
 
 def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Path,
@@ -439,10 +452,11 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
     batches = calibration_batches(data, opt.imgsz, opt.calib_images, min(opt.batch_size, 16), opt.seed, stride)
     criterion = build_criterion(model, None, opt.imgsz)
     tasks = list(criterion.names)
-    oracles = [CalibrationOracle(model, batches, criterion, tasks, device, bn=opt.oracle_bn, prefix_cache=opt.prefix_cache)]
+    oracles = [CalibrationOracle(model, batches, criterion, tasks, device, bn=opt.oracle_bn,
+                                 prefix_cache=opt.prefix_cache, shard=True)]  # DDP: batches split, losses all-reduced
     t = time.time()
     journal = save_dir / "units_progress.json"  # decisions so far: --resume continues after the last finished unit
-    if not opt.resume:
+    if not opt.resume and ddp.is_main():
         journal.unlink(missing_ok=True)  # another run's (--exist-ok)
         journal.with_name("flops_search.json").unlink(missing_ok=True)
     if opt.target_flops is not None:  # the threshold scale is searched (prune/pagcp_budget.py)
@@ -452,42 +466,47 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
             if not cheap:
                 return oracles[0]
             oracles.append(CalibrationOracle(model, first_images(batches, opt.search_images), criterion, tasks, device,
-                                             bn=opt.oracle_bn, prefix_cache=opt.prefix_cache))
+                                             bn=opt.oracle_bn, prefix_cache=opt.prefix_cache, shard=True))
             return oracles[-1]
 
         target = opt.target_flops ** (1 / max(opt.rounds, 1))  # each round takes an equal share of the reduction
-        budget = FlopsBudget(target, opt.flops_tol, opt.search_images, mode=opt.flops_budget)
-        res = prune_to_flops(model, groups, make_oracle, tasks, cfg, budget, units=units, journal=journal,
+        budget = FlopsBudget(target, opt.flops_tol, opt.search_images, mode=opt.flops_budget, rounds=opt.pricing_rounds)
+        res = prune_to_flops(model, groups, make_oracle, tasks, cfg, budget, units=units, progress=ddp.is_main(),
+                             journal=journal if opt.resume or ddp.is_main() else None, write_journal=ddp.is_main(),
                              log=LOGGER.info)
         removed, decisions, policy = res.removed, res.decisions, res.policy
         calls, forwards = res.oracle_calls, res.image_forwards
         head = (f"PAGCP to FLOPs x{target:.3f} +- {opt.flops_tol} ({opt.flops_budget}): reached x{res.share:.3f}\n"
                 + "".join(f"  {pass_line(p)}\n" for p in res.passes))
     else:
-        policy = PAGCP(model, groups, oracles[0], tasks, cfg, units=units, journal=journal)
+        policy = PAGCP(model, groups, oracles[0], tasks, cfg, units=units, progress=ddp.is_main(),
+                       journal=journal if opt.resume or ddp.is_main() else None, write_journal=ddp.is_main())
         removed, decisions = policy.run()
         calls = policy.oracle_calls  # including the calls made before an interruption
         forwards = calls * oracles[0].images
         head = ""
+    opt.oracle_seconds = time.time() - t  # the greedy pass(es): every oracle call and mask change (this process)
     growth = float(max(policy.final_losses / np.maximum(policy.original_losses, 1e-12)))
     opt.pagcp_info = {"target": opt.target_flops and target, "units": len(units), "loss_growth": growth,
                       "guard_stopped": policy.guard_stopped if cfg.guard and opt.target_flops is None else -1,
                       "passes": res.passes if opt.target_flops is not None else None}
     equivalents = sum(o.flop_forwards for o in oracles)
     rows = [d.row(tasks) for d in decisions]
+    opt.image_forwards = forwards
+    opt.forward_equivalents = round(equivalents)  # this run's calls only (a resumed pass replayed some)
+    if not ddp.is_main():
+        return removed
     write_text(save_dir / "units.txt",
                f"PAGCP rate {rate} thres {thres} exp {opt.exp} lambda {policy.lam:.5f} topk {opt.topk}\n{head}"
                f"oracle calls {calls}, image-forwards {forwards} ({equivalents:,.0f} full-model equivalents "
-               f"by FLOPs: the prefix cache runs only the layers a unit can change), {time.time() - t:.1f}s; "
+               f"by FLOPs: the prefix cache runs only the layers a unit can change), {opt.oracle_seconds:.1f}s; "
                f"largest task loss x{growth:.3f} of the unpruned model's\n"
                "unit  ch -> kept  ratio  threshold  tripped-by  accepted loss/base  producers\n" + "\n".join(rows) + "\n")
     write_json([vars(d) for d in decisions], save_dir / "units.json")
     plot_loss_curves([vars(d) for d in decisions], tasks, save_dir / "loss_curves.png")
     resumed = f", {policy.resumed_units} units replayed from {journal.name}" if policy.resumed_units else ""
     LOGGER.info(f"PAGCP: {len(removed)} of {len(units)} units pruned, {calls} oracle calls, "
-                f"{forwards} image-forwards ({time.time() - t:.1f}s{resumed}); decisions in units.txt")
-    opt.image_forwards = forwards
-    opt.forward_equivalents = round(equivalents)  # this run's calls only (a resumed pass replayed some)
+                f"{forwards} image-forwards ({opt.oracle_seconds:.1f}s{resumed}); decisions in units.txt")
     return removed
 
 
@@ -500,7 +519,8 @@ def _plan_fisher(model: nn.Module, groups, opt, rdir: Path) -> dict[int, list[in
 
     target = opt.target_flops ** (1 / max(opt.rounds, 1))
     gf = GroupFisher(model, groups, target_flops=target, norm=opt.fisher_norm, interval=opt.interval,
-                     channels_per_step=opt.channels_per_step, min_keep=opt.min_channels).attach()
+                     channels_per_step=opt.channels_per_step, min_keep=opt.min_channels,
+                     reduce=ddp.all_reduce_sum).attach()  # DDP: accumulators summed over the processes
 
     def before(trainer):
         gf.before_forward(trainer.batch_images, device=next(model.parameters()).device)
@@ -518,7 +538,8 @@ def _plan_fisher(model: nn.Module, groups, opt, rdir: Path) -> dict[int, list[in
     finally:
         gf.detach()
     removed = gf.removed()
-    write_json({"steps": gf.steps, "flops_share": gf.flops_share, "history": gf.history}, rdir / "fisher.json")
+    if ddp.is_main():
+        write_json({"steps": gf.steps, "flops_share": gf.flops_share, "history": gf.history}, rdir / "fisher.json")
     LOGGER.info(f"Group Fisher: {len(gf.history)} channels masked in {gf.steps} steps ({time.time() - t:.0f}s), "
                 f"FLOPs share {gf.flops_share:.3f}")
     model.eval()
@@ -552,7 +573,10 @@ def _plan(model: nn.Module, groups, opt) -> dict[int, list[int]]:
     return planner(groups, scores=scores, ratio=opt.ratio, **kw)
 
 
-def _measure(model: nn.Module, evaluate: Evaluator, imgsz: int, tag: str) -> dict:
+def _measure(model: nn.Module, evaluate: Evaluator | None, imgsz: int, tag: str) -> dict:
+    if evaluate is None:  # a DDP process other than rank 0: rank 0 validates
+        return {"params": count_params(model), "gflops": None, "map50": None, "map50_95": None, "precision": None,
+                "recall": None}
     res = evaluate(model)
     LOGGER.info(f"{tag}:\n{format_table(res)}")
     return {
@@ -571,7 +595,8 @@ def _accumulate_gradients(model, data, opt, device) -> None:
         from engine.loss import build_criterion
     except ImportError as e:
         raise UsageError("--method taylor needs the training loss (engine/loss.py), not available") from e
-    loader = build_val_loader(data, "train", opt.imgsz, min(opt.batch_size, 16), 32, opt.workers)
+    with ddp.zero_first():  # the label cache
+        loader = build_val_loader(data, "train", opt.imgsz, min(opt.batch_size, 16), 32, opt.workers)
     criterion = build_criterion(model, None, opt.imgsz)
     model.train()
     model.zero_grad(set_to_none=True)
@@ -584,14 +609,3 @@ def _accumulate_gradients(model, data, opt, device) -> None:
         if seen >= opt.calib_images:
             break
     model.eval()
-
-
-def _table(summary: dict) -> str:
-    row = "%-10s%12s%10s%10s%11s%16s"
-    lines = [row % ("", "params", "GFLOPs", "mAP50", "mAP50-95", "before-finetune")]
-    b = summary["base"]
-    lines.append(row % ("base", f"{b['params']:,}", f"{b['gflops']:.2f}", f"{b['map50']:.3f}", f"{b['map50_95']:.3f}", ""))
-    for r in summary["rounds"]:
-        lines.append(row % (f"round {r['round']}", f"{r['params']:,}", f"{r['gflops']:.2f}", f"{r['map50']:.3f}",
-                            f"{r['map50_95']:.3f}", f"{r['map50_95_before_finetune']:.3f}"))
-    return "\n".join(lines)

@@ -11,6 +11,7 @@ so validation reproduces the official YOLOv5 val.py.
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -89,6 +90,24 @@ def check_dataset(data: str | Path | dict, splits: tuple[str, ...] = ("val",)) -
         yaml_path = Path(ensure_shapes(**kw))
         d = yaml.safe_load(yaml_path.read_text())
 
+    if d.get("voc") is not None and d.get("voc") is not False:  # Pascal VOC XML: converted once into a cache mirror
+        from engine.voc import voc_to_yolo
+
+        d = voc_to_yolo(d, _dataset_root(d, yaml_path), yaml_path, splits, _check_names)
+    names = _check_names(d, yaml_path)
+    root = _dataset_root(d, yaml_path)
+    out = {**d, "path": str(root), "names": names, "nc": len(names), "yaml_file": str(yaml_path)}
+    for key in splits:
+        if not d.get(key):
+            raise DataConfigError(f"data yaml {yaml_path} has no '{key}' entry")
+        out[key] = _resolve_split(root, d[key], key, yaml_path)
+        if not img_files(out[key]):
+            raise DataConfigError(f"data yaml {yaml_path}: '{key}' has no images under {', '.join(out[key])}")
+    return out
+
+
+def _check_names(d: dict, yaml_path: Path) -> dict[int, str]:
+    """The yaml's `names` (a list or an {index: name} mapping) as {int: str}; DataConfigError when unusable."""
     names = d.get("names")
     if not names:
         raise DataConfigError(f"data yaml {yaml_path} has no 'names': add a list or {{index: name}} mapping of classes")
@@ -104,22 +123,24 @@ def check_dataset(data: str | Path | dict, splits: tuple[str, ...] = ("val",)) -
         raise DataConfigError(f"data yaml {yaml_path}: 'names' keys must be the class indices 0..{len(d['names']) - 1}")
     if "nc" in d and _index(d["nc"], -1) != len(names):
         raise DataConfigError(f"data yaml {yaml_path}: nc={d['nc']!r} but {len(names)} names are listed")
+    return names
 
+
+def _dataset_root(d: dict, yaml_path: Path) -> Path:
+    """`path` as an absolute folder: relative to the yaml's folder, then the working directory, then
+    $YOLOC_DATASETS (a folder of datasets: `$YOLOC_DATASETS/<last part of path>`)."""
     root = Path(str(d.get("path") or ""))
-    if not root.is_absolute():
-        try:
-            by_yaml = (yaml_path.parent / root).resolve()
-            root = by_yaml if by_yaml.exists() or not (Path.cwd() / root).exists() else (Path.cwd() / root).resolve()
-        except (OSError, ValueError, RuntimeError):  # too long, a NUL byte, a symlink loop
-            raise DataConfigError(f"data yaml {yaml_path}: 'path' {d.get('path')!r} is not a usable folder") from None
-    out = {**d, "path": str(root), "names": names, "nc": len(names), "yaml_file": str(yaml_path)}
-    for key in splits:
-        if not d.get(key):
-            raise DataConfigError(f"data yaml {yaml_path} has no '{key}' entry")
-        out[key] = _resolve_split(root, d[key], key, yaml_path)
-        if not img_files(out[key]):
-            raise DataConfigError(f"data yaml {yaml_path}: '{key}' has no images under {', '.join(out[key])}")
-    return out
+    if root.is_absolute():
+        return root
+    env = os.environ.get("YOLOC_DATASETS")
+    try:
+        by_yaml = (yaml_path.parent / root).resolve()
+        for c in (by_yaml, Path.cwd() / root, Path(env) / root.name if env and root.name else None):
+            if c is not None and c.exists():
+                return c.resolve()
+        return by_yaml
+    except (OSError, ValueError, RuntimeError):  # too long, a NUL byte, a symlink loop
+        raise DataConfigError(f"data yaml {yaml_path}: 'path' {d.get('path')!r} is not a usable folder") from None
 
 
 def _index(v: Any, bad: int | None = None) -> int:
@@ -204,7 +225,9 @@ def _yolo_dataset_cls():
 
 def build_val_loader(data: dict, split: str, imgsz: int, batch_size: int, stride: int, workers: int = 8,
                      single_cls: bool = False, rect: bool = True, pad: float = 0.5):
-    """Deterministic eval loader (rectangular batches, letterbox, no augmentation)."""
+    """Deterministic eval loader (rectangular batches, letterbox, no augmentation). Labels become class 0 with
+    `single_cls` or when the data dict carries single_cls: True (compress.py --single-cls)."""
+    single_cls = single_cls or bool(data.get("single_cls"))
     import os
 
     from ultralytics.cfg import get_cfg

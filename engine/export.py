@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from models.loader import fuse_model, is_anchor_based, load_model, model_family
+from utils.files import replace_file
 from utils.general import LOGGER, UsageError, increment_path, select_device
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript"}
@@ -104,7 +105,8 @@ def _tmp_for(file: Path) -> Path:
 
 
 def _replace(tmp: Path, file: Path) -> None:
-    os.replace(tmp, file)  # atomic on one filesystem: readers see the old file or the new one, never half
+    # atomic on one filesystem (readers see the old file or the new one, never half); mode per the umask
+    replace_file(tmp, file)
 
 
 def export_onnx(w: ExportWrapper, im: torch.Tensor, file: Path, opset: int = 17, dynamic: bool = False,

@@ -6,6 +6,7 @@ The reference evaluates the whole validation set for every ratio of every unit. 
 over it with the current masks (no copies of the model), so a decision costs n_images image-forwards.
 With the prefix cache those forwards start at the unit's first layer: the outputs of the layers before it
 (which the unit's masks cannot change) are computed once per unit and reused by every ratio tried.
+Under DDP the batches can be split across the processes (shard=True), their losses all-reduced.
 """
 
 from __future__ import annotations
@@ -66,24 +67,36 @@ def run_suffix(model: nn.Module, x: torch.Tensor, saved: dict[int, torch.Tensor]
 
 class CalibrationOracle:
     def __init__(self, model: nn.Module, batches: list[dict], criterion: Callable, tasks: list[str],
-                 device: torch.device | str = "cpu", bn: str = "running", prefix_cache: bool = False):
+                 device: torch.device | str = "cpu", bn: str = "running", prefix_cache: bool = False,
+                 shard: bool = False):
         """bn='running': BN uses its running statistics (the model as it would be deployed now);
         bn='batch': BN normalizes with each calibration batch's own statistics (running ones untouched),
         i.e. the loss the cut would have after BN re-estimation (--bn-recalib).
         prefix_cache: after focus(masks, group), forwards start at the group's first layer and reuse the earlier
         layers' outputs, recomputed only when a mask acting there changes (model weights must not change meanwhile,
-        as within a PAGCP pass)."""
+        as within a PAGCP pass).
+        shard: under DDP (engine.distributed) this process runs only batches rank, rank + world, ... and the
+        per-batch losses are all-reduced, then summed in batch order as a single process does: every process
+        gets the single-process value, bit for bit, so PAGCP decides identically on all of them. Every process
+        must then make the same calls. No effect in a single process."""
         if bn not in ("running", "batch"):
             raise ValueError(f"oracle BN mode must be 'running' or 'batch', got '{bn}'")
         self.model, self.batches, self.criterion, self.tasks, self.bn = model, batches, criterion, tasks, bn
         self.device = torch.device(device)
         self.calls = 0
-        self.images = sum(int(b["img"].shape[0]) for b in batches)
+        self.images = sum(int(b["img"].shape[0]) for b in batches)  # all processes' images
+        from engine.distributed import shard as my_share
+
+        self._own = my_share(len(batches)) if shard else range(len(batches))
+        self._sharded = len(self._own) < len(batches)
+        if self._sharded:  # other processes' images are never needed here
+            self.batches = [b if k in self._own else None for k, b in enumerate(batches)]
         self.prefix_cache = prefix_cache and sequential_layers(model)
         self.flop_forwards = 0.0  # image-forwards weighted by the share of the model's FLOPs actually run
         self.cache_bytes = _cache_budget(self.device)  # cached activations above this (all batches) are not kept
         self._masks = self._start = self._guard = self._snapshot = self._cache = None
         self._suffix_share = 1.0
+        self._pending_flops = 0.0  # FLOP-weighted forwards of prefix extensions not yet counted by a call
 
     @property
     def image_forwards(self) -> int:
@@ -98,7 +111,7 @@ class CalibrationOracle:
         layer's prefix once."""
         start = masks.first_layer(group_id) if (self.prefix_cache and group_id is not None) else None
         keep = (start and self._start is not None and self._cache is not None and start >= self._start
-                and all(c is not None for c in self._cache) and self._snapshot is not None
+                and all(self._cache[k] is not None for k in self._own) and self._snapshot is not None
                 and torch.equal(masks.values[self._guard], self._snapshot))
         old, self._start = self._start, start or None
         if not self._start:  # None, or 0: nothing before the group to reuse
@@ -108,9 +121,11 @@ class CalibrationOracle:
         share = _layer_share_from(masks.groups, self._start)
         if keep and start > old:
             with self._bn_mode():
-                for k, (x, saved) in enumerate(self._cache):
-                    self._cache[k] = extend_prefix(self.model, x, saved, old, start)
-                    self.flop_forwards += int(self.batches[k]["img"].shape[0]) * (self._suffix_share - share)
+                for k in self._own:  # this process's batches (the rest are None under DDP sharding)
+                    self._cache[k] = extend_prefix(self.model, *self._cache[k], old, start)
+                    added = int(self.batches[k]["img"].shape[0]) * (self._suffix_share - share)
+                    self.flop_forwards += added
+                    self._pending_flops += added  # all-reduced with the next call's count
         if keep:
             self._snapshot = masks.values[self._guard].clone()
         else:
@@ -129,7 +144,7 @@ class CalibrationOracle:
             x, saved = run_prefix(self.model, img, self._start)
             self.flop_forwards += n * (1 - self._suffix_share)
             size = sum(t.numel() * t.element_size() for t in [x, *saved.values()] if isinstance(t, torch.Tensor))
-            if size * len(self.batches) > self.cache_bytes:  # too big to keep: plain forwards for this unit
+            if size * len(self._own) > self.cache_bytes:  # too big to keep: plain forwards for this unit
                 start, self._start, self._cache = self._start, None, None
                 self.flop_forwards += n * self._suffix_share
                 return img, run_suffix(self.model, x, saved, start)
@@ -146,15 +161,27 @@ class CalibrationOracle:
             snap = self._masks.values[self._guard].clone()
             if self._snapshot is None or not torch.equal(snap, self._snapshot):
                 self._cache, self._snapshot = None, snap
-        total = None
+        # one row per batch (loss per task x images), and a last row holding this call's FLOP-weighted forwards
+        rows = np.zeros((len(self.batches) + 1, len(self.tasks)))
+        flops_before = self.flop_forwards - self._pending_flops  # prefix extensions since the last call count here
+        self._pending_flops = 0.0
         with self._bn_mode():
-            for k, b in enumerate(self.batches):
+            for k in self._own:
+                b = self.batches[k]
                 img, out = self._forward(b, k)
                 raw = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], (list, dict)) \
                     else out
                 _, items = self.criterion(raw, b)
-                items = items.detach().float().cpu().numpy() * img.shape[0]
-                total = items if total is None else total + items
+                rows[k] = items.detach().float().cpu().numpy() * img.shape[0]  # float32, exact in float64
+        rows[-1, 0] = self.flop_forwards - flops_before
+        if self._sharded:
+            from engine.distributed import all_reduce_sum
+
+            rows = all_reduce_sum(rows)  # every row comes from one process, zeros elsewhere: the sum is exact
+        self.flop_forwards = flops_before + float(rows[-1, 0])
+        total = np.zeros(len(self.tasks), np.float32)
+        for r in rows[:-1].astype(np.float32):  # float32, batch by batch: the same sum whatever the sharding
+            total = total + r
         return total / max(self.images, 1)
 
     @contextlib.contextmanager
@@ -203,12 +230,15 @@ def _layer_share_from(groups, start: int) -> float:
 
 def calibration_batches(data: dict, imgsz: int, n_images: int, batch_size: int, seed: int, stride: int = 32,
                         split: str = "train") -> list[dict]:
-    """A seeded random subset of a split, letterboxed to imgsz squares, loaded once."""
+    """A seeded random subset of a split, letterboxed to imgsz squares, loaded once. Under DDP every process
+    calls it (local rank 0 first: it may write the split's label cache)."""
     from torch.utils.data import DataLoader, Subset
 
     from engine.data import build_val_loader
+    from engine.distributed import zero_first
 
-    ds = build_val_loader(data, split, imgsz, batch_size, stride, workers=0, rect=False).dataset
+    with zero_first():
+        ds = build_val_loader(data, split, imgsz, batch_size, stride, workers=0, rect=False).dataset
     rng = np.random.default_rng(seed)
     idx = sorted(rng.choice(len(ds), size=min(n_images, len(ds)), replace=False).tolist())
     loader = DataLoader(Subset(ds, idx), batch_size=batch_size, shuffle=False, collate_fn=ds.collate_fn)

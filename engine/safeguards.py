@@ -29,6 +29,12 @@ def resolve_budget(opt, d: dict) -> None:
     if opt.method == "pagcp":
         if opt.target_flops is None and not any(k in explicit for k in REFERENCE_FLAGS):
             opt.target_flops = d.get("pagcp_target")
+        if opt.target_flops is not None:  # the oracle settings measured best to a target, unless given
+            for k, v in (d.get("target_oracle") or {}).items():
+                if k not in explicit:
+                    setattr(opt, k, v)
+        if opt.target_flops is not None and opt.pricing_rounds < 1:
+            raise UsageError(f"--pricing-rounds must be >= 1, got {opt.pricing_rounds}")
         if opt.target_flops is not None and opt.topk < 1:
             raise UsageError("--topk drops units after the pass and would miss --target-flops: use one or the other")
         if opt.target_flops is not None and not 0 < opt.flops_tol < 0.5:

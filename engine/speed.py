@@ -9,6 +9,8 @@ Fairness rules used everywhere here:
   * each runtime is timed in its own phase, and onnxruntime's pool threads do not spin when idle: spinning
     workers would otherwise steal cores from the other runtime's, or the next session's, runs;
   * inputs are prepared once; ONNX files are static-shape exports of the fused model (FP32 on CPU).
+On CUDA, onnxruntime runs with its CUDA provider and, when installed, its TensorRT provider (backend
+'tensorrt', FP16 with --half); their times include copying the input from host memory, PyTorch's do not.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ def torch_threads(n: int):
         torch.set_num_threads(old)
 
 
-def ort_session(onnx_file: str | Path, threads: int, cuda: bool = False):
+def ort_session(onnx_file: str | Path, threads: int, cuda: bool = False, tensorrt: bool = False, fp16: bool = False):
+    """An onnxruntime session for timing: CPU, CUDA, or TensorRT (engine built on the first run; FP16 kernels
+    allowed with fp16) with CUDA and CPU as fallbacks."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -55,16 +59,19 @@ def ort_session(onnx_file: str | Path, threads: int, cuda: bool = False):
     # idle pool threads must not spin: with sessions timed interleaved, one session's spinning workers steal
     # the cores from the next one's run (yolov5n at 640, 2 threads: 76 ms per image spinning, 32 ms not)
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda or tensorrt else ["CPUExecutionProvider"]
+    if tensorrt:
+        providers.insert(0, ("TensorrtExecutionProvider", {"trt_fp16_enable": bool(fp16)}))
     return ort.InferenceSession(str(onnx_file), so, providers=providers)
 
 
-def ort_cuda_available() -> bool:
+def ort_provider_available(name: str) -> bool:
+    """name: 'CUDA' or 'Tensorrt' (onnxruntime-gpu builds; TensorRT also needs its libraries at run time)."""
     try:
         import onnxruntime as ort
     except ImportError:
         return False
-    return "CUDAExecutionProvider" in ort.get_available_providers()
+    return f"{name}ExecutionProvider" in ort.get_available_providers()
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], warmup: int, repeats: int,
@@ -111,8 +118,9 @@ def compare_latency(models: dict[str, nn.Module], imgsz: int, batch_sizes=(1,), 
                     warmup: int | None = None, repeats: int | None = None) -> list[dict]:
     """Latency rows for several models measured side by side (interleaved) per backend, device and batch.
 
-    backends: 'onnxruntime' and/or 'pytorch'. CPU is always measured; with a CUDA `device` the same backends
-    are measured on CUDA too (PyTorch in FP16 if `half`; onnxruntime only with its CUDA provider installed).
+    backends: 'onnxruntime', 'pytorch' and/or 'tensorrt' (onnxruntime's TensorRT provider: CUDA only). CPU is
+    always measured; with a CUDA `device` the same backends are measured on CUDA too (PyTorch and TensorRT in FP16
+    if `half`; onnxruntime only with its CUDA provider installed, TensorRT with its provider).
     Returns [{model, backend, device, batch, threads, ms_per_image, ...}].
     """
     from engine.export import prepare
@@ -122,6 +130,8 @@ def compare_latency(models: dict[str, nn.Module], imgsz: int, batch_sizes=(1,), 
     warmup = d["speed_warmup"] if warmup is None else warmup
     repeats = d["speed_repeats"] if repeats is None else repeats
     device = select_device(device)
+    if half and device.type != "cuda":
+        LOGGER.warning("--half: FP16 inference needs a CUDA device (--device 0); timing FP32 on CPU")
     devices = [torch.device("cpu")] + ([device] if device.type == "cuda" else [])
     rows = []
     g = torch.Generator().manual_seed(0)
@@ -143,15 +153,24 @@ def compare_latency(models: dict[str, nn.Module], imgsz: int, batch_sizes=(1,), 
                         fns = {k: (lambda n=n: call(n)) for k, n in nets.items()}
                         sync = torch.cuda.synchronize if cuda else None
                         prec = "fp16" if fp16 else "fp32"
-                    elif backend == "onnxruntime":
-                        if cuda and not ort_cuda_available():
-                            LOGGER.info("onnxruntime CUDA: skipped (no CUDAExecutionProvider; install onnxruntime-gpu)")
+                    elif backend in ("onnxruntime", "tensorrt"):
+                        trt = backend == "tensorrt"
+                        if trt and not cuda:
+                            continue  # TensorRT is a CUDA backend
+                        provider = "Tensorrt" if trt else "CUDA"
+                        if cuda and not ort_provider_available(provider):
+                            LOGGER.info(f"onnxruntime {provider}: skipped (no {provider}ExecutionProvider; install "
+                                        "onnxruntime-gpu" + (" and TensorRT)" if trt else ")"))
                             continue
                         files = _onnx_files(models, tuple(x.shape), Path(tmp))
-                        sessions = {k: ort_session(f, threads, cuda) for k, f in files.items()}
+                        sessions = {k: ort_session(f, threads, cuda, trt, half) for k, f in files.items()}
+                        if trt and any(s.get_providers()[0] != "TensorrtExecutionProvider" for s in sessions.values()):
+                            LOGGER.warning("onnxruntime TensorRT: skipped (the provider did not load; its TensorRT "
+                                           "libraries are missing?)")
+                            continue
                         feed = x.numpy()
                         fns = {k: (lambda s=s, feed=feed: s.run(None, {s.get_inputs()[0].name: feed})) for k, s in sessions.items()}
-                        sync, prec = None, "fp32"
+                        sync, prec = None, "fp16" if trt and half else "fp32"
                     else:
                         raise ValueError(f"unknown backend '{backend}'")
                     times = time_interleaved(fns, warmup, repeats, sync)
@@ -200,8 +219,8 @@ def run_speed(weights, imgsz=640, batch_size=None, device="", half=False, projec
     repeats = d["speed_repeats"] if repeats is None else repeats
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
     name_ = Path(str(weights)).name
-    rows = compare_latency({name_: model}, imgsz, batches, ("pytorch", "onnxruntime"), device, half, threads,
-                           warmup, repeats)
+    rows = compare_latency({name_: model}, imgsz, batches, ("pytorch", "onnxruntime", "tensorrt"), device, half,
+                           threads, warmup, repeats)
     result = {
         "weights": str(weights),
         "imgsz": imgsz,

@@ -35,11 +35,11 @@ from engine.data import DATA_DIR, build_val_loader, check_dataset, checked_datas
 from engine.distill import OutputDistiller
 from engine.loss import build_criterion
 from engine.validator import ValResult, format_table, validate
-from models.loader import fuse_model, load_model, reset_classes
+from models.loader import class_rows_kept, fuse_model, load_model, reset_classes
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.config import defaults
 from utils.files import write_text
-from utils.general import LOGGER, UsageError, increment_path, select_device
+from utils.general import LOGGER, UsageError, increment_path
 
 CALLBACK_EVENTS = ("on_train_start", "on_train_epoch_start", "on_train_batch_start", "on_after_backward",
                    "on_optimizer_step",
@@ -66,7 +66,7 @@ def load_hyp(hyp: str | Path | dict | None) -> dict:
         return dict(hyp)
     name = str(hyp or defaults("train")["hyp"])
     for p in (Path(name), DATA_DIR.parent / name, DATA_DIR / "hyps" / name, DATA_DIR / "hyps" / f"hyp.{name}.yaml",
-              DATA_DIR / "hyps" / f"{name}.yaml"):
+              DATA_DIR / "hyps" / f"{name}.yaml", DATA_DIR / "hyps" / Path(name).name):  # YOLOv7's data/hyp.*.yaml
         if p.is_file():
             h = yaml.safe_load(p.read_text()) or {}
             if not isinstance(h, dict):
@@ -97,6 +97,8 @@ def check_options(opt: Namespace) -> None:
         raise UsageError(f"unknown --optimizer '{opt.optimizer}': choose SGD, Adam or AdamW")
     if opt.sparsity < 0:
         raise UsageError(f"--sparsity must be >= 0, got {opt.sparsity}")
+    if opt.sparsity_ignore and not opt.sparsity:
+        raise UsageError("--sparsity-ignore only applies to sparsity training: add --sparsity S (e.g. 6e-4)")
     if not opt.weights and not opt.cfg:
         raise UsageError("give --weights (a checkpoint to fine-tune) or --cfg (a model yaml to train from scratch)")
 
@@ -129,9 +131,10 @@ class Trainer:
                  teacher_model: nn.Module | None = None):
         self.opt, self._given_model, self._teacher_model = opt, model, teacher_model
         self.callbacks = {e: list((callbacks or {}).get(e, [])) for e in CALLBACK_EVENTS}
-        self.rank = int(os.environ.get("RANK", -1))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", -1))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
+        single = self.world <= 1  # (torchrun --nproc_per_node 1 is one process: no sampler, no process group)
+        self.rank = -1 if single else int(os.environ.get("RANK", -1))
+        self.local_rank = -1 if single else int(os.environ.get("LOCAL_RANK", -1))
         self.main = self.rank in (-1, 0)
         self.stop = False
         self.epoch = 0
@@ -143,15 +146,11 @@ class Trainer:
             cb(self)
 
     def _setup_device(self) -> torch.device:
-        if self.world > 1:
-            use_cuda = torch.cuda.is_available() and str(self.opt.device).lower() != "cpu"
-            device = torch.device("cuda", self.local_rank) if use_cuda else torch.device("cpu")
-            if use_cuda:
-                torch.cuda.set_device(device)
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=3))
-            return device
-        return select_device(self.opt.device)
+        from engine.distributed import setup
+
+        # a process group compress.py opened for its whole run outlives this training (its next round needs it)
+        self._owns_group = self.world > 1 and not dist.is_initialized()
+        return setup(self.opt.device)
 
     def _save_dir(self) -> Path:
         opt = self.opt
@@ -181,11 +180,16 @@ class Trainer:
                 LOGGER.warning("both --weights and --cfg given: training the checkpoint's own structure "
                                "(a checkpoint, pruned or not, is never rebuilt from a yaml)")
         else:
-            model = load_model(opt.cfg or opt.weights, nc=data["nc"])
-        if int(model.nc) != data["nc"]:
-            LOGGER.info(f"new class head: {model.nc} -> {data['nc']} classes for {data['yaml_file']}")
-            reset_classes(model, data["nc"])
-        model.names = dict(data["names"])
+            model = load_model(opt.cfg or opt.weights, nc=1 if opt.single_cls else data["nc"])
+        nc = 1 if opt.single_cls else data["nc"]  # --single-cls: one class, as YOLOv5's train.py
+        names = {0: "item"} if opt.single_cls and data["nc"] != 1 else dict(data["names"])
+        if int(model.nc) != nc:
+            kept = class_rows_kept(model, nc, names)
+            LOGGER.info(f"new class head: {model.nc} -> {nc} classes for {data['yaml_file']}"
+                        + (" (--single-cls)" if opt.single_cls else "")
+                        + (f" (learned rows kept for {', '.join(names[j] for j in kept)})" if kept else ""))
+            reset_classes(model, nc, names)
+        model.names = names
         return model.float()
 
     def _prepare_params(self, model: nn.Module) -> None:
@@ -278,10 +282,20 @@ class Trainer:
         self.model = model
         self.criterion = build_criterion(model, self.hyp, imgsz)
         self.loss_names = tuple(self.criterion.names)
+        self.sparsity = None
+        if opt.sparsity:  # before the run folder exists: a bad --sparsity-ignore pattern writes nothing
+            from prune.slim import SparsityPenalty
+
+            self.sparsity = SparsityPenalty(model, opt.sparsity, opt.sparsity_ignore, batch * accumulate * self.world,
+                                            opt.nbs)
+            if self.sparsity.ignored and self.main:
+                LOGGER.info(f"--sparsity-ignore {' '.join(opt.sparsity_ignore)}: {len(self.sparsity.ignored)} "
+                            f"BatchNorm layer(s) not penalized: {', '.join(self.sparsity.ignored)}")
 
         self.train_set, loader = self._train_loader(data, batch, stride)
         nb = len(loader)
-        val_loader = build_val_loader(data, "val", imgsz, batch * 2, stride, opt.workers) if self.main else None
+        val_loader = build_val_loader(data, "val", imgsz, batch * 2, stride, opt.workers, opt.single_cls) \
+            if self.main else None
         # the inputs (weights, data, labels) are usable: only now is the run folder created
         self.save_dir = save_dir = self._save_dir()
         wdir = save_dir / "weights"
@@ -305,12 +319,6 @@ class Trainer:
         ema = ModelEMA(model) if self.main else None
         amp = bool(opt.amp) and device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=amp)
-        self.sparsity = None
-        if opt.sparsity:
-            from prune.slim import SparsityPenalty
-
-            self.sparsity = SparsityPenalty(model, opt.sparsity, opt.sparsity_ignore, batch * accumulate * self.world,
-                                            opt.nbs)
         self.distiller = None
         if opt.teacher or self._teacher_model is not None:
             teacher = self._teacher_model or load_model(opt.teacher, trust=opt.trust_checkpoint)
@@ -353,7 +361,7 @@ class Trainer:
         self._run_callbacks("on_train_start")
         if self.main:
             LOGGER.info(f"image sizes {imgsz} train, {imgsz} val; {self.world} process(es); batch {opt.batch_size} "
-                        f"(accumulate {accumulate}); logging results to {save_dir}\n"
+                        f"(accumulate {accumulate}); AMP {'on' if amp else 'off'}; logging results to {save_dir}\n"
                         f"starting training for {epochs} epochs...")
         from ultralytics.utils import TQDM
 
@@ -480,14 +488,14 @@ class Trainer:
             LOGGER.info(f"{ran} epochs completed in {(time.time() - t_start) / 3600:.3f} "
                         f"hours.\nResults saved to {save_dir}")
         self._run_callbacks("on_train_end")
-        if self.world > 1 and dist.is_initialized():
+        if getattr(self, "_owns_group", False) and dist.is_initialized():
             dist.destroy_process_group()
         return result
 
     def validate(self, model: nn.Module, loader) -> ValResult:
         m = fuse_model(copy.deepcopy(model).float().to(self.device))
         res, _ = validate(m, loader, self.data["names"], device=self.device, single_cls=self.opt.single_cls,
-                          progress=self.opt.progress)
+                          progress=self.opt.progress, criterion=self.criterion)
         LOGGER.info(format_table(res))
         return res
 
@@ -496,6 +504,8 @@ class Trainer:
         row.update({f"train/{n}_loss": round(float(v), 5) for n, v in zip(self.loss_names, mloss)})
         vals = (res.precision, res.recall, res.map50, res.map50_95) if res is not None else ("",) * 4
         row.update({k: (round(v, 5) if v != "" else v) for k, v in zip(METRIC_KEYS, vals)})
+        losses = res.losses if res is not None else {}
+        row.update({f"val/{n}_loss": round(losses[n], 5) if n in losses else "" for n in self.loss_names})
         row.update({f"lr/pg{j}": round(float(lr), 6) for j, lr in enumerate(lrs)})
         return row
 
@@ -564,7 +574,8 @@ def _write_csv(rows: list[dict], path: Path) -> None:
     if not rows:
         return
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    # the union of the rows' columns: a run resumed from an older results.csv gains the newer columns
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
     w.writeheader()
     w.writerows(rows)
     write_text(path, buf.getvalue())
@@ -578,23 +589,50 @@ def _read_csv(path: Path) -> list[dict]:
 
 
 def _plot_results(rows: list[dict], path: Path) -> None:
+    """results.png as YOLOv5 draws it: training losses and precision/recall on top, validation losses and mAPs
+    below, one panel per column of results.csv against the epoch; columns without values are left out."""
+    fig = results_figure(rows)
+    if fig is not None:
+        import matplotlib.pyplot as plt
+
+        fig.savefig(path, dpi=150)
+        plt.close(fig)
+
+
+def results_figure(rows: list[dict]):
+    """The figure _plot_results saves (None without rows)."""
     if not rows:
-        return
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    keys = [k for k in rows[0] if k != "epoch" and not k.startswith("lr/")]
-    fig, axes = plt.subplots(2, math.ceil(len(keys) / 2), figsize=(3 * math.ceil(len(keys) / 2), 5), tight_layout=True)
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    top = [k for k in cols if k.startswith("train/")] + [k for k in METRIC_KEYS[:2] if k in cols]
+    bottom = [k for k in cols if k.startswith("val/")] + [k for k in METRIC_KEYS[2:] if k in cols]
     epochs = [int(r["epoch"]) + 1 for r in rows]
-    for ax, k in zip(axes.ravel(), keys):
-        pts = [(e, float(r[k])) for e, r in zip(epochs, rows) if r[k] not in ("", None)]
-        if pts:
-            ax.plot(*zip(*pts), marker=".", linewidth=1.5)
-        ax.set_title(k, fontsize=10)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+
+    def points(k):
+        return [(e, float(r[k])) for e, r in zip(epochs, rows) if r.get(k) not in ("", None)]
+
+    top, bottom = [k for k in top if points(k)], [k for k in bottom if points(k)]
+    ncol = max(len(top), len(bottom), 1)
+    fig, axes = plt.subplots(2, ncol, figsize=(2.6 * ncol, 5), squeeze=False, tight_layout=True)
+    for r, keys in enumerate((top, bottom)):
+        for c in range(ncol):
+            ax = axes[r, c]
+            if c >= len(keys):
+                fig.delaxes(ax)
+                continue
+            x, y = zip(*points(keys[c]))
+            ax.plot(x, y, marker=".", linewidth=1.5)
+            ax.set_title(keys[c], fontsize=10)
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.tick_params(labelsize=7)
+    return fig
 
 
 def _plot_gammas(history: list[np.ndarray], path: Path) -> None:
@@ -615,6 +653,7 @@ def _plot_gammas(history: list[np.ndarray], path: Path) -> None:
         ax.plot((edges[:-1] + edges[1:]) / 2, counts, color=cmap(e / max(len(history) - 1, 1)), label=f"epoch {e + 1}")
     ax.set_xlabel("|gamma|")
     ax.set_ylabel("BN channels")
+    ax.set_title("BatchNorm |gamma| per epoch (sparsity training moves mass towards 0)", fontsize=9)
     ax.legend(fontsize=7)
     fig.savefig(path, dpi=150)
     plt.close(fig)

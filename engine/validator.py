@@ -36,6 +36,7 @@ class ValResult:
     per_class: list = field(default_factory=list)  # [{class, name, images, instances, p, r, map50, map50_95}]
     maps: list = field(default_factory=list)  # mAP50-95 per class index (overall mAP where a class is absent)
     coco: dict = field(default_factory=dict)  # pycocotools results when --save-json evaluation ran
+    losses: dict = field(default_factory=dict)  # validation loss per task (mean over batches) when a criterion is given
 
     @property
     def fitness(self) -> float:
@@ -102,8 +103,15 @@ def validate(
     save_json: bool = False,
     coco_ids: bool = False,
     progress: bool = True,
+    plotter=None,
+    criterion=None,
 ) -> tuple[ValResult, list[dict]]:
-    """Run the model over `loader` and compute detection metrics. Returns (result, json predictions)."""
+    """Run the model over `loader` and compute detection metrics. Returns (result, json predictions).
+
+    `plotter` (engine.valplots.ValPlots) receives each image's detections and labels and the matching stats.
+    `criterion` (engine.loss.build_criterion of the same model): also the per-task validation losses, from the raw
+    head outputs the model returns beside its detections in eval mode (as YOLOv5's val.py computes them during
+    training); left out when the head returns none (e.g. a fused end-to-end head)."""
     from ultralytics.utils import TQDM
     from ultralytics.utils.metrics import box_iou
     from ultralytics.utils.nms import non_max_suppression
@@ -123,6 +131,7 @@ def validate(
         class_map = coco80_to_coco91_class()
     iouv = IOU_THRESHOLDS.to(device)
     stats, jdict, seen = [], [], 0
+    loss_sum, loss_batches = None, 0
     dt = [0.0, 0.0, 0.0]
     desc = f"{'Class':>22}{'Images':>11}{'Instances':>11}{'P':>11}{'R':>11}{'mAP50':>11}{'mAP50-95':>11}"
     pbar = TQDM(loader, desc=desc, total=len(loader), disable=not progress)
@@ -134,6 +143,12 @@ def validate(
         t1 = time.perf_counter()
         out = model(im)
         t2 = time.perf_counter()
+        if criterion is not None and isinstance(out, (list, tuple)) and len(out) > 1 and len(out[1]):
+            raw = out[1]
+            raw = [x.float() for x in raw] if isinstance(raw, (list, tuple)) else raw
+            items = criterion(raw, {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})[1]
+            loss_sum = items.float().cpu() if loss_sum is None else loss_sum + items.float().cpu()
+            loss_batches += 1
         preds = non_max_suppression(
             to_nms_format(out, model).float(),
             conf_thres,
@@ -162,6 +177,8 @@ def validate(
             if npr == 0:
                 if len(cls):
                     stats.append((np.zeros((0, len(iouv)), bool), np.zeros(0), np.zeros(0), cls.cpu().numpy()))
+                if plotter is not None:
+                    plotter.add_image(pred, None, cls)
                 continue
             predn = pred.clone()
             scale_boxes(im[si].shape[1:], predn[:, :4], shape0, ratio_pad=ratio_pad)
@@ -172,6 +189,8 @@ def validate(
             else:
                 correct = np.zeros((npr, len(iouv)), bool)
             stats.append((correct, pred[:, 4].cpu().numpy(), pred[:, 5].cpu().numpy(), cls.cpu().numpy()))
+            if plotter is not None:
+                plotter.add_image(predn, tbox if len(cls) else None, cls)
 
             if save_txt and save_dir is not None:
                 _save_txt(predn, save_conf, shape0, save_dir / "labels" / f"{Path(batch['im_file'][si]).stem}.txt")
@@ -193,7 +212,12 @@ def validate(
         model.train()
     if half:
         model.float()
-    return _summarize(stats, names if not single_cls else {0: "item"}, nc, seen, dt), jdict
+    if plotter is not None:
+        plotter.add_stats(stats)
+    res = _summarize(stats, names if not single_cls else {0: "item"}, nc, seen, dt)
+    if loss_sum is not None:
+        res.losses = {n: float(v) / loss_batches for n, v in zip(criterion.names, loss_sum)}
+    return res, jdict
 
 
 def _save_txt(predn: torch.Tensor, save_conf: bool, shape0, file: Path) -> None:

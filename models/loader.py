@@ -135,45 +135,123 @@ def fuse_model(model: nn.Module) -> nn.Module:
     return model.fuse() if isinstance(model, Model) else model.fuse(verbose=False)
 
 
-def reset_classes(model: nn.Module, nc: int) -> nn.Module:
-    """Give a trained detector (full or pruned) a head for `nc` classes, in place, keeping every other weight.
+def reset_classes(model: nn.Module, nc: int, names: dict[int, str] | list[str] | None = None) -> nn.Module:
+    """Give a trained detector (full or pruned) a head for `nc` classes, in place, keeping every learned weight
+    that does not depend on the class set.
 
-    Only the class outputs change: anchor-based heads keep their box and objectness rows per anchor;
-    ultralytics heads replace the last conv of each class branch. Used when fine-tuning COCO weights on
-    another dataset without rebuilding the (possibly pruned) model from a yaml.
+    New class outputs start exactly as in a freshly built model of `nc` classes; every other row is kept:
+    - YOLOv5 Detect / YOLOv7 IDetect: per level the output conv (na·(nc_old+5) -> na·(nc+5) rows) keeps each
+      anchor's box and objectness rows (weights and biases); the class rows get PyTorch's default conv init
+      plus the class prior of `models.yolo.init_head_bias` (as `Model._initialize_biases` gives a fresh
+      model: class probability ≈ 0.6/nc, ≈ 1 for one class — the YOLOv5 loss has no class term at nc = 1,
+      so a low prior would cap every score). IDetect's ImplicitM keeps its learned values for the box and
+      objectness rows, new rows drawn as ImplicitM draws them (N(1, 0.02)); ImplicitA (input side) is kept.
+    - ultralytics Detect and its subclasses (v10Detect, end-to-end YOLO26 heads with one2one branches):
+      the last conv of every class branch is replaced with a default-initialised conv whose bias is set by the
+      head's own `bias_init()` (cls bias log(5 / nc / (640 / stride)²)); box branches keep their learned
+      biases (bias_init's box value is not applied). The hidden class-branch layers are kept as trained.
+    `names` (the new class names): a new class whose name (case and spaces ignored) the model already knows
+    keeps that class's learned row, as ultralytics' own checkpoint loading remaps class rows by name — except
+    in an anchor-based head with one class, whose class output no loss term trains (it keeps the fresh ≈ 1).
+    Shapes: in_channels of each output conv are kept, so pruned models stay pruned.
+    Raises CheckpointError for heads it does not know (fails closed).
     """
-    from models.common import ImplicitM
-
     head = detection_head(model)
     old = int(head.nc)
     if old == nc:
         return model
+    same = class_rows_kept(model, nc, names)
     if isinstance(head, Detect):
-        na, no_old, no_new = head.na, old + 5, nc + 5
-        for i, conv in enumerate(head.m):
-            new = nn.Conv2d(conv.in_channels, na * no_new, 1).to(conv.weight.device)
-            with torch.no_grad():
-                for a in range(na):
-                    new.weight[a * no_new: a * no_new + 5] = conv.weight[a * no_old: a * no_old + 5]
-                    new.bias[a * no_new: a * no_new + 5] = conv.bias[a * no_old: a * no_old + 5]
-                    new.bias[a * no_new + 5: (a + 1) * no_new] = -4.6  # a low class prior, as fresh heads start
-            head.m[i] = new
-            if isinstance(head, IDetect):
-                head.im[i] = ImplicitM(na * no_new).to(conv.weight.device)
-        head.nc, head.no = nc, no_new
-    elif hasattr(head, "cv3") and getattr(head, "cv3", None) is not None:
-        for branch in head.cv3:
-            last = branch[-1]
-            if not isinstance(last, nn.Conv2d):
-                raise CheckpointError(f"cannot change the number of classes of this {type(head).__name__} head")
-            new = nn.Conv2d(last.in_channels, nc, 1).to(last.weight.device)
-            nn.init.constant_(new.bias, -4.6)
-            branch[-1] = new
-        if getattr(head, "one2one_cv3", None) is not None:
-            raise CheckpointError("changing the number of classes of an end-to-end (one-to-one) head is not supported")
-        head.nc, head.no = nc, nc + head.reg_max * 4
+        _reset_anchor_head(head, nc, same)
+    elif getattr(head, "cv3", None) is not None or getattr(head, "one2one_cv3", None) is not None:
+        _reset_ultralytics_head(head, nc, same)
     else:
         raise CheckpointError(f"cannot change the number of classes of a {type(head).__name__} head")
     model.nc = nc
-    model.names = {i: f"class{i}" for i in range(nc)}
+    model.names = _names_dict(names, nc) if names is not None else {i: f"class{i}" for i in range(nc)}
+    if isinstance(getattr(model, "yaml", None), dict):
+        model.yaml["nc"] = nc  # a later save/export describes the model as it now is
     return model
+
+
+def class_rows_kept(model: nn.Module, nc: int, names: Any) -> dict[int, int]:
+    """{new class index: old class index} of the learned class rows `reset_classes` keeps (same name; none
+    for an anchor-based head with one class, whose class output no loss term trains)."""
+    if is_anchor_based(model) and nc == 1:
+        return {}
+    return same_name_rows(getattr(model, "names", None), names, nc)
+
+
+def same_name_rows(old_names: Any, new_names: Any, nc: int) -> dict[int, int]:
+    """{new class index: old class index} for classes with the same name (placeholder names never match)."""
+    if old_names is None or new_names is None:
+        return {}
+    old, new = _names_dict(old_names, 0), _names_dict(new_names, nc)
+
+    def key(i: int, n: str) -> str | None:
+        n = n.strip().lower()
+        return None if n in (str(i), f"class{i}") else n
+
+    lookup = {key(i, n): i for i, n in old.items()}
+    lookup.pop(None, None)
+    return {j: lookup[k] for j, n in new.items() if j < nc and (k := key(j, n)) in lookup}
+
+
+@torch.no_grad()
+def _reset_anchor_head(head: Detect, nc: int, same: dict[int, int]) -> None:
+    from models.common import ImplicitM
+    from models.yolo import init_head_bias
+
+    if head.stride is None:
+        raise CheckpointError(f"cannot change the number of classes of a {type(head).__name__} head without strides")
+    na, no_old, no_new = head.na, head.nc + 5, nc + 5
+    rows = [*range(5), *(5 + j for j in same)], [*range(5), *(5 + i for i in same.values())]  # new, old per anchor
+    keep_new = [a * no_new + r for a in range(na) for r in rows[0]]
+    keep_old = [a * no_old + r for a in range(na) for r in rows[1]]
+    for i, conv in enumerate(head.m):
+        if not isinstance(conv, nn.Conv2d) or conv.bias is None or conv.out_channels != na * no_old:
+            raise CheckpointError(f"cannot change the number of classes of this {type(head).__name__} head")
+        new = nn.Conv2d(conv.in_channels, na * no_new, 1).to(conv.weight)
+        init_head_bias(new, na, nc, float(head.stride[i]))  # the fresh model's priors for every row ...
+        new.weight[keep_new] = conv.weight[keep_old]  # ... then the learned rows over them
+        new.bias[keep_new] = conv.bias[keep_old]
+        new.weight.requires_grad_(conv.weight.requires_grad)
+        new.bias.requires_grad_(conv.bias.requires_grad)
+        head.m[i] = new
+        if isinstance(head, IDetect):
+            im = ImplicitM(na * no_new).to(conv.weight)
+            im.implicit[:, keep_new] = head.im[i].implicit[:, keep_old]
+            im.implicit.requires_grad_(head.im[i].implicit.requires_grad)
+            head.im[i] = im
+    head.nc, head.no = nc, no_new
+
+
+@torch.no_grad()
+def _reset_ultralytics_head(head: nn.Module, nc: int, same: dict[int, int]) -> None:
+    branches = [b for b in (getattr(head, "cv3", None), getattr(head, "one2one_cv3", None)) if b is not None]
+    if not hasattr(head, "bias_init") or not hasattr(head, "reg_max") or not bool((head.stride > 0).all()):
+        raise CheckpointError(f"cannot change the number of classes of a {type(head).__name__} head")
+    pairs = []
+    for branch_list in branches:
+        for branch in branch_list:
+            last = branch[-1]
+            if not isinstance(last, nn.Conv2d) or last.out_channels != head.nc:
+                raise CheckpointError(f"cannot change the number of classes of this {type(head).__name__} head")
+            new = nn.Conv2d(last.in_channels, nc, 1, bias=last.bias is not None).to(last.weight)
+            new.requires_grad_(last.weight.requires_grad)
+            branch[-1] = new
+            pairs.append((new, last))
+    head.nc, head.no = nc, nc + head.reg_max * 4
+    # the head's own fresh-model bias rule, applied to the new convs only: everything else is restored
+    fresh = {id(p) for c, _ in pairs for p in c.parameters()}
+    learned = {n: p.detach().clone() for n, p in head.named_parameters() if id(p) not in fresh}
+    learned.update({n: b.detach().clone() for n, b in head.named_buffers()})
+    head.bias_init()
+    for n, t in list(head.named_parameters()) + list(head.named_buffers()):
+        if n in learned:
+            t.copy_(learned[n])
+    new_rows, old_rows = list(same), list(same.values())
+    for new, last in pairs:  # classes the model already knew keep their rows
+        new.weight[new_rows] = last.weight[old_rows]
+        if new.bias is not None:
+            new.bias[new_rows] = last.bias[old_rows]

@@ -257,10 +257,7 @@ class Model(nn.Module):
     def _initialize_biases(self):
         m = self.model[-1]
         for mi, s in zip(m.m, m.stride):
-            b = mi.bias.view(m.na, -1)
-            b.data[:, 4] += math.log(8 / (640 / s) ** 2)  # ~8 objects per 640 image
-            b.data[:, 5 : 5 + m.nc] += math.log(0.6 / (m.nc - 0.99999))
-            mi.bias = nn.Parameter(b.view(-1), requires_grad=True)
+            init_head_bias(mi, m.na, m.nc, float(s))
 
     def fuse(self):
         """Fold BatchNorm into convs and RepConv branches into one conv, for inference."""
@@ -271,6 +268,20 @@ class Model(nn.Module):
             elif isinstance(m, RepConv) and not hasattr(m, "rbr_reparam"):
                 fuse_repconv(m)
         return self
+
+
+@torch.no_grad()
+def init_head_bias(conv: nn.Conv2d, na: int, nc: int, stride: float) -> None:
+    """A fresh anchor-based head's priors, added in place to the bias (na·(nc+5),) of one level's output conv.
+
+    Objectness: log(8 / (640 / stride)²), about 8 objects per 640-pixel image; classes: log(0.6 / (nc - 0.99999)),
+    a class probability of about 0.6 / nc (≈ 1 for nc = 1). Source: YOLOv5 models/yolo.py
+    `Model._initialize_biases` (YOLOv7 uses the same rule with 0.99). Used by fresh builds and by
+    `models.loader.reset_classes`, so a new class head starts where a fresh model of that nc would.
+    """
+    b = conv.bias.view(na, nc + 5)
+    b[:, 4] += math.log(8 / (640 / stride) ** 2)
+    b[:, 5:] += math.log(0.6 / (nc - 0.99999))
 
 
 def check_anchor_order(m):

@@ -17,9 +17,14 @@ Use it inside any training loop:
         optimizer.step()
         if gf.done: break
     removed = gf.removed()                  # {group id: positions} for prune.surgery.apply_removal
+
+Under DDP each process sees its own samples: `reduce` (engine.distributed.all_reduce_sum) sums the
+accumulators over the processes before a channel is chosen, so every process masks the same one.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import torch
@@ -33,12 +38,13 @@ from prune.uniform import min_flops_share
 
 class GroupFisher:
     def __init__(self, model: nn.Module, groups: GroupSet, target_flops: float = 0.5, norm: str = "flops",
-                 interval: int = 10, channels_per_step: int = 1, min_keep: int = 1):
+                 interval: int = 10, channels_per_step: int = 1, min_keep: int = 1,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
         if norm not in ("flops", "act", "none"):
             raise ValueError(f"--fisher-norm must be flops, act or none, got '{norm}'")
         if not 0 < target_flops < 1:
             raise ValueError(f"--target-flops must be in (0, 1), got {target_flops}")
-        self.model, self.groups = model, groups
+        self.model, self.groups, self.reduce = model, groups, reduce
         self.masks = ChannelMasks(model, groups)
         self.target, self.interval, self.per_step, self.min_keep = target_flops, interval, channels_per_step, min_keep
         n = len(self.masks.values)
@@ -93,6 +99,8 @@ class GroupFisher:
 
     def prune_step(self) -> list[tuple[int, int]]:
         """Mask the `channels_per_step` globally least important channels (Fisher / cost); reset F."""
+        if self.reduce is not None:  # (n,) float64 summed over the DDP processes: the same choice on each
+            self.fisher = self.reduce(self.fisher)
         alive = ((self.masks.values > 0) & self.prunable).numpy()
         kept = dict(zip(*np.unique(self.group_of[alive], return_counts=True)))
         score = (self.fisher / self.cost).numpy()

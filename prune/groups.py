@@ -9,7 +9,6 @@ normalize by it (Group Fisher) and policies can order by it (PAGCP).
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from prune.graph import ConvInfo, DependencyGraph, Member, trace
+from prune.patterns import ModuleMatcher
 
 
 @dataclass
@@ -72,13 +72,17 @@ class GroupSet:
     """All groups of a model plus the graph they came from."""
 
     def __init__(self, model: nn.Module, example: torch.Tensor, ignore: list[str] | None = None):
+        """`ignore`: module-name patterns (prune.patterns) whose groups stay fixed; a group is frozen when a
+        pattern matches one of the modules whose output channels it removes (its convs, their BNs). A pattern
+        that freezes no otherwise prunable group raises UsageError."""
         self.graph: DependencyGraph = trace(model, example)
         self.example_shape = tuple(example.shape)
         self.groups: list[Group] = []
         self.class_index: dict[int, tuple[int, int]] = {}  # root -> (group id, channel position)
-        self._build(model, ignore or [])
+        self.ignored: dict[int, list[str]] = {}  # group id -> the --ignore patterns that froze it
+        self._build(model, ModuleMatcher(ignore, "--ignore", "prunable layer"))
 
-    def _build(self, model: nn.Module, ignore: list[str]) -> None:
+    def _build(self, model: nn.Module, ignore: ModuleMatcher) -> None:
         g = self.graph
         tensors = dict(model.named_parameters())
         tensors.update(dict(model.named_buffers()))
@@ -129,13 +133,27 @@ class GroupSet:
             hit = [r for r in roots if r in blocked]
             if hit:
                 grp.prunable, grp.reason = False, "touches an op the tracer cannot prune through"
-            elif any(fnmatch.fnmatch(p, pat) for p in producers for pat in ignore):
-                grp.prunable, grp.reason = False, "ignored by pattern"
             elif len(roots) < 2:
                 grp.prunable, grp.reason = False, "single channel"
+            elif ignore:
+                carriers = sorted({m.module for ms in members for m in ms if m.role == "out"})
+                pats = ignore.any(producers + carriers)
+                if pats:
+                    grp.prunable, grp.reason = False, f"ignored by pattern {', '.join(pats)}"
+                    self.ignored[gid] = pats
             self.groups.append(grp)
             for pos, r in enumerate(roots):
                 self.class_index[r] = (gid, pos)
+        ignore.check((p for grp in self.groups if grp.prunable or grp.id in self.ignored for p in grp.producers),
+                     "compress.py --show-groups lists them")
+
+    def ignored_text(self) -> str:
+        """One line naming the groups the --ignore patterns froze ('' when none were given)."""
+        if not self.ignored:
+            return ""
+        parts = [f"{gid} ({', '.join(self.groups[gid].producers)})" for gid in sorted(self.ignored)]
+        pats = sorted({p for ps in self.ignored.values() for p in ps})
+        return f"--ignore {' '.join(pats)}: froze {len(parts)} group(s): {'; '.join(parts)}"
 
     def _elements_of(self, root: int):
         if not hasattr(self, "_by_root"):

@@ -104,9 +104,11 @@ def solve_lambda(rate: float, thres: float, n_units: int) -> float:
 class PAGCP:
     def __init__(self, model: nn.Module, groups: GroupSet, task_losses: Callable[[], np.ndarray],
                  tasks: list[str], cfg: PAGCPConfig, units: list[Group] | None = None, progress: bool = True,
-                 journal: str | Path | None = None, floor: float | None = None,
+                 journal: str | Path | None = None, write_journal: bool = True, floor: float | None = None,
                  start: dict[int, list[int]] | None = None, monitor: Callable[[float, float], bool] | None = None):
-        """floor: no cut may take the conv FLOPs below this share of the unpruned model's (a FLOPs budget);
+        """journal: progress file read at the start and, with write_journal (only one process of a DDP run
+        writes), rewritten after every unit.
+        floor: no cut may take the conv FLOPs below this share of the unpruned model's (a FLOPs budget);
         start: channels already removed (group id -> positions): the pass only removes more (a top-up pass);
         monitor(share, least share still reachable) after each unit: True ends the pass there (a search pass
         that already missed its band)."""
@@ -117,6 +119,7 @@ class PAGCP:
         self.resumed_units = 0  # units replayed from the journal
         self.progress = progress
         self.journal = Path(journal) if journal else None
+        self.write_journal = write_journal
         self.floor, self.start, self.monitor = floor, dict(start or {}), monitor
         self.aborted = False  # the monitor ended the pass
         self.guard_stopped = -1  # index of the unit after which the cumulative guard stopped the pass (-1: never)
@@ -151,7 +154,7 @@ class PAGCP:
                         cols, idx = self._in_cols[m.module]
                         keep = torch.ones(w.shape[0])
                         keep[cols] = self.masks.values[idx]
-                        keep_cache[m.module] = keep.view(-1, *([1] * (w.dim() - 1)))
+                        keep_cache[m.module] = keep.view(-1, *([1] * (w.dim() - 1))).to(w.device)  # CUDA models
                     w = w * keep_cache[m.module]
                 scores[i] += float(w.abs().sum()) if l1 else float(w.pow(2).sum())
         return scores if l1 else np.sqrt(scores)
@@ -341,7 +344,7 @@ class PAGCP:
                 "units": [[g.id, len(g)] for g in units]}
 
     def _save_journal(self, units, decisions, original, base, thres, stopped) -> None:
-        if self.journal is None:
+        if self.journal is None or not self.write_journal:
             return
         from utils.files import write_json
 

@@ -51,7 +51,8 @@ class FlopsBudget:
     max_topups: int = 3  # top-up passes at most after the final pass
     factor: float = 4.0  # bracketing step of the scale
     mode: str = "greedy"  # greedy: prune/pagcp_greedy.py; search: cheap passes find the threshold scale
-    commit: float = 0.2  # greedy: share of the priced steps committed per round
+    commit: float = 0.2  # greedy: a round prices steps worth 1/commit of the FLOPs it needs to remove
+    rounds: int = 3  # greedy: pricing rounds planned (one oracle call per unit each; more only to land in the band)
     greedy_cheap: bool = True  # greedy: price the steps with the search passes' oracle (search_images)
 
 
@@ -86,12 +87,14 @@ def first_images(batches: list[dict], n: int) -> list[dict]:
 
 def prune_to_flops(model, groups: GroupSet, make_oracle: Callable[[bool], Callable], tasks: list[str],
                    cfg: PAGCPConfig, budget: FlopsBudget, units: list[Group] | None = None, progress: bool = True,
-                   journal: str | Path | None = None, log: Callable[[str], None] = print) -> BudgetResult:
+                   journal: str | Path | None = None, log: Callable[[str], None] = print,
+                   write_journal: bool = True) -> BudgetResult:
     """PAGCP whose threshold scale is searched so that the pass ends at budget.target +- budget.tol.
 
     make_oracle(cheap) returns the oracle of the search passes (cheap=True) or of the final pass; oracles that
     count `images` per call are accounted for in BudgetResult.passes. journal: the final pass's progress file
     (prune.pagcp.PAGCP); the search passes are recorded beside it (flops_search.json) and replayed on resume.
+    write_journal: whether this process writes those files (only rank 0 of a DDP run does; all read them).
     Raises ValueError when no pass can reach the band (every unit cut to the grid's largest ratio stays above it).
     """
     f, half = budget.target, budget.tol
@@ -110,8 +113,8 @@ def prune_to_flops(model, groups: GroupSet, make_oracle: Callable[[bool], Callab
         from prune.pagcp_greedy import BudgetedGreedy
 
         oracle = make_oracle(budget.greedy_cheap)
-        pol = BudgetedGreedy(model, groups, oracle, tasks, cfg, f, half, budget.commit, units=units,
-                             progress=progress, journal=journal)
+        pol = BudgetedGreedy(model, groups, oracle, tasks, cfg, f, half, budget.commit, budget.rounds, units=units,
+                             progress=progress, journal=journal, write_journal=write_journal)
         removed, decisions = pol.run()
         share = _share(groups, removed)
         p = {"kind": "greedy", "rate": None, "share": share, "outcome": _outcome(share, f, half),
@@ -150,7 +153,8 @@ def prune_to_flops(model, groups: GroupSet, make_oracle: Callable[[bool], Callab
             rate = _next_rate(lo, hi, budget.factor)
         p = search_pass(rate)
         passes.append(p)
-        _save_search(search_file, fingerprint, passes)
+        if write_journal:
+            _save_search(search_file, fingerprint, passes)
         log(f"PAGCP FLOPs {pass_line(p)} (pass {len(passes)})")
         lo, hi = _bracket(p, lo, hi)
         if p["outcome"] == "in band":
@@ -164,7 +168,7 @@ def prune_to_flops(model, groups: GroupSet, make_oracle: Callable[[bool], Callab
     full = make_oracle(False)
     rate = found
     pol = PAGCP(model, groups, full, tasks, replace(cfg, initial_rate=rate, guard=False), units=units,
-                progress=progress, journal=journal, floor=f - half)
+                progress=progress, journal=journal, write_journal=write_journal, floor=f - half)
     removed, decisions = pol.run()
     share = _share(groups, removed)
     passes.append({"kind": "final", "rate": rate, "share": share, "outcome": _outcome(share, f, half),

@@ -4,7 +4,7 @@
 A "layer" is a prunable group of the engine (a conv, or convs tied by residuals), indexed by its group
 id: stable for a given architecture and printed by `show_layers`. For each rate, each layer alone is
 masked at that rate (lowest-criterion channels), the model is validated, and one line is appended to
-`output_{rate}.txt` in the seed's format:
+`{stem}_{rate}.txt` (stem `output` unless --prune-output names another) in the seed's format:
 
     (index, (P, R, mAP50, mAP50-95, [per-class AP], (t_inference, t_nms, t_total, h, w, batch), params, GFLOPs))
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -27,6 +28,9 @@ import torch.nn as nn
 from prune.groups import GroupSet
 from prune.masks import ChannelMasks
 from prune.surgery import estimate_flops, keep_count
+from utils.files import save_figure, write_json, write_text
+
+DEFAULT_STEM = "output"  # the seed's --prune-output output.txt -> output_{rate}.txt
 
 
 def parse_rates(text) -> list[float]:
@@ -56,27 +60,89 @@ def parse_pruning_params(text) -> float | list[tuple[int, float]]:
 
 def layer_plan(groups: GroupSet, scores: dict[int, np.ndarray], params, divisor: int = 1,
                min_keep: int = 1) -> dict[int, list[int]]:
-    """Removal plan for --pruning-params (a rate for all layers or per-layer rates). The removed count is
-    rounded to an even number, as in the seed."""
+    """Removal plan for --pruning-params (a rate for all layers or per-layer rates): the lowest-scored
+    channels of each layer, rate x channels of them rounded UP to an even count as the seed's prune.py does
+    (make_divisible(rate * channels, 2)), then capped so that --min-channels / --divisor hold."""
     rates = {g.id: params for g in groups.prunable} if isinstance(params, float) else dict(params)
     plan = {}
     by_id = {g.id: g for g in groups.groups}
     for gid, rate in rates.items():
         g = by_id.get(gid)
         if g is None or not g.prunable:
-            raise ValueError(f"layer {gid} is not a prunable layer (ids: compress.py --show-groups)")
-        n_rm = int(round(rate * len(g)))
-        n_rm -= n_rm % 2
+            raise ValueError(f"layer {gid} is not a prunable layer (ids: layers.txt of a --task sensitivity run, or "
+                             "compress.py --show-groups)")
+        n_rm = math.ceil(rate * len(g) / 2) * 2
         n_rm = len(g) - keep_count(len(g), n_rm, divisor, min_keep)
         if n_rm > 0:
             plan[gid] = np.argsort(scores[gid], kind="stable")[:n_rm].tolist()
     return plan
 
 
-def show_layers(groups: GroupSet) -> str:
-    lines = [f"{'layer':>5}  {'channels':>8}  {'MFLOPs/ch':>9}  producers"]
+def prune_layers(model: nn.Module, params, criterion, imgsz: int = 64, divisor: int = 1, min_keep: int = 1,
+                 seed: int = 0) -> dict:
+    """Seed 002's "prune at load": remove, in place, the channels `--pruning-params` names (a rate for every
+    layer, or [(layer id, rate), ...] with the ids of `show_layers`) by `criterion` (0-6 or a name), with the
+    same layer_plan that `compress.py --pruning-params` and the sensitivity analysis use.
+
+    The model must be unfused (criteria 4/5 read BatchNorm scales); it is traced once at `imgsz` pixels.
+    Returns {'removed': {layer id: [positions]}, 'channels': removed count, 'layers': pruned layer count,
+    'params': (before, after), 'gflops': (before, after) at imgsz}. Raises ValueError for an unknown
+    criterion or a layer id that is not prunable."""
+    from prune import apply_removal, build_groups
+    from prune.importance import get_criterion
+    from utils.flops import count_params, gflops
+
+    score = get_criterion(criterion)
+    params = parse_pruning_params(params)
+    groups = build_groups(model, imgsz=imgsz)
+    p0, f0 = count_params(model), gflops(model, imgsz)
+    ids = {gid for gid, _ in params} if isinstance(params, list) else {g.id for g in groups.prunable}
+    scores = {g.id: score(model, g, seed=seed) for g in groups.prunable if g.id in ids}
+    removed = layer_plan(groups, scores, params, divisor=divisor, min_keep=min_keep)
+    apply_removal(model, groups, removed)
+    return {"removed": removed, "channels": int(sum(map(len, removed.values()))), "layers": len(removed),
+            "params": (p0, count_params(model)), "gflops": (f0, gflops(model, imgsz))}
+
+
+def seed_conv_indices(model: nn.Module) -> dict[str, int]:
+    """Conv weight name -> the layer index seed 002's scripts use for it: the position of its conv block in
+    the model's module order, counting every Conv and RepConv block and each Detect/IDetect output conv
+    (the seed's get_conv_layers). RepConv's two branch convs share one index."""
+    from models.common import Conv, RepConv
+    from models.yolo import Detect
+
+    convs: tuple[type, ...] = (Conv,)
+    try:  # ultralytics' Conv blocks count the same way (their heads are not the seed's Detect)
+        from ultralytics.nn.modules.conv import Conv as UConv
+
+        convs += (UConv,)
+    except ImportError:
+        pass
+    index: dict[str, int] = {}
+    k = 0
+    for name, m in model.named_modules():
+        if isinstance(m, RepConv) and hasattr(m, "rbr_dense"):  # a fused RepConv has no branches left
+            index[f"{name}.rbr_dense.0"] = index[f"{name}.rbr_1x1.0"] = k
+        elif isinstance(m, convs) and isinstance(getattr(m, "conv", None), nn.Conv2d):
+            index[f"{name}.conv"] = k
+        elif isinstance(m, Detect):
+            for i in range(len(m.m)):
+                index[f"{name}.m.{i}"] = k + i
+            k += len(m.m) - 1
+        else:
+            continue
+        k += 1
+    return index
+
+
+def show_layers(groups: GroupSet, model: nn.Module | None = None) -> str:
+    """One line per prunable layer: id, channels, MFLOPs per channel, seed 002's index of its convs (given
+    the model), producers."""
+    seed = seed_conv_indices(model) if model is not None else {}
+    lines = [f"{'layer':>5}  {'channels':>8}  {'MFLOPs/ch':>9}  {'seed idx':>8}  producers"]
     for g in groups.prunable:
-        lines.append(f"{g.id:5d}  {len(g):8d}  {g.flops.mean() / 1e6:9.3f}  {', '.join(g.producers)}")
+        idx = ",".join(str(i) for i in sorted({seed[p] for p in g.producers if p in seed})) or "-"
+        lines.append(f"{g.id:5d}  {len(g):8d}  {g.flops.mean() / 1e6:9.3f}  {idx:>8}  {', '.join(g.producers)}")
     return "\n".join(lines)
 
 
@@ -96,15 +162,15 @@ def done_layers(path: Path) -> dict[int, tuple]:
 def run_analysis(model: nn.Module, groups: GroupSet, evaluate: Callable[[], dict], scores: dict[int, np.ndarray],
                  rates: list[float], out_dir: Path, base_params: int, base_gflops: float,
                  progress: Callable[[str], None] = print, layers: list[int] | None = None,
-                 meta: dict | None = None) -> dict[float, dict[int, tuple]]:
+                 meta: dict | None = None, stem: str = DEFAULT_STEM) -> dict[float, dict[int, tuple]]:
     """evaluate() -> {'p','r','map50','map50_95','maps','t_inf','t_nms','h','w','batch'} on the masked model.
 
     `layers` limits the analysis to these group ids (default: every prunable group). Each layer loses the
     channels `layer_plan` would remove at that rate (even count, as compress.py --pruning-params does).
     `meta` (e.g. the unpruned model's mAP) is stored in meta.json beside params/GFLOPs, written first so
-    that layer_selection works on a partial analysis too."""
+    that layer_selection works on a partial analysis too. `stem` names the files: {stem}_{rate}.txt."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"params": base_params, "gflops": base_gflops, **(meta or {})}
+    meta = {"params": base_params, "gflops": base_gflops, **(meta or {}), "stem": stem}
     _write_meta(out_dir, meta, rates)
     todo = groups.prunable if layers is None else [g for g in groups.prunable if g.id in set(layers)]
     flops0 = estimate_flops(groups, {})[0]
@@ -112,10 +178,10 @@ def run_analysis(model: nn.Module, groups: GroupSet, evaluate: Callable[[], dict
     masks = ChannelMasks(model, groups)
     with masks:
         for rate in rates:
-            f = out_dir / f"output_{rate}.txt"
+            f = out_dir / f"{stem}_{rate}.txt"
             done = done_layers(f)
             if done:  # rewrite only the complete lines, then append
-                f.write_text("".join(f"{done[k]!r}\n" for k in done))
+                write_text(f, "".join(f"{done[k]!r}\n" for k in done))
             with open(f, "a") as fh:
                 for g in todo:
                     if g.id in done:
@@ -143,21 +209,19 @@ def _write_meta(out_dir: Path, meta: dict, rates: list[float]) -> None:
     f = out_dir / "meta.json"
     old = json.loads(f.read_text()) if f.exists() else {}
     meta = {**old, **meta, "rates": sorted(set(old.get("rates", [])) | set(rates))}
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, f)
+    write_json(meta, f, indent=1)
 
 
 def _write_summary(results, out_dir: Path, meta: dict) -> None:
     rates = sorted(results)
     layers = sorted({k for r in rates for k in results[r]})
-    with open(out_dir / "sensitivity.csv", "w") as f:
-        f.write("layer,rate,precision,recall,map50,map50_95,params,gflops\n")
-        for r in rates:
-            for k in layers:
-                if k in results[r]:
-                    _, (p, rc, m50, m, _maps, _t, params, gfl) = results[r][k]
-                    f.write(f"{k},{r},{p:.6g},{rc:.6g},{m50:.6g},{m:.6g},{params},{gfl:.6g}\n")
+    rows = ["layer,rate,precision,recall,map50,map50_95,params,gflops"]
+    for r in rates:
+        for k in layers:
+            if k in results[r]:
+                _, (p, rc, m50, m, _maps, _t, params, gfl) = results[r][k]
+                rows.append(f"{k},{r},{p:.6g},{rc:.6g},{m50:.6g},{m:.6g},{params},{gfl:.6g}")
+    write_text(out_dir / "sensitivity.csv", "\n".join(rows) + "\n")
     _write_meta(out_dir, meta, rates)
     try:
         import matplotlib
@@ -166,26 +230,40 @@ def _write_summary(results, out_dir: Path, meta: dict) -> None:
         import matplotlib.pyplot as plt
 
         grid = np.array([[results[r][k][1][3] if k in results[r] else np.nan for r in rates] for k in layers])
-        fig, ax = plt.subplots(figsize=(2 + len(rates), 1 + 0.18 * len(layers)))
-        im = ax.imshow(grid, aspect="auto", cmap="viridis")
+        fig, ax = plt.subplots(figsize=(3 + len(rates), 1.5 + 0.18 * len(layers)))
+        # the colour scale runs from 0 to the unpruned model's mAP: a small loss looks small
+        base = (meta or {}).get("map50_95")
+        top = max(float(np.nanmax(grid)) if np.isfinite(grid).any() else 0.0, base or 0.0) or 1.0
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=top)
         ax.set_xticks(range(len(rates)), [str(r) for r in rates])
         ax.set_yticks(range(len(layers)), [str(k) for k in layers], fontsize=6)
-        ax.set_xlabel("pruning rate")
-        ax.set_ylabel("layer")
+        ax.set_xlabel("pruning rate (this layer alone)")
+        ax.set_ylabel("layer (compress.py --show-groups id)", fontsize=8)
+        if base is not None:
+            ax.set_title(f"mAP50-95 after pruning one layer; unpruned {base:.3f}", fontsize=9)
         fig.colorbar(im, ax=ax, label="mAP50-95")
         fig.tight_layout()
-        fig.savefig(out_dir / "sensitivity.png", dpi=120)
+        save_figure(fig, out_dir / "sensitivity.png", dpi=120)
         plt.close(fig)
     except Exception as e:  # a plot must never cost the analysis
-        (out_dir / "sensitivity_plot_error.txt").write_text(str(e))
+        write_text(out_dir / "sensitivity_plot_error.txt", str(e))
 
 
-def load_analysis(out_dir: Path) -> dict[float, dict[int, tuple]]:
+def load_analysis(out_dir: Path, stem: str | None = None) -> dict[float, dict[int, tuple]]:
+    """rate -> layer -> record from {stem}_{rate}.txt; the stem defaults to the one meta.json names."""
+    out_dir = Path(out_dir)
+    if stem is None:
+        meta = out_dir / "meta.json"
+        stem = (json.loads(meta.read_text()) if meta.exists() else {}).get("stem", DEFAULT_STEM)
     res = {}
-    for f in sorted(Path(out_dir).glob("output_*.txt")):
-        res[float(f.stem.split("_", 1)[1])] = done_layers(f)
+    for f in sorted(out_dir.glob(f"{stem}_*.txt")):
+        try:
+            rate = float(f.stem[len(stem) + 1:])
+        except ValueError:  # another file sharing the prefix
+            continue
+        res[rate] = done_layers(f)
     if not res:
-        raise FileNotFoundError(f"no output_*.txt in {out_dir}: run the sensitivity analysis first")
+        raise FileNotFoundError(f"no {stem}_*.txt in {out_dir}: run the sensitivity analysis first")
     return res
 
 

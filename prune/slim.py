@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from prune.groups import GroupSet
-from prune.surgery import estimate_flops, keep_count
+from prune.surgery import keep_count
 
 
 def gamma_scores(model: nn.Module, groups: GroupSet) -> dict[int, np.ndarray]:
@@ -52,25 +52,24 @@ def percentile_threshold(scores: dict[int, np.ndarray], percent: float) -> float
 
 def threshold_for_flops(groups: GroupSet, scores: dict[int, np.ndarray], target: float, divisor: int = 1,
                         min_keep: int = 1) -> tuple[float, dict[int, list[int]], float]:
-    """Smallest gamma threshold whose plan keeps <= target x base FLOPs: bisection over the sorted gammas."""
-    base = estimate_flops(groups, {})[0]
+    """The gamma threshold whose plan keeps the share of base conv FLOPs closest to `target` (at or below it with
+    divisor 1): bisection over the sorted gammas, rounding to `divisor` inside the search
+    (prune.uniform.solve_for_flops). Returns (threshold, removed, share)."""
+    from prune.uniform import solve_for_flops
+
     allv = np.unique(np.concatenate([s[np.isfinite(s)] for s in scores.values()]))
-    lo, hi = 0, len(allv) - 1
-    best = None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        t = float(allv[mid]) + 1e-12
-        plan = plan_threshold(groups, scores, t, divisor, min_keep)
-        frac = estimate_flops(groups, plan)[1] / base
-        if frac <= target:
-            best, hi = (t, plan, frac), mid - 1
-        else:
-            lo = mid + 1
-    if best is None:
-        plan = plan_threshold(groups, scores, float(allv[-1]) + 1, divisor, min_keep)
-        reached = estimate_flops(groups, plan)[1] / base
-        raise ValueError(f"target FLOPs {target:.3f} cannot be reached by slimming: at most {reached:.3f} of base")
-    return best
+
+    def threshold(x: float) -> float:  # x in [0, 1] -> just above the x-quantile gamma (every gamma at x = 1)
+        return float(allv[min(int(x * len(allv)), len(allv) - 1)]) + (1e-12 if x < 1 else 1.0)
+
+    try:
+        plan, frac, x = solve_for_flops(groups, lambda x: plan_threshold(groups, scores, threshold(x), 1, min_keep),
+                                        target, scores, divisor, min_keep, 0.0, 1.0, iters=64, tol=0.0,
+                                        xtol=0.5 / len(allv))
+    except ValueError as e:
+        raise ValueError(f"target FLOPs {target:.3f} cannot be reached by slimming: {str(e).split(': ', 1)[1]}") \
+            from None
+    return threshold(x), plan, frac
 
 
 class SparsityPenalty:
@@ -80,12 +79,17 @@ class SparsityPenalty:
 
     def __init__(self, model: nn.Module, sl: float, ignore: list[str] | tuple = (), images_per_step: int = 64,
                  nbs: int = 64):
-        from fnmatch import fnmatch
+        """`ignore`: module-name patterns (prune.patterns: a module covers its submodules); a pattern that
+        matches no BatchNorm raises UsageError. `self.ignored` lists the BNs left unpenalized."""
+        from prune.patterns import ModuleMatcher
 
         self.sl = sl * images_per_step / nbs
-        self.bns = [(n, m) for n, m in model.named_modules()
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
-                    and not any(fnmatch(n, p) for p in ignore)]
+        matcher = ModuleMatcher(ignore, "--sparsity-ignore", "BatchNorm layer")
+        bns = [(n, m) for n, m in model.named_modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+        self.ignored = [n for n, _ in bns if matcher.match(n)]
+        self.bns = [(n, m) for n, m in bns if n not in self.ignored]
+        matcher.check(n for n, _ in bns)
 
     def apply(self) -> None:
         for _, bn in self.bns:

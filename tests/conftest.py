@@ -11,10 +11,31 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT.parent / "shared" / "assets"
+# the real assets: $YOLOC_ASSETS if set (any checkout location), else ../shared/assets beside the repository
+ASSETS = Path(os.environ.get("YOLOC_ASSETS") or ROOT.parent / "shared" / "assets").expanduser()
 YOLOV5N_PT = ASSETS / "weights" / "yolov5n.pt"
 YOLOV9T_PT = ASSETS / "weights" / "extra_noncoco" / "yolov9t_volleyball_ball_1cls.pt"
 COCO128 = ASSETS / "datasets" / "coco128"
+
+# 6 convs, 9 PAGCP units: a whole PAGCP pass at --ratio-step 0.45 takes ~20 oracle calls
+TINY_YAML = """\
+nc: 4
+depth_multiple: 0.33
+width_multiple: 0.25
+anchors:
+  - [10,13, 16,30, 33,23]
+  - [30,61, 62,45, 59,119]
+  - [116,90, 156,198, 373,326]
+backbone:
+  [[-1, 1, Conv, [64, 6, 2, 2]],
+   [-1, 1, Conv, [128, 3, 2]],
+   [-1, 1, C3, [128]],
+   [-1, 1, Conv, [256, 3, 2]],
+   [-1, 1, Conv, [512, 3, 2]],
+   [-1, 1, Conv, [1024, 3, 2]]]
+head:
+  [[[3, 4, 5], 1, Detect, [nc, anchors]]]
+"""
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -22,7 +43,8 @@ if str(ROOT) not in sys.path:
 
 def need(path: Path):
     """Skip marker for a test that needs a real asset."""
-    return pytest.mark.skipif(not path.exists(), reason=f"real asset {path} not present")
+    return pytest.mark.skipif(not path.exists(), reason=f"real asset {path} not present (set YOLOC_ASSETS to the "
+                                                        "assets folder)")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -56,3 +78,24 @@ def shapes_yaml(tmp_path_factory) -> Path:
     from data.shapes import ensure_shapes
 
     return Path(ensure_shapes(cache_dir=tmp_path_factory.mktemp("shapes"), n_train=16, n_val=8, seed=0))
+
+
+@pytest.fixture
+def network_attempts(monkeypatch) -> list:
+    """The network unreachable (sockets and ultralytics' downloader): returns the list of attempts, recorded as
+    well as refused, since ultralytics swallows the errors of some lookups (fonts) and falls back."""
+    import socket
+
+    import ultralytics.utils.downloads as downloads
+
+    attempts = []
+
+    def unreachable(*a, **k):
+        attempts.append(a[:1])
+        raise OSError("network unreachable (test)")
+
+    monkeypatch.setattr(socket.socket, "connect", unreachable)
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(downloads, "safe_download", unreachable)
+    monkeypatch.setattr(downloads, "is_url", unreachable)
+    return attempts

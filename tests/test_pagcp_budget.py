@@ -200,7 +200,7 @@ def test_rounds_spread_the_target(shapes_yaml, tmp_path):
     assert abs(np.prod(shares) - 0.64) <= 0.02
     assert abs(s["flops_ratio"] - 0.64) <= 0.03  # whole-model GFLOPs: BN/activations are not pruned
     units = (tmp_path / "runs" / "exp" / "round_1" / "units.txt").read_text()
-    assert "PAGCP to FLOPs x0.800" in units and "final" in units
+    assert "PAGCP to FLOPs x0.800" in units and f"({s['rounds'][1]['pagcp']['passes'][-1]['kind']})" in units
 
 
 def test_collapse_warning_in_console_and_report(shapes_yaml, tmp_path, monkeypatch, caplog):

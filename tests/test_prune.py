@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 import warnings
 
 import numpy as np
@@ -171,10 +172,27 @@ def test_unknown_ops_fail_closed():
 
 
 def test_ignore_patterns():
+    """Issue 17 item 4: a module name covers its submodules, a pattern matching nothing is an error, and the
+    frozen groups are reported."""
+    from prune.patterns import name_matches
+    from utils.general import UsageError
+
     model = load_model("yolov5n.yaml", nc=3)
     groups = build_groups(model, ignore=["model.0.*"])
     g = next(g for g in groups.groups if "model.0.conv" in g.producers)
-    assert not g.prunable and g.reason == "ignored by pattern"
+    assert not g.prunable and g.reason == "ignored by pattern model.0.*"
+    groups = build_groups(model, ignore=["model.9"])  # SPPF: its two convs' groups
+    sppf = [g for g in groups.groups if any(p.startswith("model.9.") for p in g.producers)]
+    assert len(sppf) == 2 and not any(g.prunable for g in sppf)
+    assert sorted(groups.ignored) == sorted(g.id for g in sppf)
+    assert groups.ignored_text().startswith("--ignore model.9: froze 2 group(s)") and "model.9.cv2.conv" in \
+        groups.ignored_text()
+    assert sum(g.prunable for g in groups.groups) == sum(g.prunable for g in build_groups(model).groups) - 2
+    for bad in ("model.99.*", "model.24"):  # a typo; the Detect outputs, which are never pruned anyway
+        with pytest.raises(UsageError, match=f"--ignore '{re.escape(bad)}' matches no prunable layer"):
+            build_groups(model, ignore=[bad])
+    assert name_matches("model.9.cv1.conv", "model.9") and not name_matches("model.90.conv", "model.9")
+    assert name_matches("model.9.cv1.conv", "model.9.") and name_matches("model.10.conv", "model.1*")
 
 
 def test_dump_lists_groups_and_reasons():
@@ -190,6 +208,24 @@ def test_target_flops_is_met_and_unreachable_is_reported():
     assert 0.65 < frac <= 0.7
     with pytest.raises(ValueError, match="cannot be reached"):
         solve_ratio_for_flops(groups, plan_uniform, 1e-4, scores=scores)
+
+
+@pytest.mark.parametrize("planner", [plan_uniform, plan_global])
+@pytest.mark.parametrize("divisor", [8, 16])
+def test_target_flops_with_divisor_lands_close(planner, divisor):
+    """Issue 17 item 6: rounding kept channels to a divisor is solved inside the search, from both sides of the
+    target (uniform L1 at 0.6 with divisor 16 landed at 0.512 when every group was rounded up afterwards)."""
+    model = load_model("yolov5n.yaml", nc=80)
+    groups = build_groups(model)
+    scores = {g.id: get_criterion("l1")(model, g) for g in groups.prunable}
+    for target in (0.5, 0.6, 0.8):
+        plan, frac = solve_ratio_for_flops(groups, planner, target, scores=scores, divisor=divisor)
+        assert abs(frac - target) <= 0.02, (target, frac)
+        assert frac == pytest.approx(estimate_flops(groups, plan)[1] / estimate_flops(groups, {})[0])
+        for g in groups.prunable:
+            kept = len(g) - len(plan.get(g.id, []))
+            assert kept == len(g) or kept % divisor == 0, (g.id, len(g), kept)
+            assert sorted(plan.get(g.id, [])) == sorted(np.argsort(scores[g.id], kind="stable")[: len(g) - kept])
 
 
 def test_surgery_refuses_to_empty_a_group():

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT
+from conftest import ROOT, TINY_YAML
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,25 +28,6 @@ import export
 import train
 import val
 
-# 6 convs, 9 PAGCP units: a whole PAGCP pass at --ratio-step 0.45 takes ~20 oracle calls
-TINY_YAML = """\
-nc: 4
-depth_multiple: 0.33
-width_multiple: 0.25
-anchors:
-  - [10,13, 16,30, 33,23]
-  - [30,61, 62,45, 59,119]
-  - [116,90, 156,198, 373,326]
-backbone:
-  [[-1, 1, Conv, [64, 6, 2, 2]],
-   [-1, 1, Conv, [128, 3, 2]],
-   [-1, 1, C3, [128]],
-   [-1, 1, Conv, [256, 3, 2]],
-   [-1, 1, Conv, [512, 3, 2]],
-   [-1, 1, Conv, [1024, 3, 2]]]
-head:
-  [[[3, 4, 5], 1, Detect, [nc, anchors]]]
-"""
 QUIET = ["--epochs", "0", "--no-latency", "--workers", "0"]
 
 
@@ -301,6 +282,8 @@ def test_fuzz_data_yaml(d, raw, shapes_yaml, tmp_path_factory):
     (["--method", "l1", "--ratio", "0.3", "--min-channels", "0"], "--divisor and --min-channels must be >= 1"),
     (["--method", "l1", "--ratio", "0.3", "--device", "99"], "--device 99 requested but this machine has"),
     (["--method", "l1", "--ratio", "0.3", "--resume", "nowhere"], "--resume nowhere: not a compression run folder"),
+    (["--method", "l1", "--ratio", "0.3", "--ignore", "model.9"], "--ignore 'model.9' matches no prunable layer"),
+    (["--method", "pagcp", "--ignore", "model.0", "model.99.*"], "--ignore 'model.99.*' matches no prunable layer"),
     (["--method", "l1", "--target-flops", "0.01", "--min-channels", "8"],
      "--target-flops 0.01 cannot be reached: keeping --min-channels 8 (--divisor 1) per group leaves at least"),
 ])
@@ -546,3 +529,64 @@ def test_train_killed_and_resumed(tiny_pt, shapes_yaml, tmp_path):
     rows = (tmp_path / "exp" / "results.csv").read_text().splitlines()
     assert [r.split(",")[0].strip() for r in rows[1:]] == ["0", "1", "2"]
     assert _sha(tiny_pt) == before and _files(tiny_pt.parent) == {tiny_pt.name}
+
+
+# ---------------------------------------------------------------- SIGTERM behaves like Ctrl-C (issue 17 item 8)
+def _terminate_when(cmd: list[str], ready, timeout: float = 300) -> tuple[int, str]:
+    """Run cmd, send SIGTERM once ready() is true; (return code, stderr). Skips if it finished first."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + timeout
+        while not ready() and p.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        if p.poll() is not None:
+            pytest.skip("the command finished before it could be terminated")
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.returncode, err
+
+
+def test_compress_sigterm_says_how_to_resume_and_resumes(tiny_pt, shapes_yaml, tmp_path):
+    args = ["--weights", str(tiny_pt), "--data", str(shapes_yaml), "--img", "64", "--batch", "8", "--method", "l1",
+            "--ratio", "0.3", "--epochs", "3", "--hyp", "scratch-low", "--no-latency", "--workers", "0",
+            "--project", str(tmp_path)]
+    run = tmp_path / "exp"
+    rc, err = _terminate_when([sys.executable, str(ROOT / "compress.py"), *args],
+                              lambda: (run / "round_0" / "weights" / "last.pt").exists())
+    assert rc == 143, err
+    assert err.strip().splitlines()[-1] == f"terminated (SIGTERM): continue with python compress.py --resume {run}"
+    assert compress.main(["--resume", str(run), "--no-latency", "--workers", "0"]) == 0
+    s = json.loads((run / "summary.json").read_text())
+    assert len(s["rounds"]) == 1 and (run / "pruned.pt").exists()
+    epochs = [r.split(",")[0] for r in (run / "round_0" / "results.csv").read_text().splitlines()[1:]]
+    assert epochs == ["0", "1", "2"]  # none lost, none repeated
+
+
+def test_train_sigterm_says_how_to_resume(tiny_pt, shapes_yaml, tmp_path):
+    cmd = [sys.executable, str(ROOT / "train.py"), "--weights", str(tiny_pt), "--data", str(shapes_yaml), "--img",
+           "64", "--batch", "8", "--epochs", "3", "--workers", "0", "--project", str(tmp_path), "--hyp", "scratch-low"]
+    last = tmp_path / "exp" / "weights" / "last.pt"
+    rc, err = _terminate_when(cmd, last.exists)
+    assert rc == 143, err
+    assert err.strip().splitlines()[-1] == f"terminated (SIGTERM): continue with python train.py --resume {last}"
+    assert train.main(["--resume", str(last), "--workers", "0"]) == 0
+
+
+def test_val_sensitivity_sigterm_keeps_finished_layers(tiny_pt, shapes_yaml, tmp_path):
+    args = ["--task", "sensitivity", "--weights", str(tiny_pt), "--data", str(shapes_yaml), "--img", "64",
+            "--batch", "8", "--workers", "0", "--pruning-rate", "[0.25,0.5,0.75]", "--project", str(tmp_path),
+            "--no-progress"]
+    first = tmp_path / "exp" / "output_0.25.txt"
+    rc, err = _terminate_when([sys.executable, str(ROOT / "val.py"), *args],
+                              lambda: first.exists() and first.read_text().count("\n") >= 1)
+    assert rc == 143, err
+    assert "terminated (SIGTERM): the analysis keeps every finished layer: continue with the same command and " \
+           "--resume" in err
+    done = first.read_text().count("\n")
+    assert val.main([*args, "--resume"]) == 0
+    assert first.read_text().count("\n") >= done and (tmp_path / "exp" / "sensitivity.csv").exists()

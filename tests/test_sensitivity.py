@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 
 import numpy as np
 import pytest
@@ -74,7 +75,10 @@ def test_layer_plan_and_parsing():
     g = groups.prunable[3]
     pairs = parse_pruning_params(f"[({g.id}, 0.5)]")
     plan = layer_plan(groups, scores, pairs)
-    assert list(plan) == [g.id] and len(plan[g.id]) % 2 == 0 and len(plan[g.id]) == round(0.5 * len(g)) // 2 * 2
+    assert list(plan) == [g.id] and len(plan[g.id]) % 2 == 0 and len(plan[g.id]) == math.ceil(0.5 * len(g) / 2) * 2
+    # the seed's make_divisible(rate * channels, 2): 0.3 x 16 = 4.8 -> 6 channels, 0.01 x 16 -> 2
+    g16 = next(x for x in groups.prunable if len(x) == 16)
+    assert [len(layer_plan(groups, scores, [(g16.id, r)])[g16.id]) for r in (0.3, 0.25, 0.01)] == [6, 4, 2]
     with pytest.raises(ValueError, match="not a prunable layer"):
         layer_plan(groups, scores, [(10_000, 0.5)])
     assert str(g.id) in show_layers(groups)
@@ -118,8 +122,9 @@ def count_validations(monkeypatch):
 def test_cli_outputs_and_resume(tmp_path, shapes_yaml, count_validations, capsys):
     # interrupted after the unpruned model + 2 layers
     count_validations["fail_after"] = 3
-    with pytest.raises(KeyboardInterrupt):
-        _sens(tmp_path, shapes_yaml)
+    assert _sens(tmp_path, shapes_yaml) == 130  # Ctrl-C: like compress.py/train.py, one line and status 130
+    assert capsys.readouterr().err.strip().endswith("interrupted: the analysis keeps every finished layer: "
+                                                    "continue with the same command and --resume")
     out = tmp_path / "s"
     assert len((out / "output_0.25.txt").read_text().splitlines()) == 2 and not (out / "output_0.5.txt").exists()
     assert (out / "meta.json").exists()  # written first: a partial analysis is usable

@@ -103,6 +103,7 @@ def test_resume_after_crash_mid_epoch(shapes_yaml, tmp_path):
 def test_sparsity_penalty_pushes_gammas_down(shapes_yaml, tmp_path):
     from engine.trainer import train
     from prune.slim import SparsityPenalty
+    from utils.general import UsageError
 
     model, _ = _pruned_yolov5n()
     bn = model.model[0].bn
@@ -111,6 +112,9 @@ def test_sparsity_penalty_pushes_gammas_down(shapes_yaml, tmp_path):
     pen.apply()
     assert torch.allclose(bn.weight.grad, 2e-3 * torch.sign(bn.weight.detach()))
     assert not any(n.startswith("model.1.") for n, _ in pen.bns)
+    assert SparsityPenalty(model, 1e-3, ignore=["model.1"]).ignored == ["model.1.bn"]  # a module covers its own
+    with pytest.raises(UsageError, match="--sparsity-ignore 'model.1.bnn' matches no BatchNorm layer"):
+        SparsityPenalty(model, 1e-3, ignore=["model.1.bnn"])
 
     kw = dict(cfg="yolov5n.yaml", data=str(shapes_yaml), epochs=1, seed=0, **FAST)
     plain = train(save_dir=str(tmp_path / "plain"), **kw)
@@ -173,6 +177,9 @@ def test_new_dataset_gets_new_class_head(shapes_yaml, tmp_path):
     (["--cfg", "yolov5n.yaml", "--hyp", "nope"], "--hyp 'nope' not found"),
     (["--cfg", "yolov5n.yaml", "--device", "7"], "--device 7 requested"),
     ([], "give --weights"),
+    (["--cfg", "yolov5n.yaml", "--sparsity", "1e-4", "--sparsity-ignore", "model.99"],
+     "--sparsity-ignore 'model.99' matches no BatchNorm layer"),
+    (["--cfg", "yolov5n.yaml", "--sparsity-ignore", "model.1"], "--sparsity-ignore only applies to sparsity training"),
 ])
 def test_bad_flags_one_line_error(argv, msg, shapes_yaml, tmp_path, capsys):
     import train as train_cli

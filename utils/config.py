@@ -26,6 +26,24 @@ def defaults(script: str | None = None) -> dict:
     return d
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help with each flag's default (from cfg/default.yaml) and the description's examples kept as written.
+    Defaults that say nothing (None, False, '', []) are left out."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if "%(default)" in text or d is None or d is False or d is argparse.SUPPRESS or d in ("", []):
+            return text
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return text + f" (default: {'on' if d else 'off'})"
+        if action.nargs == 0:  # a switch: only say so when cfg/default.yaml already turns it on
+            return text + " (on by default)" if isinstance(action, argparse._StoreTrueAction) and d is True else text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return text + " (default: %(default)s)"
+        return text
+
+
 def explicit_flags(p: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     """Destinations the user actually typed (recipes and the demo profile must not override them)."""
     saved = {a.dest: a.default for a in p._actions}

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -35,6 +38,34 @@ if not LOGGER.handlers:
 
 class UsageError(ValueError):
     """Bad user input; the CLIs print the message as one line and exit with status 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a container stop, `timeout`, a scheduler's preemption), raised where Ctrl-C would be."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within this block SIGTERM behaves like Ctrl-C: Terminated (a KeyboardInterrupt) is raised in the main
+    thread, so the CLIs leave their state as they do on Ctrl-C (atomic writes keep the previous file, run folders
+    stay resumable) and print how to resume. The previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupt_status(e: KeyboardInterrupt) -> tuple[str, int]:
+    """('interrupted' or 'terminated (SIGTERM)', exit status 130 or 143) for an interrupt caught by a CLI."""
+    return ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
 
 
 def increment_path(path: str | Path, exist_ok: bool = False, mkdir: bool = True) -> Path:

@@ -1,0 +1,69 @@
+# AGPL-3.0 License
+"""bench/custom_data.py end to end on a tiny VOC set: base, reference, pruning runs, latency, report, resume."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_voc import _voc, _xml
+
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+@pytest.mark.slow
+def test_custom_data_bench_tiny_killed_and_resumed(tmp_path, monkeypatch):
+    import custom_data
+
+    import compress
+
+    ann = {f"{i}": _xml([("cat" if i % 2 else "dog", 0, (21, 11, 61, 51))]) for i in range(4)}
+    data = _voc(tmp_path / "ds", ann)
+    args = ["--data", str(data), "--weights", "yolov5n.yaml", "--imgsz", "64", "--batch-size", "4", "--base-epochs",
+            "1", "--epochs", "1", "--targets", "0.7", "--divisor-targets", "0.5", "--methods", "l1",
+            "--latency-repeats", "1", "--workers", "0", "--project", str(tmp_path / "bench"), "--name", "b"]
+    real = compress.main
+    calls = []
+
+    def killed_on_second(argv):  # Ctrl-C during the second pruning run
+        calls.append(argv)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(argv)
+
+    monkeypatch.setattr(compress, "main", killed_on_second)
+    assert custom_data.main(args) == 130
+    run = tmp_path / "bench" / "b"
+    state = json.loads((run / "state.json").read_text())
+    assert {"base", "reference", "l1@0.7"} <= set(state) and "l1@0.5-d16" not in state
+    monkeypatch.setattr(compress, "main", lambda argv: calls.append(argv) or real(argv))
+    n = len(calls)
+    assert custom_data.main(args + ["--exist-ok"]) == 0
+    assert len(calls) - n == 1  # only the unfinished run: finished steps are skipped
+    state2 = json.loads((run / "state.json").read_text())
+    assert state2["l1@0.7"] == state["l1@0.7"] and state2["base"] == state["base"]
+    d16 = state2["l1@0.5-d16"]
+    assert abs(d16["flops_share"] - 0.5) <= 0.02 and d16["divisor"] == 16 and not d16["notes"]
+    table = (run / "results.md").read_text()
+    assert "| base | unpruned, 1 epochs |" in table and "| reference | unpruned, 1+1 epochs |" in table
+    rows = json.loads((run / "results.json").read_text())["rows"]
+    assert all(r["latency_ms"] > 0 for r in rows if "latency_ms" in r) and rows[0]["map50_95"] is not None
+    assert (run / "map_vs_gflops.png").stat().st_size > 1000 and (run / "map_vs_latency.png").stat().st_size > 1000
+    assert (run / "results.csv").read_text().count("\n") == len(rows) + 1
+    # other settings are refused, not mixed into the same folder
+    assert custom_data.main([*args, "--exist-ok", "--epochs", "2"]) == 2
+
+
+def test_custom_data_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
+    import custom_data
+
+    monkeypatch.setenv("YOLOC_DATASETS", str(tmp_path / "none"))
+
+    assert custom_data.main(["--data", str(tmp_path / "missing.yaml"), "--project", str(tmp_path)]) == 2
+    assert custom_data.main(["--targets", "1.2", "--project", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(e.startswith("ERROR: ") for e in err) and "(0, 1)" in err[1]
+    assert not any(tmp_path.iterdir())  # no run folder for bad input
