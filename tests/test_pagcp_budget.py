@@ -83,6 +83,26 @@ def test_target_flops_lands_in_the_band(tiny, mode, schedule, target):
     assert not any(m._forward_hooks for m in model.modules())  # the masks are gone: the model is untouched
 
 
+@pytest.mark.parametrize("rounds, target", [(1, 0.8), (3, 0.45)])
+def test_greedy_planned_rounds_bound_the_oracle_calls(tiny, rounds, target):
+    """The greedy prices every unit once per round: with R planned rounds it lands in the band after about R rounds
+    (one more per extra round at the grid step), costing one call per unit that can still be cut per round plus
+    one per round and one at the start; a more aggressive target prices bigger steps, not more rounds."""
+    from prune.pagcp_greedy import BudgetedGreedy
+
+    model, groups = tiny
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    cfg = PAGCPConfig(step=0.05, trip="mean")
+    pol = BudgetedGreedy(model, groups, _distortion_oracle(model, x), TASKS, cfg, target, tol=0.01, rounds=rounds,
+                         progress=False)
+    removed, decisions = pol.run()
+    assert abs(_share(groups, removed) - target) <= 0.01
+    assert rounds <= pol.rounds <= rounds + 2
+    assert pol.oracle_calls <= 1 + pol.rounds * (len(groups.prunable) + 1)
+    # each committed step was priced: its threshold column holds the price (loss growth per FLOP share removed)
+    assert all(d.trials >= 1 for d in decisions if d.removed)
+
+
 def test_floor_and_top_up_never_undershoot(tiny):
     """A pass with a FLOPs floor never goes below it, and a top-up pass only removes more channels."""
     model, groups = tiny
@@ -167,6 +187,27 @@ def test_default_target_and_reference_flags():
     demo = compress.parse_opt([])
     check_args(demo)
     assert (demo.target_flops is None) == ("initial_rate" in (d.get("demo") or {}))
+
+
+def test_target_mode_oracle_defaults_yield_to_given_flags():
+    """With a FLOPs target PAGCP's oracle takes cfg target_oracle (batch BN, L2 saliency, mean trip) unless a
+    flag sets it; without a target (the reference flags) the reference settings stay."""
+    from engine.compress import check_args
+    from utils.config import defaults
+
+    profile = defaults("compress")["target_oracle"]
+    opt = compress.parse_opt(["--weights", "w.pt", "--data", "d.yaml", "--target-flops", "0.7"])
+    check_args(opt)
+    assert all(getattr(opt, k) == v for k, v in profile.items())
+    opt = compress.parse_opt(["--weights", "w.pt", "--data", "d.yaml", "--target-flops", "0.7", "--oracle-bn", "running",
+                              "--trip", "any"])
+    check_args(opt)
+    assert (opt.oracle_bn, opt.trip, opt.prunemethod) == ("running", "any", profile["prunemethod"])
+    opt = compress.parse_opt(["--weights", "w.pt", "--data", "d.yaml", "--initial_rate", "0.06", "--initial_thres", "6"])
+    check_args(opt)
+    d = defaults("compress")
+    assert opt.target_flops is None and (opt.oracle_bn, opt.trip, opt.prunemethod) == (d["oracle_bn"], d["trip"],
+                                                                                     d["prunemethod"])
 
 
 @pytest.mark.parametrize("extra, message", [
