@@ -362,7 +362,8 @@ class PAGCP:
         except (OSError, ValueError):
             return None  # damaged or edited by hand: redo the pass rather than trust it
         hint = "resume with the same flags, or delete it to redo this round's pruning"
-        if {k: state.get(k) for k in ("config", "lambda", "tasks", "units")} != self._fingerprint(units):
+        fingerprint = json.loads(json.dumps(self._fingerprint(units)))  # as stored: lists, not tuples
+        if {k: state.get(k) for k in fingerprint} != fingerprint:
             raise ValueError(f"{self.journal} was written by a PAGCP pass with other settings or another model; {hint}")
         if not np.allclose(state["original"], original, rtol=1e-3, atol=1e-6):
             raise ValueError(f"{self.journal}: the unpruned losses differ from this model's on the calibration "

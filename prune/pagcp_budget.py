@@ -164,29 +164,27 @@ def prune_to_flops(model, groups: GroupSet, make_oracle: Callable[[bool], Callab
     if replayed:
         log(f"PAGCP FLOPs search: {replayed} search passes replayed from {search_file.name}")
 
-    # final pass on the full calibration set, never below the floor
+    # final pass on the full calibration set, never below the floor; then top-ups that only remove more
     full = make_oracle(False)
+
+    def full_pass(kind: str, rate: float, start: dict | None) -> tuple[PAGCP, dict, list, float]:
+        pol = PAGCP(model, groups, full, tasks, replace(cfg, initial_rate=rate, guard=False), units=units,
+                    progress=progress, journal=None if start else journal, write_journal=write_journal,
+                    floor=f - half, start=start)
+        removed, decisions = pol.run()
+        share = _share(groups, removed)
+        passes.append({"kind": kind, "rate": rate, "share": share, "outcome": _outcome(share, f, half),
+                       "calls": pol.oracle_calls, "images": int(getattr(full, "images", 0))})
+        log(f"PAGCP FLOPs {pass_line(passes[-1])}")
+        return pol, removed, decisions, share
+
     rate = found
-    pol = PAGCP(model, groups, full, tasks, replace(cfg, initial_rate=rate, guard=False), units=units,
-                progress=progress, journal=journal, write_journal=write_journal, floor=f - half)
-    removed, decisions = pol.run()
-    share = _share(groups, removed)
-    passes.append({"kind": "final", "rate": rate, "share": share, "outcome": _outcome(share, f, half),
-                   "calls": pol.oracle_calls, "images": int(getattr(full, "images", 0))})
-    log(f"PAGCP FLOPs {pass_line(passes[-1])}")
-    final = pol
+    final, removed, decisions, share = full_pass("final", rate, None)
     for _ in range(budget.max_topups):
         if share <= f + half:
             break
         rate *= 2
-        pol = PAGCP(model, groups, full, tasks, replace(cfg, initial_rate=rate, guard=False), units=units,
-                    progress=progress, floor=f - half, start=removed)
-        removed, decisions = pol.run()
-        share = _share(groups, removed)
-        passes.append({"kind": "top-up", "rate": rate, "share": share, "outcome": _outcome(share, f, half),
-                       "calls": pol.oracle_calls, "images": int(getattr(full, "images", 0))})
-        log(f"PAGCP FLOPs {pass_line(passes[-1])}")
-        final = pol
+        final, removed, decisions, share = full_pass("top-up", rate, removed)
     return BudgetResult(removed, decisions, share, rate, passes, final)
 
 

@@ -31,7 +31,6 @@ continues with the next round.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -105,7 +104,7 @@ class BudgetedGreedy(PAGCP):
         step = cfg.step
         with self.masks:
             original = self._losses()
-            state = self._load_state(units, original)
+            state = self._load_journal(units, original)  # PAGCP's checks, this class's fingerprint
             if state is not None:
                 cut = {int(k): v for k, v in state["cut"].items()}
                 for gid, pos in cut.items():
@@ -207,20 +206,3 @@ class BudgetedGreedy(PAGCP):
                     "step": step, "rounds": self.rounds, "oracle_calls": self.oracle_calls,
                     "cut": {str(k): [int(c) for c in v] for k, v in cut.items()},
                     "decisions": [asdict(d) for d in decisions.values()]}, self.journal, indent=None)
-
-    def _load_state(self, units: list[Group], original: np.ndarray) -> dict | None:
-        if self.journal is None or not self.journal.exists():
-            return None
-        try:
-            state = json.loads(self.journal.read_text())
-        except (OSError, ValueError):
-            return None
-        hint = "resume with the same flags, or delete it to redo this round's pruning"
-        if {k: state.get(k) for k in self._fingerprint(units)} != json.loads(json.dumps(self._fingerprint(units))):
-            raise ValueError(f"{self.journal} was written by a PAGCP run with other settings or another model; {hint}")
-        if not np.allclose(state["original"], original, rtol=1e-3, atol=1e-6):
-            raise ValueError(f"{self.journal}: the unpruned losses differ from this model's on the calibration "
-                             f"images (another model or dataset?); {hint}")
-        self.oracle_calls += state.get("oracle_calls", 0) - 1  # the first call was repeated above
-        return state
-

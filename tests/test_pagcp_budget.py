@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import YOLOV5N_PT, need
+from test_pagcp import _oracle
 
 import compress
 from models.loader import load_model
@@ -21,19 +22,8 @@ TASKS = ["box", "obj", "cls"]
 
 
 def _distortion_oracle(model, x):
-    """Stand-in per-task 'losses' that grow as channels are removed: 1 + relative squared distance of the box /
-    objectness / class parts of the raw head maps to the unpruned model's."""
-    parts = [slice(0, 4), slice(4, 5), slice(5, None)]
-    with torch.no_grad():
-        ref = [t.clone() for t in model(x)[1]]
-    scale = [sum(float(r[..., s].var()) for r in ref) for s in parts]
-
-    def losses():
-        with torch.no_grad():
-            out = model(x)[1]
-        return np.array([1.0 + sum(float((o[..., s] - r[..., s]).pow(2).mean()) for o, r in zip(out, ref)) / v
-                         for s, v in zip(parts, scale)])
-
+    """test_pagcp's stand-in per-task 'losses' (they grow as channels are removed), counting its images."""
+    losses = _oracle(model, x)
     losses.images = len(x)
     return losses
 
@@ -101,6 +91,26 @@ def test_greedy_planned_rounds_bound_the_oracle_calls(tiny, rounds, target):
     assert pol.oracle_calls <= 1 + pol.rounds * (len(groups.prunable) + 1)
     # each committed step was priced: its threshold column holds the price (loss growth per FLOP share removed)
     assert all(d.trials >= 1 for d in decisions if d.removed)
+
+
+def test_greedy_journal_replays_and_refuses_other_settings(tiny, tmp_path):
+    """A finished (or killed) greedy's journal is replayed by the same run without new pricing; a run with another
+    target refuses it (PAGCP's journal checks, the greedy's fingerprint)."""
+    from prune.pagcp_greedy import BudgetedGreedy
+
+    model, groups = tiny
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    cfg, journal = PAGCPConfig(step=0.1, trip="mean"), tmp_path / "units_progress.json"
+    first = BudgetedGreedy(model, groups, _distortion_oracle(model, x), TASKS, cfg, 0.8, rounds=2, progress=False,
+                           journal=journal)
+    removed, _ = first.run()
+    again = BudgetedGreedy(model, groups, _distortion_oracle(model, x), TASKS, cfg, 0.8, rounds=2, progress=False,
+                           journal=journal)
+    assert again.run()[0] == removed and again.resumed_units == len(removed)
+    assert again.oracle_calls == first.oracle_calls  # the journal's count: nothing priced again
+    with pytest.raises(ValueError, match="written by a PAGCP pass with other settings"):
+        BudgetedGreedy(model, groups, _distortion_oracle(model, x), TASKS, cfg, 0.7, rounds=2, progress=False,
+                       journal=journal).run()
 
 
 def test_floor_and_top_up_never_undershoot(tiny):
