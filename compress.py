@@ -98,6 +98,20 @@ def parse_opt(argv=None) -> argparse.Namespace:
                          help="PAGCP oracle: start forwards at the unit's first layer, reusing earlier layers' outputs")
     g_pagcp.add_argument("--oracle-bn", default=d["oracle_bn"], choices=("running", "batch"),
                          help="PAGCP oracle: BN with running statistics, or each batch's (the loss after --bn-recalib)")
+    # PAGCP to a FLOPs target (--target-flops; prune/pagcp_budget.py), its trip rule, budget guards (engine/safeguards.py)
+    g_pagcp.add_argument("--flops-tol", type=float, default=d["flops_tol"],
+                         help="PAGCP --target-flops: end within target +- this FLOPs share")
+    g_pagcp.add_argument("--flops-budget", default=d["flops_budget"], choices=("greedy", "search"),
+                         help="PAGCP --target-flops: budgeted greedy by loss per FLOP, or a search of the threshold scale")
+    g_pagcp.add_argument("--search-images", type=int, default=d["search_images"],
+                         help="PAGCP --target-flops: calibration images of the greedy's pricing / the cheap search passes")
+    g_pagcp.add_argument("--pricing-rounds", type=int, default=d["pricing_rounds"],
+                         help="PAGCP --target-flops (greedy): pricing rounds planned, one oracle call per unit each")
+    g_pagcp.add_argument("--threshold-schedule", default=d["threshold_schedule"], choices=("reference", "flops"),
+                         help="PAGCP: per-unit threshold rate*lambda^i (reference) or rate x FLOPs share the cut removes")
+    g_pagcp.add_argument("--trip", default=d["trip"], choices=("any", "mean"),
+                         help="PAGCP: a cut trips when any task loss (reference) or their mean passes the threshold")
+    g_pagcp.add_argument("--force", action="store_true", help="accept a --target-flops below min_target_flops (0.1)")
     g_pagcp.add_argument("--model", default=None, help="reference flag: model name (informational)")
     g_pagcp.add_argument("--dataset", default=None, choices=("COCO", "VOC"),
                          help="reference flag: sets --data to coco.yaml / VOC.yaml")
@@ -141,6 +155,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
                 raise UsageError(f"{source}: unknown option '{k}' (use compress.py's flag names)")
             if key not in given:
                 setattr(opt, key, v)
+    opt.explicit = sorted(given | {k.replace("-", "_") for _, values in layers for k in values})  # engine/safeguards.py
     if opt.pruned_model:
         opt.weights = opt.pruned_model
     if opt.dataset and "--data" not in " ".join(argv if argv is not None else sys.argv[1:]):

@@ -1,11 +1,14 @@
 # AGPL-3.0 License
 """Pruning methods side by side at equal FLOPs, before and after an equal fine-tune budget (issues 5 and 6).
 
-For each PAGCP setting (--settings RATE:THRES, i.e. --initial_rate and --initial_thres with --exp): run PAGCP, read the FLOPs share it reached, then prune the same base model
-with every other method in --methods to that share, fine-tune each for the same --epochs, and print
+For each PAGCP FLOPs target (--targets F ...: `compress.py --target-flops F`, PAGCP's default oracle settings) and
+each reference setting (--settings RATE:THRES, i.e. --initial_rate and --initial_thres with --exp): run PAGCP,
+read the conv FLOPs share it reached, then prune the same base model with every other method in --methods to that
+share, fine-tune each for the same --epochs, and print
 params, GFLOPs, mAP before/after fine-tuning and compute seconds for all.
 
     python bench/pagcp_quality.py --weights ../shared/assets/weights/yolov5n.pt --data coco128.yaml --img 320
+    python bench/pagcp_quality.py --weights W --data D --targets 0.95 0.9 0.79 0.7 0.6 0.5 --settings
     python bench/pagcp_quality.py --weights W --data D --settings 0.02:1.5 --epochs 3 \
         --methods l1 l1-global bn random fisher-flops fisher-act slim --sparse-weights sparse.pt
 
@@ -57,8 +60,9 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", required=True)
     ap.add_argument("--data", required=True)
     ap.add_argument("--img", type=int, default=320)
-    ap.add_argument("--settings", nargs="+", default=["0.01:1.2", "0.02:1.5", "0.03:2"],
-                    help="PAGCP --initial_rate:--initial_thres pairs (with --exp)")
+    ap.add_argument("--settings", nargs="*", default=["0.01:1.2", "0.02:1.5", "0.03:2"],
+                    help="PAGCP --initial_rate:--initial_thres pairs (with --exp); none: only --targets")
+    ap.add_argument("--targets", nargs="*", type=float, default=[], help="PAGCP --target-flops levels")
     ap.add_argument("--methods", nargs="+", default=["l1", "l1-global"], help="methods compared with PAGCP")
     ap.add_argument("--calib-images", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=0, help="fine-tune epochs after pruning (equal for all)")
@@ -72,21 +76,27 @@ def main(argv=None) -> int:
     common = ["--weights", a.weights, "--data", a.data, "--img", str(a.img), "--epochs", str(a.epochs),
               "--calib-images", str(a.calib_images), *a.extra]
     rows = []
-    for setting in a.settings:
-        rate, thres = setting.split(":")
-        s = _run(common + ["--method", "pagcp", "--exp", "--initial_rate", rate, "--initial_thres", thres], project)
-        share = s["flops_ratio"]
-        rows.append((f"PAGCP {rate}:{thres}", s))
+    pagcp = [(f"PAGCP -> {t:g}", ["--target-flops", f"{t:g}"]) for t in a.targets]
+    pagcp += [(f"PAGCP {r}:{t}", ["--exp", "--initial_rate", r, "--initial_thres", t])
+              for r, t in (setting.split(":") for setting in a.settings)]
+    for name, flags in pagcp:
+        s = _run(common + ["--method", "pagcp", *flags], project)
+        share = s.get("flops_share") or s["flops_ratio"]  # the conv FLOPs share, which --target-flops means
+        rows.append((name, s))
+        if a.json:  # partial results survive an interrupted benchmark
+            Path(a.json).write_text(json.dumps([{"method": n, **r} for n, r in rows], indent=2, default=str))
         for method in a.methods:
             rows.append((method, _run(common + method_flags(method, share, a), project)))
+            if a.json:
+                Path(a.json).write_text(json.dumps([{"method": n, **r} for n, r in rows], indent=2, default=str))
     base = rows[0][1]["base"]
     lines = [f"base: {base['params']:,} params, {base['gflops']:.3f} GFLOPs, mAP50 {base['map50']:.3f}, "
              f"mAP50-95 {base['map50_95']:.3f}; fine-tune epochs {a.epochs}",
-             "| method | params | GFLOPs | FLOPs share | mAP50-95 pruned | mAP50 | mAP50-95 | seconds |",
+             "| method | params | GFLOPs | FLOPs share (conv) | mAP50-95 pruned | mAP50 | mAP50-95 | seconds |",
              "|---|---|---|---|---|---|---|---|"]
     for name, s in rows:
         r = s["rounds"][-1]
-        lines.append(f"| {name} | {r['params']:,} | {r['gflops']:.3f} | {s['flops_ratio']:.3f} | "
+        lines.append(f"| {name} | {r['params']:,} | {r['gflops']:.3f} | {s.get('flops_share') or s['flops_ratio']:.3f} | "
                      f"{r['map50_95_before_finetune']:.3f} | {r['map50']:.3f} | {r['map50_95']:.3f} | {r['seconds']:.0f} |")
     print("\n" + "\n".join(lines))
     print(f"runs in {project}")

@@ -63,15 +63,22 @@ class Evaluator:
 
 
 def check_args(opt) -> None:
+    from engine.safeguards import resolve_budget
+    from utils.config import defaults
+
     if opt.method not in ONE_SHOT_METHODS:
         raise UsageError(f"unknown --method '{opt.method}': choose from {', '.join(ONE_SHOT_METHODS)}")
+    if opt.target_flops is not None and not 0 < opt.target_flops < 1:
+        raise UsageError(f"--target-flops must be in (0, 1), got {opt.target_flops}")
+    resolve_budget(opt, defaults("compress"))  # PAGCP's default target, absurd targets
     if opt.method == "pagcp":
         if opt.pruning_params is not None:
             raise UsageError("--pruning-params prunes by a criterion: add --criterion 0-6 (or --method l2, ...)")
         if opt.initial_thres <= 1:
             raise UsageError(f"--initial_thres must be > 1 (a cap on cumulative loss growth), got {opt.initial_thres}")
-        if not 0 < opt.initial_rate < 1:
-            raise UsageError(f"--initial_rate must be in (0, 1), got {opt.initial_rate}")
+        if not 0 < opt.initial_rate < (1 if opt.threshold_schedule == "reference" else float("inf")):
+            span = "(0, 1)" if opt.threshold_schedule == "reference" else "> 0"
+            raise UsageError(f"--initial_rate must be {'in ' if '(' in span else ''}{span}, got {opt.initial_rate}")
         if not 0 < opt.topk <= 1:
             raise UsageError(f"--topk must be in (0, 1], got {opt.topk}")
         _check_common(opt)
@@ -94,8 +101,6 @@ def check_args(opt) -> None:
             opt.pruning_params = parse_pruning_params(opt.pruning_params)
         except (ValueError, SyntaxError) as e:
             raise UsageError(str(e)) from None
-    if opt.target_flops is not None and not 0 < opt.target_flops < 1:
-        raise UsageError(f"--target-flops must be in (0, 1), got {opt.target_flops}")
     if opt.ratio is not None and not 0 < opt.ratio < 1:
         empty = " (1 would empty every layer)" if opt.ratio == 1 else ""
         raise UsageError(f"--ratio must be in (0, 1), got {opt.ratio}{empty}")
@@ -138,7 +143,7 @@ def run(opt) -> dict:
     if model.nc != data["nc"] and not opt.single_cls:
         raise UsageError(f"{opt.weights} predicts {model.nc} classes but {data['yaml_file']} has {data['nc']}: "
                          "pass the matching --data (or --single-cls)")
-    if summary is None and (opt.ignore or opt.target_flops is not None and opt.method != "pagcp"):
+    if summary is None and (opt.ignore or opt.target_flops is not None):
         _check_reachable(model, opt)  # a bad --ignore pattern or an unreachable target: before any folder
     if save_dir is None:  # the inputs are usable: only now is a run folder created (by rank 0, for all)
         if ddp.is_main():
@@ -179,6 +184,10 @@ def run(opt) -> dict:
     summary["before"], summary["after"] = summary["base"], {k: final[k] for k in ("params", "gflops", "map50",
                                                                                   "map50_95", "precision", "recall")}
     summary["flops_ratio"] = final["gflops"] / summary["base"]["gflops"] if summary["base"]["gflops"] else None
+    from engine.safeguards import run_warnings
+    from utils.config import defaults
+
+    summary["warnings"] = run_warnings(summary, opt, defaults("compress"))
     summary["params_ratio"] = final["params"] / summary["base"]["params"]
     for key in ("image_forwards", "forward_equivalents"):
         summary[key] = sum(r.get(key) or 0 for r in summary["rounds"]) or None
@@ -201,6 +210,8 @@ def run(opt) -> dict:
     write_text(save_dir / "report.md", report_markdown(summary, opt))
     LOGGER.info(console_table(summary))
     LOGGER.info(final_line(summary))
+    for w in summary["warnings"]:
+        LOGGER.warning(w)
     LOGGER.info(f"Results saved to {save_dir}: pruned.pt (final model), summary.json, results.csv, report.md, "
                 f"round_*/")
     summary["save_dir"] = str(save_dir)
@@ -216,7 +227,16 @@ def _check_reachable(model: nn.Module, opt) -> None:
     from prune.uniform import min_flops_share
 
     groups = build_groups(model, imgsz=opt.imgsz, ignore=opt.ignore)  # raises on a pattern that matches nothing
-    if opt.target_flops is None or opt.method == "pagcp":
+    if opt.target_flops is None:
+        return
+    if opt.method == "pagcp":  # per round, the grid's largest ratio in every unit
+        from prune.pagcp_budget import least_share
+
+        least = least_share(groups, opt.ratio_step, opt.divisor, opt.min_channels) ** max(opt.rounds, 1)
+        if least > opt.target_flops + opt.flops_tol:
+            raise UsageError(f"--target-flops {opt.target_flops} cannot be reached by PAGCP: its largest ratio in every "
+                             f"group (--ratio-step grid, --divisor {opt.divisor}, --min-channels {opt.min_channels}) "
+                             f"leaves {least:.3f} of the base FLOPs")
         return
     least = min_flops_share(groups, opt.divisor, opt.min_channels)
     if least > opt.target_flops:
@@ -310,7 +330,7 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
     stride = int(max(model.stride.max(), 32))
     if opt.method == "taylor":
         _accumulate_gradients(model, data, opt, device)
-    opt.image_forwards = opt.forward_equivalents = opt.oracle_seconds = None
+    opt.image_forwards = opt.forward_equivalents = opt.oracle_seconds = opt.pagcp_info = None
     if opt.method == "pagcp":
         removed = _plan_pagcp(model, groups, opt, data, device, rdir, round_index=opt.round + k)
     elif opt.method == "fisher":
@@ -361,7 +381,7 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
     info = {"pruned_metrics": _measure(model, evaluate, opt.imgsz, f"round {k} pruned"),
             "flops_share": frac, "target_share": target, "divisor": opt.divisor,
             "prune_seconds": prune_seconds, "oracle_seconds": opt.oracle_seconds, "image_forwards": opt.image_forwards,
-            "forward_equivalents": opt.forward_equivalents,
+            "forward_equivalents": opt.forward_equivalents, "pagcp": opt.pagcp_info,
             "groups_pruned": len(removed), "channels_removed": int(sum(map(len, removed.values()))),
             "groups": group_sizes(groups, removed)}
     if ddp.is_main():
@@ -423,7 +443,7 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
     thres = opt.initial_thres + round_index * opt.thres_slope
     cfg = PAGCPConfig(initial_rate=rate, initial_thres=thres, exp=opt.exp, topk=opt.topk, step=opt.ratio_step,
                       criterion=opt.prunemethod.lower(), divisor=opt.divisor, min_keep=opt.min_channels,
-                      search=opt.ratio_search)
+                      search=opt.ratio_search, schedule=opt.threshold_schedule, trip=opt.trip)
     units = groups.prunable
     if opt.compression == "backbone":
         n_backbone = len((getattr(model, "yaml", None) or {}).get("backbone", [])) or len(model.model)
@@ -431,30 +451,59 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
     stride = int(max(model.stride.max(), 32))
     batches = calibration_batches(data, opt.imgsz, opt.calib_images, min(opt.batch_size, 16), opt.seed, stride)
     criterion = build_criterion(model, None, opt.imgsz)
-    oracle = CalibrationOracle(model, batches, criterion, list(criterion.names), device, bn=opt.oracle_bn,
-                               prefix_cache=opt.prefix_cache, shard=True)  # DDP: batches split, losses all-reduced
+    tasks = list(criterion.names)
+    oracles = [CalibrationOracle(model, batches, criterion, tasks, device, bn=opt.oracle_bn,
+                                 prefix_cache=opt.prefix_cache, shard=True)]  # DDP: batches split, losses all-reduced
     t = time.time()
     journal = save_dir / "units_progress.json"  # decisions so far: --resume continues after the last finished unit
     if not opt.resume and ddp.is_main():
         journal.unlink(missing_ok=True)  # another run's (--exist-ok)
-    policy = PAGCP(model, groups, oracle, list(criterion.names), cfg, units=units, progress=ddp.is_main(),
-                   journal=journal if opt.resume or ddp.is_main() else None, write_journal=ddp.is_main())
-    removed, decisions = policy.run()
-    opt.oracle_seconds = time.time() - t  # the greedy pass: every oracle call and mask change (this process)
-    calls = policy.oracle_calls  # including the calls made before an interruption
-    forwards = calls * oracle.images
-    rows = [d.row(list(criterion.names)) for d in decisions]
+        journal.with_name("flops_search.json").unlink(missing_ok=True)
+    if opt.target_flops is not None:  # the threshold scale is searched (prune/pagcp_budget.py)
+        from prune.pagcp_budget import FlopsBudget, first_images, pass_line, prune_to_flops
+
+        def make_oracle(cheap: bool):
+            if not cheap:
+                return oracles[0]
+            oracles.append(CalibrationOracle(model, first_images(batches, opt.search_images), criterion, tasks, device,
+                                             bn=opt.oracle_bn, prefix_cache=opt.prefix_cache, shard=True))
+            return oracles[-1]
+
+        target = opt.target_flops ** (1 / max(opt.rounds, 1))  # each round takes an equal share of the reduction
+        budget = FlopsBudget(target, opt.flops_tol, opt.search_images, mode=opt.flops_budget, rounds=opt.pricing_rounds)
+        res = prune_to_flops(model, groups, make_oracle, tasks, cfg, budget, units=units, progress=ddp.is_main(),
+                             journal=journal if opt.resume or ddp.is_main() else None, write_journal=ddp.is_main(),
+                             log=LOGGER.info)
+        removed, decisions, policy = res.removed, res.decisions, res.policy
+        calls, forwards = res.oracle_calls, res.image_forwards
+        head = (f"PAGCP to FLOPs x{target:.3f} +- {opt.flops_tol} ({opt.flops_budget}): reached x{res.share:.3f}\n"
+                + "".join(f"  {pass_line(p)}\n" for p in res.passes))
+    else:
+        policy = PAGCP(model, groups, oracles[0], tasks, cfg, units=units, progress=ddp.is_main(),
+                       journal=journal if opt.resume or ddp.is_main() else None, write_journal=ddp.is_main())
+        removed, decisions = policy.run()
+        calls = policy.oracle_calls  # including the calls made before an interruption
+        forwards = calls * oracles[0].images
+        head = ""
+    opt.oracle_seconds = time.time() - t  # the greedy pass(es): every oracle call and mask change (this process)
+    growth = float(max(policy.final_losses / np.maximum(policy.original_losses, 1e-12)))
+    opt.pagcp_info = {"target": opt.target_flops and target, "units": len(units), "loss_growth": growth,
+                      "guard_stopped": policy.guard_stopped if cfg.guard and opt.target_flops is None else -1,
+                      "passes": res.passes if opt.target_flops is not None else None}
+    equivalents = sum(o.flop_forwards for o in oracles)
+    rows = [d.row(tasks) for d in decisions]
     opt.image_forwards = forwards
-    opt.forward_equivalents = round(oracle.flop_forwards)  # this run's calls only (a resumed pass replayed some)
+    opt.forward_equivalents = round(equivalents)  # this run's calls only (a resumed pass replayed some)
     if not ddp.is_main():
         return removed
     write_text(save_dir / "units.txt",
-               f"PAGCP rate {rate} thres {thres} exp {opt.exp} lambda {policy.lam:.5f} topk {opt.topk}\n"
-               f"oracle calls {calls}, image-forwards {forwards} ({oracle.flop_forwards:,.0f} full-model equivalents "
-               f"by FLOPs: the prefix cache runs only the layers a unit can change), {opt.oracle_seconds:.1f}s\n"
+               f"PAGCP rate {rate} thres {thres} exp {opt.exp} lambda {policy.lam:.5f} topk {opt.topk}\n{head}"
+               f"oracle calls {calls}, image-forwards {forwards} ({equivalents:,.0f} full-model equivalents "
+               f"by FLOPs: the prefix cache runs only the layers a unit can change), {opt.oracle_seconds:.1f}s; "
+               f"largest task loss x{growth:.3f} of the unpruned model's\n"
                "unit  ch -> kept  ratio  threshold  tripped-by  accepted loss/base  producers\n" + "\n".join(rows) + "\n")
     write_json([vars(d) for d in decisions], save_dir / "units.json")
-    plot_loss_curves([vars(d) for d in decisions], list(criterion.names), save_dir / "loss_curves.png")
+    plot_loss_curves([vars(d) for d in decisions], tasks, save_dir / "loss_curves.png")
     resumed = f", {policy.resumed_units} units replayed from {journal.name}" if policy.resumed_units else ""
     LOGGER.info(f"PAGCP: {len(removed)} of {len(units)} units pruned, {calls} oracle calls, "
                 f"{forwards} image-forwards ({opt.oracle_seconds:.1f}s{resumed}); decisions in units.txt")

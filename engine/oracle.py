@@ -11,6 +11,7 @@ Under DDP the batches can be split across the processes (shard=True), their loss
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable
 
@@ -38,13 +39,25 @@ def _run_layers(model: nn.Module, layers, x, y: list):
     return x
 
 
+def _read_from(model: nn.Module, start: int) -> set[int]:
+    """Indices of the earlier outputs that layers >= start read (besides their predecessor's)."""
+    return {j if j >= 0 else m.i + j for m in model.model[start:] for j in ([m.f] if isinstance(m.f, int) else m.f)
+            if j != -1}
+
+
 def run_prefix(model: nn.Module, x: torch.Tensor, start: int) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """Layers [0, start): (the last one's output, the earlier outputs that layers >= start read)."""
-    needed = {j if j >= 0 else m.i + j for m in model.model[start:]
-              for j in ([m.f] if isinstance(m.f, int) else m.f) if j != -1}
     y = []
     x = _run_layers(model, model.model[:start], x, y)
-    return x, {j: y[j] for j in needed if j < start}
+    return x, {j: y[j] for j in _read_from(model, start) if j < start}
+
+
+def extend_prefix(model: nn.Module, x: torch.Tensor, saved: dict[int, torch.Tensor], start: int, new: int):
+    """run_prefix(model, img, new) from run_prefix(model, img, start) = (x, saved), new >= start: only layers
+    [start, new) run."""
+    y = [saved.get(j) for j in range(start)]
+    x = _run_layers(model, model.model[start:new], x, y)
+    return x, {j: y[j] for j in _read_from(model, new) if j < new}
 
 
 def run_suffix(model: nn.Module, x: torch.Tensor, saved: dict[int, torch.Tensor], start: int):
@@ -83,20 +96,41 @@ class CalibrationOracle:
         self.cache_bytes = _cache_budget(self.device)  # cached activations above this (all batches) are not kept
         self._masks = self._start = self._guard = self._snapshot = self._cache = None
         self._suffix_share = 1.0
+        self._pending_flops = 0.0  # FLOP-weighted forwards of prefix extensions not yet counted by a call
 
     @property
     def image_forwards(self) -> int:
         return self.calls * self.images
 
     def focus(self, masks, group_id: int | None) -> None:
-        """The next calls vary only this group's mask (PAGCP visits one unit at a time); None ends the focus."""
-        self._cache = self._snapshot = None
-        self._start = masks.first_layer(group_id) if (self.prefix_cache and group_id is not None) else None
+        """The next calls vary only this group's mask (PAGCP visits one unit at a time); None ends the focus.
+
+        Focusing on a group that starts at the same or a later layer than the current focus, with no mask before
+        the current start changed meanwhile, extends the cached outputs over the layers in between instead of
+        recomputing them: a sweep over the units in layer order (the budgeted greedy's pricing round) runs every
+        layer's prefix once."""
+        start = masks.first_layer(group_id) if (self.prefix_cache and group_id is not None) else None
+        keep = (start and self._start is not None and self._cache is not None and start >= self._start
+                and all(self._cache[k] is not None for k in self._own) and self._snapshot is not None
+                and torch.equal(masks.values[self._guard], self._snapshot))
+        old, self._start = self._start, start or None
         if not self._start:  # None, or 0: nothing before the group to reuse
-            self._start = None
+            self._cache = self._snapshot = None
             return
         self._masks, self._guard = masks, masks.indices_before(self._start)
-        self._suffix_share = _layer_share_from(masks.groups, self._start)
+        share = _layer_share_from(masks.groups, self._start)
+        if keep and start > old:
+            with self._bn_mode():
+                for k in self._own:  # this process's batches (the rest are None under DDP sharding)
+                    self._cache[k] = extend_prefix(self.model, *self._cache[k], old, start)
+                    added = int(self.batches[k]["img"].shape[0]) * (self._suffix_share - share)
+                    self.flop_forwards += added
+                    self._pending_flops += added  # all-reduced with the next call's count
+        if keep:
+            self._snapshot = masks.values[self._guard].clone()
+        else:
+            self._cache = self._snapshot = None
+        self._suffix_share = share
 
     def _forward(self, b: dict, k: int):
         img = b["img"].to(self.device, non_blocking=True).float() / 255
@@ -127,6 +161,32 @@ class CalibrationOracle:
             snap = self._masks.values[self._guard].clone()
             if self._snapshot is None or not torch.equal(snap, self._snapshot):
                 self._cache, self._snapshot = None, snap
+        # one row per batch (loss per task x images), and a last row holding this call's FLOP-weighted forwards
+        rows = np.zeros((len(self.batches) + 1, len(self.tasks)))
+        flops_before = self.flop_forwards - self._pending_flops  # prefix extensions since the last call count here
+        self._pending_flops = 0.0
+        with self._bn_mode():
+            for k in self._own:
+                b = self.batches[k]
+                img, out = self._forward(b, k)
+                raw = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], (list, dict)) \
+                    else out
+                _, items = self.criterion(raw, b)
+                rows[k] = items.detach().float().cpu().numpy() * img.shape[0]  # float32, exact in float64
+        rows[-1, 0] = self.flop_forwards - flops_before
+        if self._sharded:
+            from engine.distributed import all_reduce_sum
+
+            rows = all_reduce_sum(rows)  # every row comes from one process, zeros elsewhere: the sum is exact
+        self.flop_forwards = flops_before + float(rows[-1, 0])
+        total = np.zeros(len(self.tasks), np.float32)
+        for r in rows[:-1].astype(np.float32):  # float32, batch by batch: the same sum whatever the sharding
+            total = total + r
+        return total / max(self.images, 1)
+
+    @contextlib.contextmanager
+    def _bn_mode(self):
+        """Eval mode; with bn='batch' BatchNorm normalizes with the batch's statistics (running ones untouched)."""
         was_training = self.model.training
         bns = []
         if self.bn == "batch":
@@ -137,30 +197,14 @@ class CalibrationOracle:
                 m.momentum = 0.0  # batch statistics in the forward, running statistics unchanged
         elif was_training:  # train()/eval() walk every module: skip when already in eval mode
             self.model.eval()
-        # one row per batch (loss per task x images), and a last row holding this call's FLOP-weighted forwards
-        rows = np.zeros((len(self.batches) + 1, len(self.tasks)))
-        flops_before = self.flop_forwards
-        for k in self._own:
-            b = self.batches[k]
-            img, out = self._forward(b, k)
-            raw = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], (list, dict)) else out
-            _, items = self.criterion(raw, b)
-            rows[k] = items.detach().float().cpu().numpy() * img.shape[0]  # float32, exact in float64
-        rows[-1, 0] = self.flop_forwards - flops_before
-        if self._sharded:
-            from engine.distributed import all_reduce_sum
-
-            rows = all_reduce_sum(rows)  # every row comes from one process, zeros elsewhere: the sum is exact
-        self.flop_forwards = flops_before + float(rows[-1, 0])
-        total = np.zeros(len(self.tasks), np.float32)
-        for r in rows[:-1].astype(np.float32):  # float32, batch by batch: the same sum whatever the sharding
-            total = total + r
-        for m, mom in zip(bns, saved if bns else []):
-            m.momentum = mom
-            m.train(was_training)
-        if was_training and not bns:
-            self.model.train()
-        return total / max(self.images, 1)
+        try:
+            yield
+        finally:
+            for m, mom in zip(bns, saved if bns else []):
+                m.momentum = mom
+                m.train(was_training)
+            if was_training and not bns:
+                self.model.train()
 
 
 def _cache_budget(device: torch.device) -> int:

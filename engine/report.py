@@ -136,6 +136,7 @@ def report_markdown(summary: dict, opt) -> str:
         eq = f" ({summary['forward_equivalents']:,} full-model equivalents)" if summary.get("forward_equivalents") else ""
         lines += [f"PAGCP oracle: {summary['image_forwards']:,} image-forwards{eq}.", ""]
     lines.append(time_text(summary))
+    lines += [f"\n**{w}**" for w in summary.get("warnings") or []]  # engine/safeguards.py: mAP collapsed, budget spent
     lines += ["", "Files: `pruned.pt` final model, `round_k/` (pruned.pt, weights/best.pt, channels.json; PAGCP: units.txt "
               "and loss_curves*.png, 30 units per image; with fine-tuning: results.csv/png), `summary.json`, "
               "`results.csv`, `rounds.png` (mAP50-95 and GFLOPs per round), `channels.png` (kept channels per layer)."]

@@ -51,6 +51,9 @@ class PAGCPConfig:
     divisor: int = 1
     min_keep: int = 1
     search: str = "linear"  # linear: every ratio up to the first trip (the reference); gallop: see _search_gallop
+    schedule: str = "reference"  # reference: thres_i = rate * lambda^i per unit; flops: rate x FLOPs share the cut removes
+    trip: str = "any"  # any: a cut trips when any task loss exceeds (1 + thres) x its base (reference); mean: their mean
+    guard: bool = True  # stop the pass once a task loss exceeds initial_thres x its original value
 
     def ratios(self) -> list[float]:
         n = int(math.floor(self.max_ratio / self.step + 1e-9))
@@ -101,9 +104,14 @@ def solve_lambda(rate: float, thres: float, n_units: int) -> float:
 class PAGCP:
     def __init__(self, model: nn.Module, groups: GroupSet, task_losses: Callable[[], np.ndarray],
                  tasks: list[str], cfg: PAGCPConfig, units: list[Group] | None = None, progress: bool = True,
-                 journal: str | Path | None = None, write_journal: bool = True):
+                 journal: str | Path | None = None, write_journal: bool = True, floor: float | None = None,
+                 start: dict[int, list[int]] | None = None, monitor: Callable[[float, float], bool] | None = None):
         """journal: progress file read at the start and, with write_journal (only one process of a DDP run
-        writes), rewritten after every unit."""
+        writes), rewritten after every unit.
+        floor: no cut may take the conv FLOPs below this share of the unpruned model's (a FLOPs budget);
+        start: channels already removed (group id -> positions): the pass only removes more (a top-up pass);
+        monitor(share, least share still reachable) after each unit: True ends the pass there (a search pass
+        that already missed its band)."""
         self.model, self.groups, self.task_losses, self.tasks, self.cfg = model, groups, task_losses, tasks, cfg
         self.units = units if units is not None else groups.prunable
         self.masks = ChannelMasks(model, groups)
@@ -112,6 +120,10 @@ class PAGCP:
         self.progress = progress
         self.journal = Path(journal) if journal else None
         self.write_journal = write_journal
+        self.floor, self.start, self.monitor = floor, dict(start or {}), monitor
+        self.aborted = False  # the monitor ended the pass
+        self.guard_stopped = -1  # index of the unit after which the cumulative guard stopped the pass (-1: never)
+        self.original_losses = self.final_losses = None
         self._in_cols = self._input_columns()
         self._focus = getattr(task_losses, "focus", None)  # oracles that cache per unit are told which one
 
@@ -147,6 +159,26 @@ class PAGCP:
                 scores[i] += float(w.abs().sum()) if l1 else float(w.pow(2).sum())
         return scores if l1 else np.sqrt(scores)
 
+    # ---------------------------------------------------------------- FLOPs of the current masks
+    def share(self, extra: tuple[int, list[int]] | None = None) -> float:
+        """Conv FLOPs share of the unpruned model under the current masks (with one group's cut replaced by
+        extra = (group id, positions))."""
+        removed = self.masks.removed()
+        if extra is not None:
+            removed[extra[0]] = list(extra[1])
+        before, after = estimate_flops(self.groups, removed)
+        return after / before
+
+    def _least_share(self, units: list[Group]) -> float:
+        """The least FLOPs share still reachable: every unit not visited yet cut to the largest ratio on the grid."""
+        removed = self.masks.removed()
+        for g in units:
+            n = len(g) - keep_count(len(g), int(round(self.cfg.ratios()[-1] * len(g))), self.cfg.divisor, self.cfg.min_keep)
+            if n > len(removed.get(g.id, [])):
+                removed[g.id] = list(range(n))
+        before, after = estimate_flops(self.groups, removed)
+        return after / before
+
     # ---------------------------------------------------------------- the greedy pass
     def _losses(self) -> np.ndarray:
         self.oracle_calls += 1
@@ -169,10 +201,13 @@ class PAGCP:
         base_flops, _ = estimate_flops(self.groups, {})
         with self.masks:
             original = self._losses()
+            for gid, pos in self.start.items():
+                self.masks.set_removed(gid, pos)
+            current = self._losses() if self.start else original
             state = self._load_journal(units, original)
             if state is None:
                 decisions: list[UnitDecision] = []
-                base, thres, stopped = original.copy(), cfg.initial_rate, False
+                base, thres, stopped = current.copy(), cfg.initial_rate, False
             else:  # the journal's values, not recomputed ones, so the rest of the pass is identical
                 decisions = [UnitDecision(**d) for d in state["decisions"]]
                 original, base = np.asarray(state["original"]), np.asarray(state["base"])
@@ -187,14 +222,22 @@ class PAGCP:
                 from ultralytics.utils import TQDM
 
                 it = TQDM(todo, desc="PAGCP units", total=len(units), initial=len(decisions))
-            for g in it:
+            for i, g in enumerate(it):
                 d = UnitDecision(g.id, g.producers, len(g), threshold=thres)
                 if not stopped:
                     base, thres, stopped = self._visit(g, d, base, thres, original, base_flops)
+                    if stopped and self.guard_stopped < 0:
+                        self.guard_stopped = len(decisions)
+                elif self.start.get(g.id):  # a top-up pass keeps what the earlier pass removed
+                    d.removed, d.ratio = list(self.start[g.id]), len(self.start[g.id]) / len(g)
                 decisions.append(d)
                 self._save_journal(units, decisions, original, base, thres, stopped)
+                if self.monitor is not None and self.monitor(self.share(), self._least_share(units[i + 1:])):
+                    self.aborted = True
+                    break
             if self._focus is not None:
                 self._focus(self.masks, None)  # frees the oracle's cached activations
+            self.original_losses, self.final_losses = original, base
             self.masks.reset()
         decisions = self._topk(decisions)
         removed = {d.group: d.removed for d in decisions if d.removed}
@@ -206,13 +249,26 @@ class PAGCP:
         cfg = self.cfg
         if self._focus is not None:  # the oracle may reuse the outputs of the layers before this unit
             self._focus(self.masks, g.id)
-        order = np.argsort(self.saliency(g), kind="stable")
-        cuts, last = [], 0  # distinct (ratio, channels removed) on the grid: rounding can repeat a cut
+        prev = [int(p) for p in self.start.get(g.id, [])]  # a top-up pass removes these first, then more
+        taken = set(prev)
+        order = np.array(prev + [int(c) for c in np.argsort(self.saliency(g), kind="stable") if int(c) not in taken],
+                         dtype=int)
+        cuts, last = [], len(prev)  # distinct (ratio, channels removed) on the grid: rounding can repeat a cut
         for r in cfg.ratios():
             n_rm = len(g) - keep_count(len(g), int(round(r * len(g))), cfg.divisor, cfg.min_keep)
-            if n_rm != last:
+            if n_rm > last:
                 cuts.append((r, n_rm))
                 last = n_rm
+        shares: list[float] = []
+        if self.floor is not None or cfg.schedule == "flops":
+            before = self.share()
+            for _, n_rm in cuts:  # FLOPs fall with every channel removed: stop at the first cut past the floor
+                sh = self.share((g.id, order[:n_rm]))
+                if self.floor is not None and sh < self.floor - 1e-12:
+                    break
+                shares.append(sh)
+            cuts = cuts[: len(shares)]
+        unit_thres = [thres * (before - sh) if cfg.schedule == "flops" else thres for sh in shares] or [thres] * len(cuts)
 
         tripped: dict[int, str] = {}  # cut index -> task whose loss went over
 
@@ -221,27 +277,31 @@ class PAGCP:
             self.masks.set_removed(g.id, order[:n_rm])
             losses = self._losses()
             d.trials += 1
-            d.curve.append([r, *(losses / np.maximum(base, 1e-12)).tolist()])
-            over = losses > (1 + thres) * base
+            rel = losses / np.maximum(base, 1e-12)
+            d.curve.append([r, *rel.tolist()])
+            over = rel > 1 + unit_thres[i] if cfg.trip == "any" else np.full(len(rel), rel.mean() > 1 + unit_thres[i])
             if over.any():
-                tripped[i] = self.tasks[int(np.argmax(losses / np.maximum(base, 1e-12) * over))]
+                tripped[i] = self.tasks[int(np.argmax(rel * over))]
             return bool(over.any()), losses
 
         search = self._search_gallop if cfg.search == "gallop" else self._search_linear
         best, acc_loss = search(len(cuts), trips)
         d.tripped_by = tripped.get(best + 1, "")  # the cut right after the kept one ('' = the grid never tripped)
         d.curve.sort(key=lambda c: c[0])
-        accepted, last_n = cuts[best] if best >= 0 else (0.0, 0)
+        accepted, last_n = cuts[best] if best >= 0 else (len(prev) / len(g), len(prev))
         acc_loss = base.copy() if best < 0 else acc_loss
         self.masks.set_removed(g.id, order[:last_n])
         d.ratio, d.removed = (accepted, sorted(order[:last_n].tolist())) if last_n else (0.0, [])
         d.loss_ratios = (acc_loss / np.maximum(base, 1e-12)).tolist()
+        if best >= 0:
+            d.threshold = unit_thres[best]
         stopped = False
-        if last_n:
+        if best >= 0:
             d.flops_removed = base_flops - estimate_flops(self.groups, {g.id: d.removed})[1]
             base = np.maximum(base, acc_loss)
             thres *= self.lam
-            stopped = bool((base > cfg.initial_thres * original).any())  # cumulative budget spent: broken-model guard
+            if cfg.guard:  # cumulative budget spent: broken-model guard
+                stopped = bool((base > cfg.initial_thres * original).any())
         return base, thres, stopped
 
     @staticmethod
@@ -302,7 +362,8 @@ class PAGCP:
         except (OSError, ValueError):
             return None  # damaged or edited by hand: redo the pass rather than trust it
         hint = "resume with the same flags, or delete it to redo this round's pruning"
-        if {k: state.get(k) for k in ("config", "lambda", "tasks", "units")} != self._fingerprint(units):
+        fingerprint = json.loads(json.dumps(self._fingerprint(units)))  # as stored: lists, not tuples
+        if {k: state.get(k) for k in fingerprint} != fingerprint:
             raise ValueError(f"{self.journal} was written by a PAGCP pass with other settings or another model; {hint}")
         if not np.allclose(state["original"], original, rtol=1e-3, atol=1e-6):
             raise ValueError(f"{self.journal}: the unpruned losses differ from this model's on the calibration "
