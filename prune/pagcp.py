@@ -80,6 +80,15 @@ class UnitDecision:
                 f"thres {self.threshold:.4f}  trip {self.tripped_by or '-':5s} {lr}  {','.join(self.producers)}")
 
 
+def loss_ratios(losses: np.ndarray, base: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Per-task loss ratio losses / base, shape (tasks,). A task whose base loss is 0 and stays 0 (the class loss of
+    a 1-class YOLOv5/YOLOv7 model: no class term) has no signal and gets 1.0, so it neither drags a mean below 1
+    (which would price every cut as a gain) nor trips a threshold."""
+    losses, base = np.asarray(losses, dtype=float), np.asarray(base, dtype=float)
+    rel = losses / np.maximum(base, eps)
+    return np.where((base <= eps) & (losses <= eps), 1.0, rel)
+
+
 def solve_lambda(rate: float, thres: float, n_units: int) -> float:
     """lambda with prod_{i<n}(1 + rate * lambda^i) = thres (bisection; the product grows with lambda)."""
     if n_units <= 0:
@@ -277,7 +286,7 @@ class PAGCP:
             self.masks.set_removed(g.id, order[:n_rm])
             losses = self._losses()
             d.trials += 1
-            rel = losses / np.maximum(base, 1e-12)
+            rel = loss_ratios(losses, base)
             d.curve.append([r, *rel.tolist()])
             over = rel > 1 + unit_thres[i] if cfg.trip == "any" else np.full(len(rel), rel.mean() > 1 + unit_thres[i])
             if over.any():
@@ -292,7 +301,7 @@ class PAGCP:
         acc_loss = base.copy() if best < 0 else acc_loss
         self.masks.set_removed(g.id, order[:last_n])
         d.ratio, d.removed = (accepted, sorted(order[:last_n].tolist())) if last_n else (0.0, [])
-        d.loss_ratios = (acc_loss / np.maximum(base, 1e-12)).tolist()
+        d.loss_ratios = loss_ratios(acc_loss, base).tolist()
         if best >= 0:
             d.threshold = unit_thres[best]
         stopped = False

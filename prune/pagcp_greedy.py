@@ -39,7 +39,7 @@ from typing import Callable
 import numpy as np
 
 from prune.groups import Group, GroupSet
-from prune.pagcp import PAGCP, PAGCPConfig, UnitDecision
+from prune.pagcp import PAGCP, PAGCPConfig, UnitDecision, loss_ratios
 from prune.surgery import estimate_flops, keep_count
 
 
@@ -181,7 +181,7 @@ class BudgetedGreedy(PAGCP):
             new = order[:n_rm]
             sh = self.share((g.id, new))
             self.masks.set_removed(g.id, new)
-            rel = self._losses() / np.maximum(base, 1e-12)
+            rel = loss_ratios(self._losses(), base)
             self.masks.set_removed(g.id, prev)
             d = decisions[g.id]
             d.trials += 1

@@ -111,3 +111,14 @@ def test_gallop_search_on_a_model_matches_linear(model_and_groups):
         out[search] = (removed, policy.oracle_calls, [d.tripped_by for d in decisions])
     assert out["gallop"][0] == out["linear"][0] and out["gallop"][2] == out["linear"][2]
     assert out["gallop"][1] <= out["linear"][1]
+
+
+def test_loss_ratio_of_a_task_without_signal_is_neutral():
+    """A 1-class YOLOv5 model has no class loss (0 before and after every cut): its ratio must be 1, not 0, or the
+    tasks' mean prices every cut below 1 (a gain) and a FLOPs-target greedy takes the deepest cuts it can."""
+    from prune.pagcp import loss_ratios
+
+    rel = loss_ratios(np.array([0.06, 0.03, 0.0]), np.array([0.05, 0.03, 0.0]))
+    np.testing.assert_allclose(rel, [1.2, 1.0, 1.0])
+    assert rel.mean() > 1  # the cut costs loss: its price stays positive
+    assert loss_ratios(np.array([0.1]), np.array([0.0]))[0] > 1e6  # a loss appearing from nothing still counts
