@@ -2,10 +2,11 @@
 """The recovery recipe: fine-tuning defaults for a pruned model (README "Recovery recipe").
 
 YOLOv5's train.py defaults (hyp.scratch-low: lr0 0.01, warmup of max(3 epochs, 100 iterations), nominal batch 64)
-are made for training from scratch. A pruned model fine-tuned for a few epochs of a small dataset spends the whole
-run inside that warmup, its learning rate rising every epoch, so mAP peaks after epoch 1 and falls after. The recipe
-(cfg/default.yaml `recovery:` block, measured on the raccoon set, README) replaces those defaults: `train.py
---weights <pruned checkpoint>` uses it unless the flag is given, and compress.py's `compress:` block follows it.
+are made for training from scratch: a fine-tune of a few epochs on a small dataset runs entirely inside that warmup,
+its learning rate rising every epoch (the former demo's fine-tune peaked after epoch 1). The recipe (cfg/default.yaml
+`recovery:` block: scratch-low's gains and augmentation with lr0 0.001, no warmup, nominal batch 16; measured on
+the raccoon set, README) replaces them: `train.py --weights <pruned checkpoint>` uses it for every option the user
+did not give, and compress.py's `compress:` block follows it.
 """
 
 from __future__ import annotations

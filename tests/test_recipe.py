@@ -82,3 +82,12 @@ def test_train_cli_pruned_runs_with_recipe(tmp_path, shapes_yaml, capsys):
     from engine.recipe import recipe
 
     assert hyp == load_hyp(recipe()["hyp"]) and hyp["warmup_epochs"] == 0 and opt["nbs"] == recipe()["nbs"]
+
+
+def test_compress_finetune_defaults_follow_recipe():
+    """compress.py's fine-tuning (cfg/default.yaml compress: block) uses the same recipe as train.py."""
+    import compress
+    from engine.recipe import recipe
+
+    opt = compress.parse_opt(["--weights", "w.pt"])
+    assert {k: getattr(opt, k) for k in recipe()} == recipe()
