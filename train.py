@@ -3,7 +3,7 @@
 
 Usage:
     python train.py --weights yolov5n.pt --data coco128.yaml --hyp finetune --epochs 3 --img 320
-    python train.py --weights runs/compress/exp/pruned.pt --data coco128.yaml --epochs 10     # keeps the pruned structure
+    python train.py --weights runs/compress/exp/pruned.pt --data coco128.yaml --epochs 10     # pruned: recovery recipe
     python train.py --cfg yolov5n.yaml --data shapes --epochs 30 --img 320                    # from scratch
     python train.py --weights yolov5n.pt --data VOC.yaml --sparsity 6e-4                      # network slimming
     python train.py --weights pruned.pt --teacher yolov5s.pt --data coco128.yaml             # distillation
@@ -103,13 +103,16 @@ def parse_opt(argv=None) -> argparse.Namespace:
         LOGGER.warning(f"WARNING: --imgsz {opt.imgsz[0]} {opt.imgsz[1]}: training and validating at {opt.imgsz[0]} "
                        "(one size for both here)")
     opt.imgsz = opt.imgsz[0]
-    check_seed_flags(opt, explicit_flags(p, sys.argv[1:] if argv is None else argv))
+    given = explicit_flags(p, sys.argv[1:] if argv is None else argv)
+    check_seed_flags(opt, given)
     if opt.pruning_params is not None and opt.resume:
         raise UsageError("--resume continues the pruned run from its last.pt: drop --pruning-params")
-    if "data" not in explicit_flags(p, sys.argv[1:] if argv is None else argv) and opt.data == "shapes" \
-            and not opt.resume:
+    if "data" not in given and opt.data == "shapes" and not opt.resume:
         LOGGER.info("no --data: training on the built-in shapes dataset (4 synthetic classes, generated offline); "
                     "pass --data your.yaml for your own")
+    from engine.recipe import apply_recipe
+
+    apply_recipe(opt, given)  # a pruned --weights: the recovery recipe's hyp/nbs unless given
     return opt
 
 

@@ -354,7 +354,9 @@ class Trainer:
             net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
         self.net, self.ema, self.optimizer = net, ema, optimizer
-        nw = max(round(self.hyp.get("warmup_epochs", 3.0) * nb), 100) if self.hyp.get("warmup_epochs", 3.0) > 0 else -1
+        # YOLOv5 warms up >= 100 iterations; a fine-tune recipe lowers that floor (hyp warmup_min_iters)
+        nw = max(round(self.hyp.get("warmup_epochs", 3.0) * nb), int(self.hyp.get("warmup_min_iters", 100))) \
+            if self.hyp.get("warmup_epochs", 3.0) > 0 else -1
         last_opt_step = -1
         params = [p for p in model.parameters() if p.requires_grad]
         best_model, best_metrics = None, {}
