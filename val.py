@@ -32,7 +32,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     g_data.add_argument("--weights", nargs="+", type=str, required=True, help="checkpoint (.pt) or model yaml")
     g_data.add_argument("--data", type=str, default=d["data"], help="dataset yaml, or 'shapes' (the built-in synthetic set)")
     g_data.add_argument("--imgsz", "--img", "--img-size", type=int, default=d["imgsz"], help="inference size (pixels)")
-    g_data.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"], help="batch size")
+    g_data.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"],
+                        help="batch size (default: the family's own, YOLOv5/YOLOv7 32, ultralytics 16)")
     g_data.add_argument("--task", default=d["task"], choices=("train", "val", "test", "sensitivity", "speed", *TASK_ALIASES),
                         help="dataset split to evaluate; sensitivity (per-layer pruning analysis, seed 002; alias "
                              "pruning_sensitivity_analysis); "
@@ -44,8 +45,12 @@ def parse_opt(argv=None) -> argparse.Namespace:
     g_data.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
     g_val = p.add_argument_group("validation (YOLOv5 val.py's flags)")
     g_val.add_argument("--conf-thres", type=float, default=d["conf_thres"], help="confidence threshold")
-    g_val.add_argument("--iou-thres", type=float, default=d["iou_thres"], help="NMS IoU threshold")
+    g_val.add_argument("--iou-thres", type=float, default=d["iou_thres"],
+                       help="NMS IoU threshold (default: the family's own, YOLOv5/YOLOv7 0.6, ultralytics 0.7)")
     g_val.add_argument("--max-det", type=int, default=d["max_det"], help="maximum detections per image")
+    g_val.add_argument("--end2end", action="store_true",
+                       help="end-to-end heads (YOLO26, YOLOv10): score the NMS-free one-to-one head without NMS, as "
+                            "ultralytics' nms=False (default: the one-to-many head with NMS, as `yolo val`)")
     g_val.add_argument("--verbose", action="store_true", help="report mAP by class")
     g_out = p.add_argument_group("output")
     g_out.add_argument("--save-txt", action="store_true", help="save results to *.txt")
@@ -62,15 +67,15 @@ def parse_opt(argv=None) -> argparse.Namespace:
     check_seed_flags(opt, explicit_flags(p, sys.argv[1:] if argv is None else argv))
     if opt.imgsz <= 0 or opt.imgsz % 32:
         opt.imgsz = max(32, (opt.imgsz + 31) // 32 * 32) if opt.imgsz > 0 else opt.imgsz
-    if opt.imgsz <= 0 or opt.batch_size <= 0:
+    if opt.imgsz <= 0 or (opt.batch_size is not None and opt.batch_size <= 0):
         raise UsageError("--imgsz and --batch-size must be positive")
-    if not 0 <= opt.conf_thres <= 1 or not 0 <= opt.iou_thres <= 1:
+    if not 0 <= opt.conf_thres <= 1 or not 0 <= (0.5 if opt.iou_thres is None else opt.iou_thres) <= 1:
         raise UsageError("--conf-thres and --iou-thres must be in [0, 1]")
     if opt.ignore and opt.task != "sensitivity":
         raise UsageError("--ignore applies to --task sensitivity only (compress.py has its own --ignore)")
     given = explicit_flags(p, sys.argv[1:] if argv is None else argv)
-    if opt.task == "speed" and "batch_size" not in given:
-        opt.batch_size = None  # --task speed: batch 1 and cfg's speed_batch unless a batch size is given
+    if opt.task != "sensitivity" and "batch_size" not in given:
+        opt.batch_size = None  # speed: batch 1 and cfg's speed_batch; val: the family's own (rect batch shapes)
     if opt.task != "speed" and "data" not in given and opt.data == "shapes":
         LOGGER.info("no --data: validating on the built-in shapes dataset (4 synthetic classes, generated offline); "
                     "pass --data your.yaml for your own")
@@ -81,9 +86,9 @@ def run(
     weights,
     data="shapes",
     imgsz=640,
-    batch_size=32,
+    batch_size=None,
     conf_thres=0.001,
-    iou_thres=0.6,
+    iou_thres=None,
     max_det=300,
     task="val",
     device="",
@@ -99,22 +104,26 @@ def run(
     half=False,
     trust_checkpoint=False,
     no_progress=False,
+    end2end=False,
     plots=True,
     model=None,
 ):
     """Validate one model; returns (ValResult, save_dir). `model` skips loading (used by train/compress)."""
     from engine.data import build_val_loader, check_dataset, is_coco_named
+    from engine.ultralytics_val import CONVENTIONS, DEFAULT_BATCH, DEFAULT_IOU, select_head, validation_convention
     from engine.validator import coco_evaluate, format_table, validate, write_json
-    from models.loader import load_model
+    from models.loader import fuse_model, load_model
     from utils.flops import model_summary
 
     device = select_device(device)
     from_yaml = Path(str(weights)).suffix in (".yaml", ".yml")
     if model is None and not from_yaml:  # a bad weights file is reported before the data is looked at
-        model = load_model(weights, trust=trust_checkpoint, fuse=True)
+        model = load_model(weights, trust=trust_checkpoint)
     data_dict = check_dataset(data, splits=(task,))
     if model is None:  # a yaml builds an untrained model with the dataset's classes
-        model = load_model(weights, nc=data_dict["nc"], fuse=True)
+        model = load_model(weights, nc=data_dict["nc"])
+    select_head(model, end2end)  # before fusing, which drops the unused head
+    model = fuse_model(model)
     if model.nc != data_dict["nc"] and not single_cls:
         raise UsageError(
             f"{weights} predicts {model.nc} classes but {data_dict['yaml_file']} has {data_dict['nc']}: "
@@ -125,8 +134,11 @@ def run(
     imgsz = (imgsz + stride - 1) // stride * stride
     n_params, n_gflops, summary = model_summary(model, imgsz)
     LOGGER.info(summary)
+    convention = validation_convention(model)
+    LOGGER.info(f"Validation convention: {CONVENTIONS[convention]}")
+    batch_size = batch_size or DEFAULT_BATCH[convention]
 
-    loader = build_val_loader(data_dict, task, imgsz, batch_size, stride, workers, single_cls)
+    loader = build_val_loader(data_dict, task, imgsz, batch_size, stride, workers, single_cls, convention=convention)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)  # only once the inputs are usable
     coco_ids = save_json and is_coco_named(data_dict["names"])
     plotter = None
@@ -158,6 +170,8 @@ def run(
         except Exception as e:  # a figure must never cost the metrics (e.g. another ultralytics plotting API)
             LOGGER.warning(f"WARNING: plots not written ({type(e).__name__}: {e}); metrics follow")
     LOGGER.info(format_table(res, verbose or data_dict["nc"] < 50 and verbose))
+    for note in res.notes:
+        LOGGER.warning(f"WARNING: {note}")
     s = res.speed_ms
     LOGGER.info(
         f"Speed: {s['preprocess']:.1f}ms pre-process, {s['inference']:.1f}ms inference, {s['nms']:.1f}ms NMS "
@@ -188,6 +202,9 @@ def run(
         "weights": str(weights),
         "data": data_dict["yaml_file"],
         "per_class": res.per_class,
+        "convention": res.convention,
+        "iou_thres": DEFAULT_IOU[convention] if iou_thres is None else iou_thres,
+        "notes": res.notes,
         **res.coco,
     }
     write_json(metrics, save_dir / "metrics.json")

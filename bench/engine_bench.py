@@ -1,8 +1,9 @@
 # AGPL-3.0 License
-"""Engine cost on CPU: graph building (trace + groups) and surgery time for yolov5s / yolov8s at 640,
-and the overhead of a masked forward versus a plain forward (target <= 10%), measured side by side.
+"""Engine cost on CPU: graph building (trace + groups, then the cut-vs-mask check of prune.verify) and surgery
+time for yolov5s / yolov8s / yolo12n / yolo26n at 640, and the overhead of a masked forward versus a plain forward
+(target <= 10%), measured side by side. Graph building of the newest families should stay within 2x of yolov8s.
 
-    python bench/engine_bench.py [--imgsz 640] [--repeats 5]
+    python bench/engine_bench.py [--imgsz 640] [--repeats 5] [--models yolov8s.yaml yolo12n.yaml ...]
 """
 
 from __future__ import annotations
@@ -37,17 +38,21 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--models", nargs="+", default=["yolov5s.yaml", "yolov8s.yaml"])
+    ap.add_argument("--models", nargs="+", default=["yolov5s.yaml", "yolov8s.yaml", "yolo12n.yaml", "yolo26n.yaml"])
     a = ap.parse_args()
     torch.set_grad_enabled(False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input 1x3x{a.imgsz}x{a.imgsz}")
-    print(f"{'model':14s}{'build groups s':>16s}{'surgery s':>11s}{'plain fwd ms':>14s}{'masked fwd ms':>15s}{'overhead':>10s}")
+    print(f"{'model':14s}{'build groups s':>16s}{'verify s':>10s}{'surgery s':>11s}{'plain fwd ms':>14s}"
+          f"{'masked fwd ms':>15s}{'overhead':>10s}")
     for cfg in a.models:
         model = load_model(cfg).eval()
         x = torch.rand(1, 3, a.imgsz, a.imgsz)
         t = time.perf_counter()
-        groups = build_groups(model, imgsz=a.imgsz)
+        build_groups(model, imgsz=a.imgsz, verify=False)
         t_build = time.perf_counter() - t
+        t = time.perf_counter()
+        groups = build_groups(model, imgsz=a.imgsz)
+        t_verify = time.perf_counter() - t - t_build  # the same trace again, then prune.verify's check
         scores = {g.id: get_criterion("l1")(model, g) for g in groups.prunable}
         plan = plan_uniform(groups, scores, ratio=0.3)
         m2 = copy.deepcopy(model)
@@ -64,7 +69,8 @@ def main():
             with masks:
                 masked.append(timed(lambda m=model, x=x: m(x), 1))
         p, m = statistics.median(plain), statistics.median(masked)
-        print(f"{cfg:14s}{t_build:16.2f}{t_surgery:11.2f}{p * 1e3:14.1f}{m * 1e3:15.1f}{(m / p - 1) * 100:9.1f}%")
+        print(f"{cfg:14s}{t_build:16.2f}{t_verify:10.2f}{t_surgery:11.2f}{p * 1e3:14.1f}{m * 1e3:15.1f}"
+              f"{(m / p - 1) * 100:9.1f}%")
 
 
 if __name__ == "__main__":

@@ -204,10 +204,13 @@ def _yolo_dataset_cls():
     from ultralytics.data.dataset import YOLODataset
 
     class ValDataset(YOLODataset):
-        """YOLODataset with YOLOv5's eval resize: INTER_AREA when shrinking (ultralytics uses INTER_LINEAR)."""
+        """YOLODataset with YOLOv5's eval resize: INTER_AREA when shrinking (ultralytics uses INTER_LINEAR);
+        convention 'ultralytics' keeps ultralytics' own (engine.ultralytics_val)."""
+
+        convention = "yolov5"
 
         def load_image(self, i, rect_mode=True, resize_short=False):
-            if self.augment:
+            if self.augment or self.convention != "yolov5":
                 return super().load_image(i, rect_mode, resize_short)
             f = self.im_files[i]
             im = cv2.imread(f)
@@ -224,9 +227,11 @@ def _yolo_dataset_cls():
 
 
 def build_val_loader(data: dict, split: str, imgsz: int, batch_size: int, stride: int, workers: int = 8,
-                     single_cls: bool = False, rect: bool = True, pad: float = 0.5):
-    """Deterministic eval loader (rectangular batches, letterbox, no augmentation). Labels become class 0 with
-    `single_cls` or when the data dict carries single_cls: True (compress.py --single-cls)."""
+                     single_cls: bool = False, rect: bool = True, pad: float = 0.5, convention: str = "yolov5"):
+    """Deterministic eval loader (rectangular batches, letterbox, no augmentation); convention: the validation
+    convention's image resize ('yolov5' or 'ultralytics', see engine.ultralytics_val; validate() switches it).
+    Labels become class 0 with `single_cls` or when the data dict carries single_cls: True (compress.py
+    --single-cls)."""
     single_cls = single_cls or bool(data.get("single_cls"))
     import os
 
@@ -248,6 +253,7 @@ def build_val_loader(data: dict, split: str, imgsz: int, batch_size: int, stride
         prefix=f"{split}: ",
         data={**data, "channels": 3},
     ), f"{data.get('yaml_file', 'data')} '{split}'")
+    dataset.convention = convention
     workers = min(workers, os.cpu_count() or 1, batch_size)
     return build_dataloader(dataset, batch_size, workers, shuffle=False, rank=-1)
 

@@ -1,5 +1,6 @@
 # AGPL-3.0 License
-"""Detection validation for every family, reproducing the official YOLOv5 val.py.
+"""Detection validation for every family: YOLOv5/YOLOv7 models reproduce the official YOLOv5 val.py (here),
+ultralytics models ultralytics' DetectionValidator (engine.ultralytics_val, dispatched from validate()).
 
 Same pipeline as YOLOv5: rectangular letterboxed batches, NMS at conf 0.001 / IoU 0.6 with multiple
 labels per box, predictions and labels compared in native image space at IoU 0.50:0.95, AP by
@@ -36,6 +37,8 @@ class ValResult:
     per_class: list = field(default_factory=list)  # [{class, name, images, instances, p, r, map50, map50_95}]
     maps: list = field(default_factory=list)  # mAP50-95 per class index (overall mAP where a class is absent)
     coco: dict = field(default_factory=dict)  # pycocotools results when --save-json evaluation ran
+    convention: str = "yolov5"  # whose validator the numbers reproduce (engine.ultralytics_val.CONVENTIONS)
+    notes: list = field(default_factory=list)  # caveats, e.g. the NMS time limit was hit
     losses: dict = field(default_factory=dict)  # validation loss per task (mean over batches) when a criterion is given
 
     @property
@@ -86,13 +89,33 @@ def _coco_image_id(path: str):
     return int(stem) if stem.isnumeric() else stem
 
 
+class LossMeter:
+    """Mean per-task validation loss over batches, from the raw head outputs a model returns beside its
+    detections in eval mode ((detections, raw) tuples); nothing when there is no criterion or no raw output."""
+
+    def __init__(self, criterion, device):
+        self.criterion, self.device, self.sum, self.batches = criterion, device, None, 0
+
+    def add(self, out, batch: dict) -> None:
+        if self.criterion is None or not isinstance(out, (list, tuple)) or len(out) < 2 or not len(out[1]):
+            return
+        raw = [x.float() for x in out[1]] if isinstance(out[1], (list, tuple)) else out[1]
+        items = self.criterion(raw, {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()})[1]
+        items = items.detach().float().cpu()
+        self.sum = items if self.sum is None else self.sum + items
+        self.batches += 1
+
+    def mean(self) -> dict:
+        return {} if self.sum is None else {n: float(v) / self.batches for n, v in zip(self.criterion.names, self.sum)}
+
+
 @torch.no_grad()
 def validate(
     model: nn.Module,
     loader,
     names: dict[int, str],
     conf_thres: float = 0.001,
-    iou_thres: float = 0.6,
+    iou_thres: float | None = None,
     max_det: int = 300,
     single_cls: bool = False,
     device: torch.device | str = "cpu",
@@ -108,31 +131,31 @@ def validate(
 ) -> tuple[ValResult, list[dict]]:
     """Run the model over `loader` and compute detection metrics. Returns (result, json predictions).
 
+    The model's family picks the convention (engine.ultralytics_val); iou_thres None is the convention's default
+    (YOLOv5 0.6, ultralytics 0.7).
     `plotter` (engine.valplots.ValPlots) receives each image's detections and labels and the matching stats.
     `criterion` (engine.loss.build_criterion of the same model): also the per-task validation losses, from the raw
     head outputs the model returns beside its detections in eval mode (as YOLOv5's val.py computes them during
     training); left out when the head returns none (e.g. a fused end-to-end head)."""
+    from engine import ultralytics_val as uv
+
+    if uv.validation_convention(model) == "ultralytics":
+        return uv.validate_ultralytics(model, loader, names, conf_thres, iou_thres, max_det, single_cls, device, half,
+                                       save_dir, save_txt, save_conf, save_json, coco_ids, progress, plotter=plotter,
+                                       criterion=criterion)
+    uv.use_convention(loader, "yolov5")
+    iou_thres = uv.DEFAULT_IOU["yolov5"] if iou_thres is None else iou_thres
     from ultralytics.utils import TQDM
     from ultralytics.utils.metrics import box_iou
     from ultralytics.utils.nms import non_max_suppression
     from ultralytics.utils.ops import scale_boxes, xywh2xyxy, xyxy2xywh
 
-    device = torch.device(device)
-    half = half and device.type == "cuda"
-    was_training = model.training
-    model.eval()
-    if half:
-        model.half()
+    device, half, was_training, class_map = uv.eval_setup(model, device, half, coco_ids)
     nc = 1 if single_cls else len(names)
-    class_map = list(range(1000))
-    if coco_ids:
-        from ultralytics.data.converter import coco80_to_coco91_class
-
-        class_map = coco80_to_coco91_class()
     iouv = IOU_THRESHOLDS.to(device)
     stats, jdict, seen = [], [], 0
-    loss_sum, loss_batches = None, 0
-    dt = [0.0, 0.0, 0.0]
+    losses = LossMeter(criterion, device)
+    dt, guard = [0.0, 0.0, 0.0], uv.SaturationGuard(conf_thres)
     desc = f"{'Class':>22}{'Images':>11}{'Instances':>11}{'P':>11}{'R':>11}{'mAP50':>11}{'mAP50-95':>11}"
     pbar = TQDM(loader, desc=desc, total=len(loader), disable=not progress)
     for batch in pbar:
@@ -143,21 +166,18 @@ def validate(
         t1 = time.perf_counter()
         out = model(im)
         t2 = time.perf_counter()
-        if criterion is not None and isinstance(out, (list, tuple)) and len(out) > 1 and len(out[1]):
-            raw = out[1]
-            raw = [x.float() for x in raw] if isinstance(raw, (list, tuple)) else raw
-            items = criterion(raw, {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})[1]
-            loss_sum = items.float().cpu() if loss_sum is None else loss_sum + items.float().cpu()
-            loss_batches += 1
+        losses.add(out, batch)
+        pred = to_nms_format(out, model).float()
+        guard(pred)  # a broken model's saturated images cannot stall validation (deterministically)
         preds = non_max_suppression(
-            to_nms_format(out, model).float(),
+            pred,
             conf_thres,
             iou_thres,
             multi_label=True,
             agnostic=single_cls,
             max_det=max_det,
             nc=len(names) if not single_cls else 0,
-            max_time_img=1e9,  # YOLOv5/ultralytics abort slow NMS; a reproducible metric must not
+            max_time_img=uv.NO_TIME_LIMIT,  # YOLOv5/ultralytics abort slow NMS; a reproducible metric must not
         )
         t3 = time.perf_counter()
         dt[0] += t1 - t0
@@ -215,8 +235,9 @@ def validate(
     if plotter is not None:
         plotter.add_stats(stats)
     res = _summarize(stats, names if not single_cls else {0: "item"}, nc, seen, dt)
-    if loss_sum is not None:
-        res.losses = {n: float(v) / loss_batches for n, v in zip(criterion.names, loss_sum)}
+    res.losses = losses.mean()
+    if guard.note():
+        res.notes.append(guard.note())
     return res, jdict
 
 

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from prune.graph import ConvInfo, DependencyGraph, Member, trace
 from prune.patterns import ModuleMatcher
+from prune.widths import unprunable_blocks
 
 
 @dataclass
@@ -63,6 +64,17 @@ def _member_cost(m: Member, model_params: dict[str, torch.Tensor], info: dict[st
     return (n if is_param else 0), flops
 
 
+def _block_unprunable_blocks(g: DependencyGraph, model: nn.Module) -> None:
+    """Fail closed on blocks prune.widths cannot keep consistent (int attributes no rule accounts for) or marks
+    atomic: every channel with a member inside such a block stays."""
+    for block, why in unprunable_blocks(model).items():
+        prefix = f"{block}." if block else ""
+        hit = [e for e, ms in g.members.items() if any(m.module == block or m.module.startswith(prefix) for m in ms)]
+        if hit:
+            g.block(np.array(hit), f"unprunable: {block or '<model>'} ({type(model.get_submodule(block)).__name__}) "
+                                   f"{why}")
+
+
 def _is_producer(g: DependencyGraph, module: str) -> bool:
     ci = g.conv_info.get(module)
     return ci is not None and ci.kind in ("conv", "linear")
@@ -76,6 +88,7 @@ class GroupSet:
         pattern matches one of the modules whose output channels it removes (its convs, their BNs). A pattern
         that freezes no otherwise prunable group raises UsageError."""
         self.graph: DependencyGraph = trace(model, example)
+        _block_unprunable_blocks(self.graph, model)
         self.example_shape = tuple(example.shape)
         self.groups: list[Group] = []
         self.class_index: dict[int, tuple[int, int]] = {}  # root -> (group id, channel position)

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from prune.groups import GroupSet
+from prune.widths import mark_yaml_pruned, sync_widths
 
 
 def keep_count(n: int, n_remove: int, divisor: int = 1, min_keep: int = 1) -> int:
@@ -61,6 +62,9 @@ def apply_removal(model: nn.Module, groups: GroupSet, removed: dict[int, list[in
             mod._buffers[tname] = new
     for name, m in modules.items():
         _fix_attributes(m, was_depthwise=name in depthwise)
+    sync_widths(model)  # blocks' own width attributes (C2f.c, Attention.head_dim, RepConv.c1, ...)
+    if cut:
+        mark_yaml_pruned(model)  # its ultralytics yaml no longer describes it: refuse rebuilds from it
     return model
 
 
@@ -75,19 +79,7 @@ def _fix_attributes(m: nn.Module, was_depthwise: bool = False) -> None:
         m.num_features = (m.running_mean if m.running_mean is not None else m.weight).shape[0]
     elif isinstance(m, nn.Linear):
         m.out_features, m.in_features = m.weight.shape
-    # blocks that keep their own channel counts (YOLOv7/ultralytics RepConv, ImplicitA/M)
-    if hasattr(m, "implicit") and hasattr(m, "channel"):
-        m.channel = m.implicit.shape[1]
-    for branch in ("rbr_dense", "rbr_reparam", "conv1"):
-        conv = getattr(m, branch, None)
-        conv = conv[0] if isinstance(conv, nn.Sequential) else conv
-        conv = getattr(conv, "conv", conv)
-        if isinstance(conv, nn.Conv2d):
-            for a, v in (("in_channels", conv.in_channels), ("out_channels", conv.out_channels),
-                         ("c1", conv.in_channels), ("c2", conv.out_channels)):
-                if hasattr(m, a) and not isinstance(m, nn.Conv2d):
-                    setattr(m, a, v)
-            break
+    # blocks that keep their own channel counts follow prune.widths' rules (sync_widths)
 
 
 def channel_table(model: nn.Module) -> dict[str, dict[str, int]]:
@@ -144,6 +136,7 @@ def shrink_to(model: nn.Module, channels: dict[str, dict[str, int]]) -> nn.Modul
     """Resize a freshly built model's layers to a channel table (channels.json), in place, so that the
     pruned state dict loads into it: yaml + channels.json + state dict rebuild a pruned model."""
     modules = dict(model.named_modules())
+    before = channel_table(model)
     for name, spec in channels.items():
         m = modules.get(name)
         if isinstance(m, nn.Conv2d):
@@ -165,8 +158,11 @@ def shrink_to(model: nn.Module, channels: dict[str, dict[str, int]]) -> nn.Modul
             m.weight = nn.Parameter(m.weight.new_zeros(spec["out"], spec["in"]))
             if m.bias is not None:
                 m.bias = nn.Parameter(m.bias.new_zeros(spec["out"]))
-    for m in modules.values():  # parameters outside conv/bn/linear (implicit offsets) follow the state dict
+    for m in modules.values():
         _fix_attributes(m)
+    sync_widths(model)
+    if channel_table(model) != before:
+        mark_yaml_pruned(model)
     return model
 
 
@@ -181,6 +177,7 @@ def load_pruned_state(model: nn.Module, channels: dict, state_dict: dict) -> nn.
     model.load_state_dict(state_dict, strict=True)
     for m in model.modules():
         _fix_attributes(m)
+    sync_widths(model)  # parameters outside conv/bn/linear (implicit offsets) took the state dict's shapes
     return model
 
 

@@ -52,6 +52,10 @@ YOLO = [
     pytest.param(lambda: load_model("yolov7.yaml", nc=3), id="yolov7", marks=pytest.mark.slow),
     pytest.param(lambda: load_model("yolov8n.yaml", nc=3), id="yolov8n"),
     pytest.param(lambda: load_model("yolo11n.yaml", nc=3), id="yolo11n"),
+    pytest.param(lambda: load_model("yolov9t.yaml", nc=3), id="yolov9t"),
+    pytest.param(lambda: load_model("yolov10n.yaml", nc=3), id="yolov10n"),
+    pytest.param(lambda: load_model("yolo12n.yaml", nc=3), id="yolo12n"),
+    pytest.param(lambda: load_model("yolo26n.yaml", nc=3), id="yolo26n"),
     pytest.param(lambda: load_model(YOLOV5N_PT), id="yolov5n.pt", marks=[pytest.mark.assets, need(YOLOV5N_PT)]),
     pytest.param(lambda: load_model(YOLOV9T_PT), id="yolov9t.pt", marks=[pytest.mark.assets, need(YOLOV9T_PT)]),
 ]
