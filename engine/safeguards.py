@@ -35,7 +35,7 @@ def resolve_budget(opt, d: dict) -> None:
                     setattr(opt, k, v)
         if opt.target_flops is not None and opt.pricing_rounds < 1:
             raise UsageError(f"--pricing-rounds must be >= 1, got {opt.pricing_rounds}")
-        if opt.target_flops is not None and opt.topk < 1:
+        if opt.target_flops is not None and 0 < opt.topk < 1:  # out-of-range values: check_args says so
             raise UsageError("--topk drops units after the pass and would miss --target-flops: use one or the other")
         if opt.target_flops is not None and not 0 < opt.flops_tol < 0.5:
             raise UsageError(f"--flops-tol must be in (0, 0.5), got {opt.flops_tol}")

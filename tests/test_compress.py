@@ -42,7 +42,8 @@ def test_one_shot_writes_outputs(cfg, shapes_yaml, tmp_path):
         (["--ratio", "0.3", "--target-flops", "0.5"], "give exactly one of"),
         ([], "give exactly one of"),
         (["--ratio", "0.3", "--method", "magic"], "unknown --method 'magic'"),
-        (["--target-flops", "0.0001"], "cannot be reached"),
+        (["--target-flops", "0.0001"], "keeps under 0.1 of the base FLOPs"),  # issue 15: refused unless --force
+        (["--target-flops", "0.0001", "--force"], "cannot be reached"),
     ],
 )
 def test_bad_arguments(extra, message, shapes_yaml, tmp_path, capsys):
