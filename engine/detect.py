@@ -100,10 +100,24 @@ def _annotator_factory(names: dict[int, str], line_width: int | None):
 
     if all(n.isascii() for n in names.values()):
         return lambda im: Annotator(im, line_width=line_width, pil=False, example="abc")
-    from matplotlib import font_manager
+    import matplotlib
 
-    font = font_manager.findfont("DejaVu Sans")  # a path inside matplotlib's font list: found, not fetched
-    return lambda im: Annotator(im, line_width=line_width, font=font, pil=True, example="abc")
+    font = str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf")  # the file matplotlib ships
+    return lambda im: _pil_annotator(im, line_width, font)
+
+
+def _pil_annotator(im, line_width: int | None, font: str):
+    """ultralytics' PIL Annotator with a font file: its check_font looks the file's name up in matplotlib's font
+    list and, when that list does not hold the path (it can be rebuilt without it), downloads it by name. A file
+    needs no lookup, so the lookup is skipped for files only (names still go through ultralytics)."""
+    import ultralytics.utils.plotting as plotting
+
+    lookup = plotting.check_font
+    plotting.check_font = lambda f="Arial.ttf": f if Path(str(f)).is_file() else lookup(f)
+    try:
+        return plotting.Annotator(im, line_width=line_width, font=font, pil=True, example="abc")
+    finally:
+        plotting.check_font = lookup
 
 
 def _counts(det: torch.Tensor, names: dict[int, str]) -> str:

@@ -146,6 +146,11 @@ def test_offline_drawing_never_fetches_a_font(images, weights, tmp_path, monkeyp
     real = checks.check_font  # a font file given by path is fine; a font looked up by name may be fetched
     monkeypatch.setattr(plotting, "check_font", lambda f="Arial.ttf": real(f) if Path(str(f)).is_file()
                         else network_attempts.append(f))
+    from matplotlib import font_manager
+
+    # matplotlib's font list without the bundled fonts (as after a rebuild, seen in the full suite): ultralytics'
+    # check_font would then download even a font given as a file
+    monkeypatch.setattr(font_manager.fontManager, "ttflist", [])
     for names in ({0: "circle", 1: "square", 2: "triangle", 3: "cross"}, {0: "круг", 1: "квадрат", 2: "三角形", 3: "x"}):
         m = load_model(weights["full"], fuse=True)
         m.names = names

@@ -285,6 +285,8 @@ def test_fuzz_data_yaml(d, raw, shapes_yaml, tmp_path_factory):
     (["--method", "l1", "--ratio", "0.3", "--ignore", "model.9"], "--ignore 'model.9' matches no prunable layer"),
     (["--method", "pagcp", "--ignore", "model.0", "model.99.*"], "--ignore 'model.99.*' matches no prunable layer"),
     (["--method", "l1", "--target-flops", "0.01", "--min-channels", "8"],
+     "--target-flops 0.01 keeps under 0.1 of the base FLOPs"),  # the sanity floor speaks first
+    (["--method", "l1", "--target-flops", "0.01", "--min-channels", "8", "--force"],
      "--target-flops 0.01 cannot be reached: keeping --min-channels 8 (--divisor 1) per group leaves at least"),
 ])
 def test_compress_bad_flags(extra, message, tiny, shapes_yaml, tmp_path, capsys, monkeypatch):
