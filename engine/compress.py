@@ -437,7 +437,7 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
     seeded calibration subset of training images with masks (see prune/pagcp.py for departures)."""
     from engine.loss import build_criterion
     from engine.oracle import CalibrationOracle, calibration_batches
-    from prune.pagcp import PAGCP, PAGCPConfig
+    from prune.pagcp import PAGCP, PAGCPConfig, loss_ratios
 
     rate = opt.initial_rate + round_index * opt.rate_slope
     thres = opt.initial_thres + round_index * opt.thres_slope
@@ -486,7 +486,7 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
         forwards = calls * oracles[0].images
         head = ""
     opt.oracle_seconds = time.time() - t  # the greedy pass(es): every oracle call and mask change (this process)
-    growth = float(max(policy.final_losses / np.maximum(policy.original_losses, 1e-12)))
+    growth = float(max(loss_ratios(policy.final_losses, policy.original_losses)))
     opt.pagcp_info = {"target": opt.target_flops and target, "units": len(units), "loss_growth": growth,
                       "guard_stopped": policy.guard_stopped if cfg.guard and opt.target_flops is None else -1,
                       "passes": res.passes if opt.target_flops is not None else None}
