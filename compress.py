@@ -87,7 +87,9 @@ def parse_opt(argv=None) -> argparse.Namespace:
     g_pagcp.add_argument("--exp", action="store_true", help="PAGCP: thresholds decay so their product is initial_thres")
     g_pagcp.add_argument("--sequential", action="store_true", help="accepted for the reference's command (always sequential)")
     g_pagcp.add_argument("--compression", default=d["compression"], choices=("global", "backbone"), help="PAGCP units")
-    g_pagcp.add_argument("--prunemethod", default=d["prunemethod"], choices=("L1", "L2", "l1", "l2"), help="PAGCP saliency")
+    g_pagcp.add_argument("--prunemethod", default=d["prunemethod"], choices=("L1", "L2", "fisher", "l1", "l2"),
+                         help="PAGCP saliency inside a unit: filter L1/L2 norm, or the Fisher information of the "
+                              "channel's mask on the calibration images (seeds 001/003's criterion)")
     g_pagcp.add_argument("--ratio-step", type=float, default=d["ratio_step"], help="PAGCP: ratio grid step (0.05 = reference)")
     g_pagcp.add_argument("--ratio-search", default=d["ratio_search"], choices=("linear", "gallop"),
                          help="PAGCP: every ratio up to the first trip (reference), or galloping + bisection (fewer calls)")
@@ -106,7 +108,10 @@ def parse_opt(argv=None) -> argparse.Namespace:
     g_pagcp.add_argument("--search-images", type=int, default=d["search_images"],
                          help="PAGCP --target-flops: calibration images of the greedy's pricing / the cheap search passes")
     g_pagcp.add_argument("--pricing-rounds", type=int, default=d["pricing_rounds"],
-                         help="PAGCP --target-flops (greedy): pricing rounds planned, one oracle call per unit each")
+                         help="PAGCP --target-flops (greedy): pricing rounds planned at least, one oracle call per unit each")
+    g_pagcp.add_argument("--pricing-cut", type=float, default=d["pricing_cut"],
+                         help="PAGCP --target-flops (greedy): plan enough rounds that none removes more than this "
+                              "share of the FLOPs left (0 < x < 1)")
     g_pagcp.add_argument("--threshold-schedule", default=d["threshold_schedule"], choices=("reference", "flops"),
                          help="PAGCP: per-unit threshold rate*lambda^i (reference) or rate x FLOPs share the cut removes")
     g_pagcp.add_argument("--trip", default=d["trip"], choices=("any", "mean"),

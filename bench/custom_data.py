@@ -65,7 +65,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
     ap.add_argument("--base-epochs", type=int, default=20, help="epochs of the base's transfer training")
     ap.add_argument("--base-hyp", default="scratch-low", help="hyp of the base training (train.py --hyp)")
     ap.add_argument("--epochs", type=int, default=4, help="fine-tune epochs after pruning (equal for all)")
-    ap.add_argument("--hyp", default="finetune", help="fine-tune hyp (equal for all, and for the reference)")
+    ap.add_argument("--hyp", default="recovery", help="fine-tune hyp (equal for all, and for the reference): compress.py's")
     ap.add_argument("--warmup-epochs", type=float, default=0.0,
                     help="fine-tune warmup (overrides the hyp's; YOLOv5 warms up >= 100 iterations whenever > 0)")
     ap.add_argument("--nbs", type=int, default=16, help="nominal batch size of every training (train.py --nbs)")
@@ -230,12 +230,18 @@ class Bench:
             notes.append(f"{len(off)} group(s) not a multiple of {divisor}")
         if resumed:
             notes.append(RESUMED)
+        # training after the base: every round's fine-tune, plus Group Fisher's pruning phase (it trains too)
+        train_epochs = sum(x.get("epochs", o.epochs) or 0 for x in s["rounds"]) if s["rounds"] else o.epochs
+        phase = folder / "round_0" / "fisher.json"
+        if method == "fisher" and phase.is_file():
+            train_epochs += sum(json.loads(f.read_text()).get("epochs") or 0 for f in folder.glob("round_*/fisher.json"))
         return self.record(step, {
             "method": method, "target": target, "divisor": divisor, "model": str(folder / "pruned.pt"),
             "params": r["params"], "gflops": r["gflops"], "flops_share": share,
             "map50_pruned": r["pruned_metrics"]["map50"], "map50_95_pruned": r["pruned_metrics"]["map50_95"],
             "map50": r["map50"], "map50_95": r["map50_95"], "seconds": round(s["seconds"], 1),
-            "wall_seconds": round(time.time() - t0, 1), "source_map50_95": s["base"]["map50_95"], "notes": notes})
+            "wall_seconds": round(time.time() - t0, 1), "source_map50_95": s["base"]["map50_95"],
+            "train_epochs": round(train_epochs, 2), "notes": notes})
 
     # ------------------------------------------------------------------ latency (engine/speed.py)
     def latency_step(self, models: dict[str, str]) -> dict:
@@ -321,11 +327,12 @@ def _rows(opt, base, ref, sparse, runs, skipped, lat) -> list[dict]:
     ms = lat["ms"]
     rows = [{"run": "base", "method": f"unpruned, {opt.base_epochs} epochs", "target": 1.0, "divisor": 1,
              "params": b_params, "gflops": b_gflops, "flops_share": 1.0, "map50": base["map50"],
-             "map50_95": base["map50_95"], "latency_ms": ms.get("base"), "seconds": base["seconds"],
+             "map50_95": base["map50_95"], "latency_ms": ms.get("base"), "seconds": base["seconds"], "train_epochs": 0,
              "notes": [RESUMED] if base.get("resumed") else []},
             {"run": "reference", "method": f"unpruned, {opt.base_epochs}+{opt.epochs} epochs", "target": 1.0,
              "divisor": 1, "params": b_params, "gflops": b_gflops, "flops_share": 1.0, "map50": ref["map50"],
              "map50_95": ref["map50_95"], "latency_ms": ms.get("base"), "seconds": ref["seconds"],
+             "train_epochs": opt.epochs,
              "notes": [RESUMED] if ref.get("resumed") else []}]
     for step, r in runs.items():
         if "error" in r:
@@ -336,7 +343,11 @@ def _rows(opt, base, ref, sparse, runs, skipped, lat) -> list[dict]:
             notes.append(f"+{sparse['seconds']:.0f} s sparsity phase ({opt.sparsity_epochs} epochs, shared; sparse "
                          f"model mAP50-95 {r['source_map50_95']:.3f})")
         if r["method"] == "fisher":
-            notes.append("its pruning phase trains on the data")
+            notes.append("its pruning phase trains on the data" + (
+                f" ({r['train_epochs'] - opt.epochs:.1f} epochs before the fine-tune)"
+                if r.get("train_epochs") is not None else ""))
+        if r["method"] == "slim":
+            r = {**r, "train_epochs": (r.get("train_epochs") or opt.epochs) + opt.sparsity_epochs}
         rows.append({**r, "run": step, "method": LABELS[r["method"]], "latency_ms": ms.get(step), "notes": notes})
     for step, why in skipped.items():
         rows.append({"run": step, "method": LABELS[step.split("@")[0]], "notes": [f"not run: {why}"]})
@@ -356,7 +367,7 @@ def _fmt(v, f):
 def write_report(opt, save_dir: Path, base, ref, sparse, runs, skipped, lat, seconds: float) -> None:
     rows = _rows(opt, base, ref, sparse, runs, skipped, lat)
     head = ("| run | method | divisor | params | GFLOPs | FLOPs share | mAP50 pruned | mAP50-95 pruned | mAP50 | "
-            "mAP50-95 | share of base mAP50-95 | ms (ORT CPU, bs 1) | speedup | compute s | notes |")
+            "mAP50-95 | share of base mAP50-95 | epochs after base | ms (ORT CPU, bs 1) | speedup | compute s | notes |")
     lines = [f"Data {opt.data}, weights {Path(opt.weights).name}, {opt.imgsz} px; base {opt.base_epochs} epochs "
              f"(hyp {opt.base_hyp}), fine-tune {opt.epochs} epochs (hyp {opt.hyp}, warmup {opt.warmup_epochs:g} epochs"
              f"{', distillation' if opt.distill else ''}), nominal batch {opt.nbs}"
@@ -368,12 +379,13 @@ def write_report(opt, save_dir: Path, base, ref, sparse, runs, skipped, lat, sec
             f"| {r['run']} | {r['method']} | {r.get('divisor', '')} | {_fmt(r.get('params'), ',d')} | "
             f"{_fmt(r.get('gflops'), '.3f')} | {_fmt(r.get('flops_share'), '.3f')} | {_fmt(r.get('map50_pruned'), '.3f')} | "
             f"{_fmt(r.get('map50_95_pruned'), '.3f')} | {_fmt(r.get('map50'), '.3f')} | {_fmt(r.get('map50_95'), '.3f')} | "
-            f"{_fmt(r.get('share_of_base_map50_95'), '.2f')} | {_fmt(r.get('latency_ms'), '.2f')} | "
+            f"{_fmt(r.get('share_of_base_map50_95'), '.2f')} | {_fmt(r.get('train_epochs'), 'g')} | "
+            f"{_fmt(r.get('latency_ms'), '.2f')} | "
             f"{_fmt(r.get('speedup'), '.2f')} | {_fmt(r.get('seconds'), '.0f')} | {'; '.join(r.get('notes', []))} |")
     lines.append(f"\nTotal {seconds / 60:.1f} min in this invocation (earlier, resumed steps excluded).")
     write_text(save_dir / "results.md", "\n".join(lines) + "\n")
     keys = ["run", "method", "target", "divisor", "params", "gflops", "flops_share", "map50_pruned", "map50_95_pruned",
-            "map50", "map50_95", "share_of_base_map50_95", "latency_ms", "speedup", "seconds", "notes"]
+            "map50", "map50_95", "share_of_base_map50_95", "train_epochs", "latency_ms", "speedup", "seconds", "notes"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, keys, extrasaction="ignore")
     w.writeheader()

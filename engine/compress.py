@@ -470,7 +470,8 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
             return oracles[-1]
 
         target = opt.target_flops ** (1 / max(opt.rounds, 1))  # each round takes an equal share of the reduction
-        budget = FlopsBudget(target, opt.flops_tol, opt.search_images, mode=opt.flops_budget, rounds=opt.pricing_rounds)
+        budget = FlopsBudget(target, opt.flops_tol, opt.search_images, mode=opt.flops_budget, rounds=opt.pricing_rounds,
+                             round_cut=opt.pricing_cut)
         res = prune_to_flops(model, groups, make_oracle, tasks, cfg, budget, units=units, progress=ddp.is_main(),
                              journal=journal if opt.resume or ddp.is_main() else None, write_journal=ddp.is_main(),
                              log=LOGGER.info)
@@ -525,8 +526,11 @@ def _plan_fisher(model: nn.Module, groups, opt, rdir: Path) -> dict[int, list[in
     def before(trainer):
         gf.before_forward(trainer.batch_images, device=next(model.parameters()).device)
 
+    phase = {}
+
     def after(trainer):
         gf.after_backward()
+        phase["nb"] = trainer.nb
         if gf.done:
             trainer.stop = True
 
@@ -538,9 +542,12 @@ def _plan_fisher(model: nn.Module, groups, opt, rdir: Path) -> dict[int, list[in
     finally:
         gf.detach()
     removed = gf.removed()
+    epochs = gf.steps / phase["nb"] if phase.get("nb") else None  # the phase trains: a comparison's budget counts it
     if ddp.is_main():
-        write_json({"steps": gf.steps, "flops_share": gf.flops_share, "history": gf.history}, rdir / "fisher.json")
-    LOGGER.info(f"Group Fisher: {len(gf.history)} channels masked in {gf.steps} steps ({time.time() - t:.0f}s), "
+        write_json({"steps": gf.steps, "epochs": epochs, "flops_share": gf.flops_share, "history": gf.history},
+                   rdir / "fisher.json")
+    LOGGER.info(f"Group Fisher: {len(gf.history)} channels masked in {gf.steps} training batches"
+                f"{f' ({epochs:.1f} epochs)' if epochs else ''} ({time.time() - t:.0f}s), "
                 f"FLOPs share {gf.flops_share:.3f}")
     model.eval()
     return removed

@@ -184,6 +184,38 @@ class CalibrationOracle:
             total = total + r
         return total / max(self.images, 1)
 
+    def mask_fisher(self, masks) -> np.ndarray:
+        """Fisher information of every channel mask on the calibration images, shape (mask classes,):
+        sum over images n of (dL_n / dm_n)^2 / 2, where m_n is image n's multiplier of the channel (1 = kept) and
+        L_n its detection loss under the current masks, in this oracle's BN mode. A first-order estimate of the
+        loss a channel's removal costs that sees what follows the channel (BN scales, the next convs, the head),
+        which a filter's norm does not. Group Fisher's criterion (seeds 001/003; Liu et al., "Group Fisher
+        Pruning for Practical Network Compression", ICML 2021), here ranking channels inside a PAGCP unit.
+        Full forwards (the prefix cache is neither used nor changed) with gradients on the masks only: model .grad
+        buffers are not touched. Raises RuntimeError when the model's loss does not depend on the masks."""
+        from engine.distributed import all_reduce_sum
+
+        total = torch.zeros(len(masks.values), dtype=torch.float64)  # plain forwards: a prefix cache stays valid
+        with self._bn_mode(), torch.enable_grad():
+            for k in self._own:
+                b = self.batches[k]
+                img = b["img"].to(self.device, non_blocking=True).float() / 255
+                ps = torch.ones(img.shape[0], len(masks.values), device=self.device, requires_grad=True)
+                masks.per_sample = ps
+                try:
+                    out = self.model(img)
+                finally:
+                    masks.per_sample = None
+                raw = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], (list, dict)) \
+                    else out
+                loss, _ = self.criterion(raw, b)
+                (g,) = torch.autograd.grad(loss.sum(), ps)
+                total += g.detach().double().pow(2).sum(0).cpu() / 2
+                self.flop_forwards += 3 * img.shape[0]  # a backward costs about two forwards
+        if self._sharded:
+            total = torch.as_tensor(all_reduce_sum(total.numpy()))
+        return total.numpy()
+
     @contextlib.contextmanager
     def _bn_mode(self):
         """Eval mode; with bn='batch' BatchNorm normalizes with the batch's statistics (running ones untouched)."""

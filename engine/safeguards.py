@@ -35,6 +35,9 @@ def resolve_budget(opt, d: dict) -> None:
                     setattr(opt, k, v)
         if opt.target_flops is not None and opt.pricing_rounds < 1:
             raise UsageError(f"--pricing-rounds must be >= 1, got {opt.pricing_rounds}")
+        if opt.target_flops is not None and not 0 < opt.pricing_cut < 1:
+            raise UsageError(f"--pricing-cut must be in (0, 1) (the largest share of the FLOPs left one pricing round "
+                             f"removes), got {opt.pricing_cut}")
         if opt.target_flops is not None and 0 < opt.topk < 1:  # out-of-range values: check_args says so
             raise UsageError("--topk drops units after the pass and would miss --target-flops: use one or the other")
         if opt.target_flops is not None and not 0 < opt.flops_tol < 0.5:

@@ -293,7 +293,7 @@ class Trainer:
                             f"BatchNorm layer(s) not penalized: {', '.join(self.sparsity.ignored)}")
 
         self.train_set, loader = self._train_loader(data, batch, stride)
-        nb = len(loader)
+        self.nb = nb = len(loader)  # batches per epoch (callbacks read it)
         val_loader = build_val_loader(data, "val", imgsz, batch * 2, stride, opt.workers, opt.single_cls) \
             if self.main else None
         # the inputs (weights, data, labels) are usable: only now is the run folder created

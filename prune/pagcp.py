@@ -47,7 +47,7 @@ class PAGCPConfig:
     topk: float = 1.0  # keep the best int(N*topk) units' ratios (by loss increase per FLOP removed)
     step: float = 0.05  # ratio grid: step, 2*step, ... <= max_ratio
     max_ratio: float = 0.95
-    criterion: str = "l1"  # l1 | l2 saliency inside a unit, recomputed on the pruned model
+    criterion: str = "l1"  # l1 | l2 | fisher saliency inside a unit, recomputed on the pruned model
     divisor: int = 1
     min_keep: int = 1
     search: str = "linear"  # linear: every ratio up to the first trip (the reference); gallop: see _search_gallop
@@ -135,6 +135,12 @@ class PAGCP:
         self.original_losses = self.final_losses = None
         self._in_cols = self._input_columns()
         self._focus = getattr(task_losses, "focus", None)  # oracles that cache per unit are told which one
+        if cfg.criterion not in ("l1", "l2", "fisher"):
+            raise ValueError(f"PAGCP saliency must be l1, l2 or fisher, got '{cfg.criterion}'")
+        self._mask_fisher = getattr(task_losses, "mask_fisher", None)
+        if cfg.criterion == "fisher" and self._mask_fisher is None:
+            raise ValueError("PAGCP fisher saliency needs an oracle with gradients (engine.oracle.CalibrationOracle)")
+        self._fisher: tuple[torch.Tensor, np.ndarray] | None = None  # (mask values it was computed at, scores)
 
     # ---------------------------------------------------------------- saliency on the pruned model
     def _input_columns(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -148,7 +154,13 @@ class PAGCP:
         return {k: (torch.tensor([c for c, _ in v]), torch.tensor([i for _, i in v])) for k, v in cols.items()}
 
     def saliency(self, g: Group) -> np.ndarray:
-        """L1 (or L2) of each channel's producer filters over the input columns still present."""
+        """Per channel of the unit, shape (channels,), higher = kept first: L1 (or L2) of its producer filters over
+        the input columns still present, or (fisher) the Fisher information of its mask on the calibration images
+        under the current masks (engine.oracle.CalibrationOracle.mask_fisher; recomputed when any mask changed)."""
+        if self.cfg.criterion == "fisher":
+            if self._fisher is None or not torch.equal(self._fisher[0], self.masks.values):
+                self._fisher = self.masks.values.clone(), self._mask_fisher(self.masks)
+            return self._fisher[1][[self.masks.index[r] for r in g.classes]]
         tensors = dict(self.model.named_parameters())
         keep_cache: dict[str, torch.Tensor] = {}
         l1 = self.cfg.criterion == "l1"

@@ -52,7 +52,8 @@ class FlopsBudget:
     factor: float = 4.0  # bracketing step of the scale
     mode: str = "greedy"  # greedy: prune/pagcp_greedy.py; search: cheap passes find the threshold scale
     commit: float = 0.2  # greedy: a round prices steps worth 1/commit of the FLOPs it needs to remove
-    rounds: int = 3  # greedy: pricing rounds planned (one oracle call per unit each; more only to land in the band)
+    rounds: int = 3  # greedy: pricing rounds planned at least (one oracle call per unit each)
+    round_cut: float | None = 0.08  # greedy: ... and enough that no round removes more than this share of the FLOPs left
     greedy_cheap: bool = True  # greedy: price the steps with the search passes' oracle (search_images)
 
 
@@ -110,10 +111,11 @@ def prune_to_flops(model, groups: GroupSet, make_oracle: Callable[[bool], Callab
                          f"{cfg.ratios()[-1]:.2f} (--divisor {cfg.divisor}, --min-channels {cfg.min_keep}) leaves "
                          f"{least:.3f} of the FLOPs")
     if budget.mode == "greedy":
-        from prune.pagcp_greedy import BudgetedGreedy
+        from prune.pagcp_greedy import BudgetedGreedy, plan_rounds
 
         oracle = make_oracle(budget.greedy_cheap)
-        pol = BudgetedGreedy(model, groups, oracle, tasks, cfg, f, half, budget.commit, budget.rounds, units=units,
+        rounds = plan_rounds(f, budget.rounds, budget.round_cut)
+        pol = BudgetedGreedy(model, groups, oracle, tasks, cfg, f, half, budget.commit, rounds, units=units,
                              progress=progress, journal=journal, write_journal=write_journal)
         removed, decisions = pol.run()
         share = _share(groups, removed)

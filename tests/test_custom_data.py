@@ -51,6 +51,7 @@ def test_custom_data_bench_tiny_killed_and_resumed(tmp_path, monkeypatch):
     assert "| base | unpruned, 1 epochs |" in table and "| reference | unpruned, 1+1 epochs |" in table
     rows = json.loads((run / "results.json").read_text())["rows"]
     assert all(r["latency_ms"] > 0 for r in rows if "latency_ms" in r) and rows[0]["map50_95"] is not None
+    assert [r.get("train_epochs") for r in rows[:3]] == [0, 1, 1]  # training after the base: none, 1, 1 fine-tune
     assert (run / "map_vs_gflops.png").stat().st_size > 1000 and (run / "map_vs_latency.png").stat().st_size > 1000
     assert (run / "results.csv").read_text().count("\n") == len(rows) + 1
     # other settings are refused, not mixed into the same folder

@@ -101,4 +101,6 @@ def test_compress_method_fisher_cli(cfg, shapes_yaml, tmp_path):
     s = json.loads((run / "summary.json").read_text())
     f = json.loads((run / "round_0" / "fisher.json").read_text())
     assert f["flops_share"] <= 0.9 and len(f["history"]) >= 40
+    # the pruning phase's training, in epochs (a method comparison counts it in the training budget)
+    assert f["steps"] >= 1 and f["epochs"] > 0 and f["epochs"] == pytest.approx(f["steps"] / round(f["steps"] / f["epochs"]))
     assert s["after"]["params"] < s["before"]["params"] and s["rounds"][0]["model"] == "weights/best.pt"

@@ -161,3 +161,37 @@ def test_pagcp_with_prefix_cache_makes_the_same_decisions(shapes_yaml):
         runs.append((removed, [(d.group, d.ratio, d.trials) for d in decisions], oracle))
     assert runs[0][:2] == runs[1][:2] and runs[0][0]  # same cuts, same trials; something was pruned
     assert runs[1][2].flop_forwards < runs[0][2].flop_forwards == runs[0][2].image_forwards
+
+
+def test_mask_fisher_saliency(shapes_yaml):
+    """The oracle's mask Fisher (PAGCP --prunemethod fisher): one score per mask class; a dead channel and a masked
+    one score exactly 0, live ones more; model gradients and the loss oracle's values are untouched; PAGCP ranks
+    a unit's channels by it and refuses it with an oracle that has no gradients."""
+    from engine.loss import build_criterion
+    from prune.pagcp import PAGCP, PAGCPConfig
+
+    torch.manual_seed(0)
+    model = load_model("yolov5n.yaml", nc=4).eval()
+    data = check_dataset(str(shapes_yaml), splits=("train",))
+    crit = build_criterion(model, None, 64)
+    oracle = CalibrationOracle(model, calibration_batches(data, 64, 4, 2, seed=0), crit, list(crit.names), bn="batch")
+    groups = build_groups(model)
+    g = next(x for x in groups.prunable if "model.0.conv" in x.producers)
+    dead = 3
+    model.model[0].bn.weight.data[dead] = 0.0  # constant 0 output: SiLU(0) = 0, nothing flows through it
+    model.model[0].bn.bias.data[dead] = 0.0
+    before = oracle()
+    with ChannelMasks(model, groups) as masks:
+        masks.set_removed(g.id, [5])
+        f = oracle.mask_fisher(masks)
+        assert f.shape == (len(masks.values),) and np.isfinite(f).all()
+        mine = f[[masks.index[r] for r in g.classes]]
+        assert mine[dead] == 0 and mine[5] == 0 and (np.delete(mine, [dead, 5]) > 0).all()
+        pol = PAGCP(model, groups, oracle, list(crit.names), PAGCPConfig(criterion="fisher"), progress=False)
+        pol.masks = masks
+        assert np.array_equal(pol.saliency(g), mine)
+        masks.set_removed(g.id, [])
+    assert all(p.grad is None for p in model.parameters())
+    assert np.array_equal(oracle(), before)
+    with pytest.raises(ValueError, match="needs an oracle with gradients"):
+        PAGCP(model, groups, lambda: np.ones(3), list(crit.names), PAGCPConfig(criterion="fisher"))

@@ -93,6 +93,28 @@ def test_greedy_planned_rounds_bound_the_oracle_calls(tiny, rounds, target):
     assert all(d.trials >= 1 for d in decisions if d.removed)
 
 
+def test_planned_rounds_cap_the_share_one_round_removes(tiny):
+    """Deep targets plan more pricing rounds (no round's goal removes more than round_cut of the FLOPs left), so
+    the priced steps stay small; prune_to_flops runs that many."""
+    from prune.pagcp_greedy import plan_rounds
+
+    assert plan_rounds(0.8, 3, 0.08) == 3 and plan_rounds(0.5, 3, 0.08) == 9 and plan_rounds(0.35, 3, 0.08) == 13
+    assert plan_rounds(0.5, 3, None) == 3 and plan_rounds(0.5, 12, 0.08) == 12 and plan_rounds(1.0, 3, 0.08) == 3
+    for r, t in ((3, 0.9), (9, 0.5)):  # every planned goal removes at most 8% of the FLOPs left
+        assert t ** (1 / r) >= 0.92 - 1e-9
+    with pytest.raises(ValueError, match="must be in"):
+        plan_rounds(0.5, 3, 1.0)
+    model, groups = tiny
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    calls = {}
+    for cut in (None, 0.08):
+        res = prune_to_flops(model, groups, lambda c: _distortion_oracle(model, x), TASKS, PAGCPConfig(step=0.05, trip="mean"),
+                             FlopsBudget(0.5, tol=0.01, rounds=3, round_cut=cut), progress=False, log=lambda s: None)
+        assert abs(res.share - 0.5) <= 0.01
+        calls[cut] = res.passes[0]["rounds"]
+    assert calls[None] <= 5 and calls[0.08] >= 9
+
+
 def test_greedy_journal_replays_and_refuses_other_settings(tiny, tmp_path):
     """A finished (or killed) greedy's journal is replayed by the same run without new pricing; a run with another
     target refuses it (PAGCP's journal checks, the greedy's fingerprint)."""
@@ -225,6 +247,7 @@ def test_target_mode_oracle_defaults_yield_to_given_flags():
     (["--target-flops", "0.05"], "add --force"),
     (["--target-flops", "0.7", "--topk", "0.8"], "--topk drops units after the pass and would miss --target-flops"),
     (["--target-flops", "0.7", "--flops-tol", "0"], "--flops-tol must be in (0, 0.5)"),
+    (["--target-flops", "0.7", "--pricing-cut", "1"], "--pricing-cut must be in (0, 1)"),
     (["--method", "l1", "--target-flops", "0.01", "--force", "--min-channels", "8"], "cannot be reached"),
 ])
 def test_absurd_or_conflicting_budgets_are_refused(extra, message, shapes_yaml, tmp_path, capsys):
