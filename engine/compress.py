@@ -168,6 +168,10 @@ def run(opt) -> dict:
         if k < len(summary["rounds"]):  # finished before an interruption
             model = load_model(rdir / summary["rounds"][k]["model"]).to(device)
             continue
+        # this round's FLOPs target, of its input: what is left of --target-flops over the rounds left, so that
+        # rounds landing off their own target (within the band, or by --divisor rounding) do not compound
+        done = float(np.prod([r.get("flops_share", 1.0) for r in summary["rounds"]]))
+        opt.round_target = round_target(opt.target_flops, opt.rounds - k, done)
         model, entry = _round(k, model, data, opt, device, evaluate, rdir, teacher)
         ddp.barrier()  # rank 0 has saved the round's model
         # the next round starts from the saved file, as it does after --resume: same structure either way
@@ -247,6 +251,15 @@ def _check_reachable(model: nn.Module, opt) -> None:
 
 # options that may differ on the machine that resumes; every other one is the run's own
 RESUME_KEEPS = ("resume", "device", "workers", "project", "name", "exist_ok")
+
+
+def round_target(target_flops: float | None, rounds_left: int, done: float = 1.0) -> float | None:
+    """FLOPs share of its input a round aims at: (target_flops / done) ** (1 / rounds_left), where done is the
+    share the finished rounds reached (of the base model's FLOPs); None without a target. With equal rounds
+    that land on their targets this is target_flops ** (1 / rounds) each."""
+    if target_flops is None:
+        return None
+    return min(1.0, (target_flops / done) ** (1 / max(rounds_left, 1)))
 
 
 def _find_run(opt) -> tuple[Path, dict | None]:
@@ -360,7 +373,7 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
         LOGGER.info(f"BN statistics re-estimated on {opt.bn_recalib} images: calibration loss {before:.4f} -> "
                     f"{after:.4f}, {'kept' if kept else 'discarded (the original statistics are better)'}")
     prune_seconds = time.time() - t0
-    target = opt.target_flops ** (1 / max(opt.rounds, 1)) if opt.target_flops is not None else None
+    target = opt.round_target
     LOGGER.info(f"round {k}: pruned {sum(map(len, removed.values()))} channels in {len(removed)} groups: "
                 f"conv FLOPs x{frac:.3f} ({prune_seconds:.1f}s)")
     if target is not None and abs(frac - target) > FLOPS_TOLERANCE:
@@ -469,7 +482,7 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
                                              bn=opt.oracle_bn, prefix_cache=opt.prefix_cache, shard=True))
             return oracles[-1]
 
-        target = opt.target_flops ** (1 / max(opt.rounds, 1))  # each round takes an equal share of the reduction
+        target = opt.round_target
         budget = FlopsBudget(target, opt.flops_tol, opt.search_images, mode=opt.flops_budget, rounds=opt.pricing_rounds,
                              round_cut=opt.pricing_cut)
         res = prune_to_flops(model, groups, make_oracle, tasks, cfg, budget, units=units, progress=ddp.is_main(),
@@ -518,7 +531,7 @@ def _plan_fisher(model: nn.Module, groups, opt, rdir: Path) -> dict[int, list[in
     from engine.trainer import train
     from prune.fisher import GroupFisher
 
-    target = opt.target_flops ** (1 / max(opt.rounds, 1))
+    target = opt.round_target
     gf = GroupFisher(model, groups, target_flops=target, norm=opt.fisher_norm, interval=opt.interval,
                      channels_per_step=opt.channels_per_step, min_keep=opt.min_channels,
                      reduce=ddp.all_reduce_sum).attach()  # DDP: accumulators summed over the processes
@@ -575,7 +588,7 @@ def _plan(model: nn.Module, groups, opt) -> dict[int, list[int]]:
         return layer_plan(groups, scores, opt.pruning_params, **kw)
     planner = plan_global if opt.global_ranking else plan_uniform
     if opt.target_flops is not None:  # over several rounds, each round takes an equal share of the reduction
-        target = opt.target_flops ** (1 / max(opt.rounds, 1))
+        target = opt.round_target
         return solve_ratio_for_flops(groups, planner, target, scores=scores, **kw)[0]
     return planner(groups, scores=scores, ratio=opt.ratio, **kw)
 

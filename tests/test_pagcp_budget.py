@@ -258,23 +258,35 @@ def test_absurd_or_conflicting_budgets_are_refused(extra, message, shapes_yaml, 
 
 
 def test_rounds_spread_the_target(shapes_yaml, tmp_path):
-    """--rounds 2 --target-flops 0.64: each round aims at 0.8 of its input; both land in the band."""
+    """--rounds 2 --target-flops 0.64: the first round aims at 0.8 of its input, the second at what is left of
+    0.64 over the share the first reached (no compounding of the rounds' offsets); both land in the band."""
+    from engine.compress import round_target
+
+    assert round_target(0.64, 2) == pytest.approx(0.8) and round_target(None, 2) is None
+    assert round_target(0.5, 1, done=0.9) == pytest.approx(0.5 / 0.9) and round_target(0.5, 2, 0.4) == 1.0
+    # 4 rounds to 0.5, each 0.01 over its own target: the fixed split would end at 0.851^4 = 0.524
+    done = 1.0
+    for k in range(4):
+        done *= round_target(0.5, 4 - k, done) + 0.01 * (k < 3)
+    assert abs(done - 0.5) < 1e-9
     rc = _run(["--weights", "yolov5n.yaml", "--data", str(shapes_yaml), "--img", "64", "--batch", "8", "--epochs", "0",
                "--rounds", "2", "--target-flops", "0.64", "--calib-images", "4", "--search-images", "4",
                "--ratio-step", "0.1", "--bn-recalib", "0"], tmp_path)
     assert rc == 0
     s = json.loads((tmp_path / "runs" / "exp" / "summary.json").read_text())
     shares = []
-    for r in s["rounds"]:
+    for k, r in enumerate(s["rounds"]):
         info = r["pagcp"]
-        assert info["target"] == pytest.approx(0.8)
+        aim = 0.8 if k == 0 else 0.64 / shares[0]
+        assert info["target"] == pytest.approx(aim)
         final = [p for p in info["passes"] if p["kind"] != "search"][-1]
-        assert abs(final["share"] - 0.8) <= 0.01 + 1e-9
+        assert abs(final["share"] - aim) <= 0.01 + 1e-9
         shares.append(final["share"])
-    assert abs(np.prod(shares) - 0.64) <= 0.02
+    assert abs(np.prod(shares) - 0.64) <= 0.01 * 0.8 + 1e-9  # the last round absorbs the first one's offset
     assert abs(s["flops_ratio"] - 0.64) <= 0.03  # whole-model GFLOPs: BN/activations are not pruned
     units = (tmp_path / "runs" / "exp" / "round_1" / "units.txt").read_text()
-    assert "PAGCP to FLOPs x0.800" in units and f"({s['rounds'][1]['pagcp']['passes'][-1]['kind']})" in units
+    assert "PAGCP to FLOPs x0.800" in (tmp_path / "runs" / "exp" / "round_0" / "units.txt").read_text()
+    assert f"PAGCP to FLOPs x{0.64 / shares[0]:.3f}" in units and f"({s['rounds'][1]['pagcp']['passes'][-1]['kind']})" in units
 
 
 def test_collapse_warning_in_console_and_report(shapes_yaml, tmp_path, monkeypatch, caplog):
