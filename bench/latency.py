@@ -83,6 +83,20 @@ def op_profile(model, imgsz: int, threads: int, runs: int) -> dict[str, float]:
     return dict(total.most_common(8))
 
 
+def _labels(paths: list[str]) -> list[str]:
+    """'base', then each checkpoint's file name, or its shortest distinct path tail where names repeat
+    (runs/compress/exp{2,3}/pruned.pt -> exp2/pruned.pt, exp3/pruned.pt): one row per model, none overwritten."""
+    out = ["base"]
+    for i, p in enumerate(paths[1:], 1):
+        parts = Path(p).parts
+        for k in range(1, len(parts) + 1):
+            tail = "/".join(parts[-k:])
+            if all("/".join(Path(q).parts[-k:]) != tail for j, q in enumerate(paths[1:], 1) if j != i):
+                break
+        out.append(tail)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["yolov5n.yaml", "yolov5s.yaml"],
@@ -104,8 +118,7 @@ def main(argv=None) -> int:
     thread_counts = [resolve_threads(t) for t in a.threads]
     backends = ("onnxruntime", "pytorch") if a.pytorch else ("onnxruntime",)
     if all(m.endswith(".pt") for m in a.models):  # a real base checkpoint and pruned ones
-        suites = {Path(a.models[0]).name: {Path(m).name if i else "base": load_model(m).eval()
-                                           for i, m in enumerate(a.models)}}
+        suites = {Path(a.models[0]).name: {label: load_model(m).eval() for label, m in zip(_labels(a.models), a.models)}}
     else:
         suites = {m: pruned_variants(m, a.imgsz, a.targets, a.divisors, a.global_ranking) for m in a.models}
     print(f"environment: {environment(thread_counts[0])}; {a.imgsz}x{a.imgsz}, median of {a.repeats} interleaved runs "

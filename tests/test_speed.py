@@ -62,3 +62,18 @@ def test_compress_latency_never_fails_the_run():
     broken.model[0].register_forward_hook(refuse)
     out = compress_latency(base, broken, 64)
     assert "cannot trace this" in out["skipped"]
+
+
+def test_latency_bench_labels_keep_checkpoints_with_the_same_name_apart():
+    """bench/latency.py with checkpoints: rows named by file name, or by the shortest distinct path tail where
+    names repeat (two runs' pruned.pt were one row before: the second overwrote the first)."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("latency_bench", ROOT / "bench" / "latency.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod._labels(["b/base.pt", "r/exp2/pruned.pt", "r/exp3/pruned.pt", "x/other.pt"]) == [
+        "base", "exp2/pruned.pt", "exp3/pruned.pt", "other.pt"]
+    assert mod._labels(["a.pt", "a/s/p.pt", "b/s/p.pt"]) == ["base", "a/s/p.pt", "b/s/p.pt"]
