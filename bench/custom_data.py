@@ -230,11 +230,12 @@ class Bench:
             notes.append(f"{len(off)} group(s) not a multiple of {divisor}")
         if resumed:
             notes.append(RESUMED)
-        # training after the base: every round's fine-tune, plus Group Fisher's pruning phase (it trains too)
-        train_epochs = sum(x.get("epochs", o.epochs) or 0 for x in s["rounds"]) if s["rounds"] else o.epochs
-        phase = folder / "round_0" / "fisher.json"
-        if method == "fisher" and phase.is_file():
-            train_epochs += sum(json.loads(f.read_text()).get("epochs") or 0 for f in folder.glob("round_*/fisher.json"))
+        # training after the base: every round's fine-tune, plus Group Fisher's pruning phases and slimming's
+        # sparsity phase (both train on the data too)
+        train_epochs = s.get("epochs", o.epochs) * len(s["rounds"])
+        train_epochs += sum(json.loads(f.read_text()).get("epochs") or 0 for f in folder.glob("round_*/fisher.json"))
+        if method == "slim":
+            train_epochs += o.sparsity_epochs
         return self.record(step, {
             "method": method, "target": target, "divisor": divisor, "model": str(folder / "pruned.pt"),
             "params": r["params"], "gflops": r["gflops"], "flops_share": share,
@@ -346,8 +347,6 @@ def _rows(opt, base, ref, sparse, runs, skipped, lat) -> list[dict]:
             notes.append("its pruning phase trains on the data" + (
                 f" ({r['train_epochs'] - opt.epochs:.1f} epochs before the fine-tune)"
                 if r.get("train_epochs") is not None else ""))
-        if r["method"] == "slim":
-            r = {**r, "train_epochs": (r.get("train_epochs") or opt.epochs) + opt.sparsity_epochs}
         rows.append({**r, "run": step, "method": LABELS[r["method"]], "latency_ms": ms.get(step), "notes": notes})
     for step, why in skipped.items():
         rows.append({"run": step, "method": LABELS[step.split("@")[0]], "notes": [f"not run: {why}"]})

@@ -169,8 +169,7 @@ class CalibrationOracle:
             for k in self._own:
                 b = self.batches[k]
                 img, out = self._forward(b, k)
-                raw = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], (list, dict)) \
-                    else out
+                raw = _train_output(out)
                 _, items = self.criterion(raw, b)
                 rows[k] = items.detach().float().cpu().numpy() * img.shape[0]  # float32, exact in float64
         rows[-1, 0] = self.flop_forwards - flops_before
@@ -186,7 +185,7 @@ class CalibrationOracle:
 
     def mask_fisher(self, masks) -> np.ndarray:
         """Fisher information of every channel mask on the calibration images, shape (mask classes,):
-        sum over images n of (dL_n / dm_n)^2 / 2, where m_n is image n's multiplier of the channel (1 = kept) and
+        sum over images n of (dL_n / dm_n)^2 (ChannelMasks.fisher), where m_n is image n's multiplier of the channel (1 = kept) and
         L_n its detection loss under the current masks, in this oracle's BN mode. A first-order estimate of the
         loss a channel's removal costs that sees what follows the channel (BN scales, the next convs, the head),
         which a filter's norm does not. Group Fisher's criterion (seeds 001/003; Liu et al., "Group Fisher
@@ -200,17 +199,15 @@ class CalibrationOracle:
             for k in self._own:
                 b = self.batches[k]
                 img = b["img"].to(self.device, non_blocking=True).float() / 255
-                ps = torch.ones(img.shape[0], len(masks.values), device=self.device, requires_grad=True)
-                masks.per_sample = ps
+                ps = masks.start_per_sample(img.shape[0], self.device)
                 try:
                     out = self.model(img)
                 finally:
                     masks.per_sample = None
-                raw = out[1] if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], (list, dict)) \
-                    else out
+                raw = _train_output(out)
                 loss, _ = self.criterion(raw, b)
                 (g,) = torch.autograd.grad(loss.sum(), ps)
-                total += g.detach().double().pow(2).sum(0).cpu() / 2
+                total += masks.fisher(g)
                 self.flop_forwards += 3 * img.shape[0]  # a backward costs about two forwards
         if self._sharded:
             total = torch.as_tensor(all_reduce_sum(total.numpy()))
@@ -237,6 +234,13 @@ class CalibrationOracle:
                 m.train(was_training)
             if was_training and not bns:
                 self.model.train()
+
+
+def _train_output(out):
+    """The training-format head output the loss reads: YOLOv5/v7 eval forwards return (predictions, train maps)."""
+    if isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], (list, dict)):
+        return out[1]
+    return out
 
 
 def _cache_budget(device: torch.device) -> int:

@@ -77,13 +77,13 @@ class GroupFisher:
         self.masks.per_sample = None
 
     def before_forward(self, batch_size: int, device=None) -> None:
-        self.masks.per_sample = torch.ones(batch_size, len(self.masks.values), device=device, requires_grad=True)
+        self.masks.start_per_sample(batch_size, device)
 
     def after_backward(self) -> None:
         ps = self.masks.per_sample
         if ps is None or ps.grad is None:
             return
-        self.fisher += ps.grad.detach().double().pow(2).sum(0).cpu()
+        self.fisher += self.masks.fisher(ps.grad)
         self.masks.per_sample = None
         self.steps += 1
         if self.steps % self.interval == 0 and not self.done:

@@ -83,6 +83,19 @@ class ChannelMasks:
     def reset(self) -> None:
         self.values.fill_(1.0)
 
+    # ------------------------------------------------------------------ per-image masks (Fisher information)
+    def start_per_sample(self, batch_size: int, device=None) -> torch.Tensor:
+        """Give each of the next forward's batch_size images its own multiplier per mask class, all 1, shape
+        (batch_size, classes), requiring grad: after a backward its gradient is dL_n/dm_n per image and channel."""
+        self.per_sample = torch.ones(batch_size, len(self.values), device=device, requires_grad=True)
+        return self.per_sample
+
+    @staticmethod
+    def fisher(grad: torch.Tensor) -> torch.Tensor:
+        """Empirical Fisher information per mask class from per-image mask gradients (batch, classes):
+        sum over images of grad^2, float64 on the CPU (Liu et al., Group Fisher Pruning, ICML 2021)."""
+        return grad.detach().double().pow(2).sum(0).cpu()
+
     # ------------------------------------------------------------------ where masks act (for the oracle's cache)
     def first_layer(self, group_id: int) -> int | None:
         """Earliest top-level layer (model.N) whose output this group's mask can change; None when a site of the
