@@ -100,7 +100,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
                          help="PAGCP oracle: start forwards at the unit's first layer, reusing earlier layers' outputs")
     g_pagcp.add_argument("--oracle-bn", default=d["oracle_bn"], choices=("running", "batch"),
                          help="PAGCP oracle: BN with running statistics, or each batch's (the loss after --bn-recalib)")
-    # PAGCP to a FLOPs target (--target-flops; prune/pagcp_budget.py), its trip rule, budget guards (engine/safeguards.py)
+    # PAGCP to a FLOPs target (--target-flops; prune/methods/pagcp/budget.py), its trip rule, budget guards (engine/safeguards.py)
     g_pagcp.add_argument("--flops-tol", type=float, default=d["flops_tol"],
                          help="PAGCP --target-flops: end within target +- this FLOPs share")
     g_pagcp.add_argument("--flops-budget", default=d["flops_budget"], choices=("greedy", "search"),
@@ -203,8 +203,8 @@ def resume_hint(opt, since: float) -> str:
 def main(argv=None) -> int:
     import time
 
-    from engine import distributed as ddp
-    from engine.data import DataConfigError
+    from utils import distributed as ddp
+    from data.datasets import DataConfigError
     from utils.checkpoint import CheckpointError
     from utils.general import interrupt_status, sigterm_as_interrupt
 
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     try:
         with sigterm_as_interrupt():
             opt = parse_opt(argv)
-            from engine.compress import check_args, run
+            from engine.compressor import check_args, run
 
             if not opt.resume and len(ddp.device_ids(opt.device)) > 1:
                 check_args(copy.copy(opt))  # bad flags: one line here rather than one per process

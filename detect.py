@@ -59,7 +59,7 @@ def main(argv=None) -> int:
 
     try:
         opt = parse_opt(argv)
-        from engine.detect import run
+        from engine.predictor import run
 
         run(**vars(opt))
     except (UsageError, CheckpointError, FileNotFoundError) as e:

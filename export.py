@@ -43,13 +43,13 @@ def parse_opt(argv=None) -> argparse.Namespace:
 
 
 def run(**kw):
-    from engine.export import run as _run
+    from engine.exporter import run as _run
 
     return _run(**kw)
 
 
 def main(argv=None) -> int:
-    from engine.export import ExportError
+    from engine.exporter import ExportError
     from utils.checkpoint import CheckpointError
 
     try:

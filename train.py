@@ -28,7 +28,7 @@ from utils.general import LOGGER, UsageError
 def _prune_at_load(opt):
     """Seed 002's train.py --pruning-params: the loaded model pruned by --criterion, to be fine-tuned (the
     pruning record goes to the run folder as pruning.json)."""
-    from engine.data import check_dataset
+    from data.datasets import check_dataset
     from engine.sensitivity import load_pruned_model
     from utils.files import write_json
 
@@ -134,7 +134,7 @@ def resume_hint(opt, since: float) -> str:
 def main(argv=None) -> int:
     import time
 
-    from engine.data import DataConfigError
+    from data.datasets import DataConfigError
     from utils.checkpoint import CheckpointError
     from utils.general import interrupt_status, sigterm_as_interrupt
 
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     try:
         with sigterm_as_interrupt():
             opt = parse_opt(argv)
-            from engine.distributed import relaunch
+            from utils.distributed import relaunch
 
             rc = relaunch(opt.device, __file__, argv, opt.batch_size)  # --device 0,1: one process per device
             if rc is not None:

@@ -109,9 +109,9 @@ def run(
     model=None,
 ):
     """Validate one model; returns (ValResult, save_dir). `model` skips loading (used by train/compress)."""
-    from engine.data import build_val_loader, check_dataset, is_coco_named
-    from engine.ultralytics_val import CONVENTIONS, DEFAULT_BATCH, DEFAULT_IOU, select_head, validation_convention
-    from engine.validator import coco_evaluate, format_table, validate, write_json
+    from data.datasets import build_val_loader, check_dataset, is_coco_named
+    from engine.validation.ultralytics import CONVENTIONS, DEFAULT_BATCH, DEFAULT_IOU, select_head, validation_convention
+    from engine.validation.common import coco_evaluate, format_table, validate, write_json
     from models.loader import fuse_model, load_model
     from utils.flops import model_summary
 
@@ -143,7 +143,7 @@ def run(
     coco_ids = save_json and is_coco_named(data_dict["names"])
     plotter = None
     if plots:
-        from engine.valplots import ValPlots
+        from engine.validation.plots import ValPlots
 
         plotter = ValPlots(data_dict["names"] if not single_cls else {0: "item"})
     res, jdict = validate(
@@ -227,7 +227,7 @@ def _pruned(opt, weights):
     """Seed 002's "testing with the pruning parameters": the model pruned by --pruning-params (else None)."""
     if opt.pruning_params is None:
         return None
-    from engine.data import check_dataset
+    from data.datasets import check_dataset
     from engine.sensitivity import load_pruned_model
 
     nc = check_dataset(opt.data, splits=(opt.task,))["nc"] if Path(weights).suffix in (".yaml", ".yml") else None
@@ -236,7 +236,7 @@ def _pruned(opt, weights):
 
 
 def main(argv=None) -> int:
-    from engine.data import DataConfigError
+    from data.datasets import DataConfigError
     from utils.checkpoint import CheckpointError
     from utils.general import interrupt_status, sigterm_as_interrupt
 
@@ -251,7 +251,7 @@ def main(argv=None) -> int:
                     run_sensitivity(opt, w)
                 return 0
             if opt.task == "speed":
-                from engine.speed import run_speed
+                from engine.latency import run_speed
 
                 for w in opt.weights:
                     run_speed(w, opt.imgsz, opt.batch_size, opt.device, opt.half, opt.project, opt.name,

@@ -20,10 +20,10 @@ import utils  # noqa: E402,F401
 
 
 def main(argv=None) -> int:
-    from engine.compress import Evaluator
-    from engine.data import check_dataset
-    from engine.loss import build_criterion
-    from engine.oracle import CalibrationOracle, calibration_batches, recalibrate_bn
+    from engine.compressor import Evaluator
+    from data.datasets import check_dataset
+    from models.loss import build_criterion
+    from prune.methods.pagcp.oracle import CalibrationOracle, calibration_batches, recalibrate_bn
     from models.loader import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -11,7 +11,7 @@ The workflow of issue 14 on one dataset (default: the raccoon VOC asset, any dat
      l1 (uniform ratio), slim (network slimming of the base after `--sparsity-epochs` of train.py --sparsity);
   3. per run: params, GFLOPs, FLOPs share (target ± `--tolerance`, else marked), mAP50 / mAP50-95 before and
      after fine-tuning, compute seconds; then every model's onnxruntime CPU batch-1 latency, all timed
-     interleaved in one session with the base (engine/speed.py);
+     interleaved in one session with the base (engine/latency.py);
   4. results.md (table), results.csv, results.json, map_vs_gflops.png, map_vs_latency.png in the run folder.
 
 Resumable: each finished step is recorded atomically in state.json and skipped when the same command is run
@@ -180,8 +180,8 @@ class Bench:
                                   "seconds": round(time.time() - t0, 1), "resumed": resumable})
 
     def evaluate(self, weights: str):
-        from engine.compress import Evaluator
-        from engine.data import check_dataset
+        from engine.compressor import Evaluator
+        from data.datasets import check_dataset
         from models.loader import load_model
         from utils.general import select_device
 
@@ -244,9 +244,9 @@ class Bench:
             "wall_seconds": round(time.time() - t0, 1), "source_map50_95": s["base"]["map50_95"],
             "train_epochs": round(train_epochs, 2), "notes": notes})
 
-    # ------------------------------------------------------------------ latency (engine/speed.py)
+    # ------------------------------------------------------------------ latency (engine/latency.py)
     def latency_step(self, models: dict[str, str]) -> dict:
-        from engine.speed import compare_latency, environment, resolve_threads
+        from engine.latency import compare_latency, environment, resolve_threads
         from models.loader import load_model
 
         key = sorted(models)
@@ -293,7 +293,7 @@ def run(opt) -> Path:
     if min(opt.base_epochs, opt.epochs) < 1:
         raise UsageError("--base-epochs and --epochs must be >= 1")
     _asset_defaults(opt)
-    from engine.data import check_dataset
+    from data.datasets import check_dataset
 
     check_dataset(opt.data, splits=("train", "val"))  # one clear line before any run folder exists
     save_dir = run_folder(opt)
@@ -433,7 +433,7 @@ def plot_results(rows: list[dict], opt, lat: dict, save_dir: Path) -> None:
 
 
 def main(argv=None) -> int:
-    from engine.data import DataConfigError
+    from data.datasets import DataConfigError
     from utils.checkpoint import CheckpointError
 
     try:

@@ -97,7 +97,7 @@ def worker(opt) -> None:
     import numpy as np
     import torch.distributed as dist
 
-    from engine import distributed as ddp
+    from utils import distributed as ddp
     from engine.trainer import train
 
     ddp.setup(opt.device)  # the group outlives the training: the CPU times are summed over the processes after it

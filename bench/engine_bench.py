@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from models.loader import load_model  # noqa: E402
 from prune import ChannelMasks, apply_removal, build_groups  # noqa: E402
 from prune.importance import get_criterion  # noqa: E402
-from prune.uniform import plan_uniform  # noqa: E402
+from prune.plans import plan_uniform  # noqa: E402
 
 
 def timed(fn, repeats):

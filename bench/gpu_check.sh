@@ -130,9 +130,9 @@ import sys
 import numpy as np
 import torch
 
-from engine.data import check_dataset
-from engine.loss import build_criterion
-from engine.oracle import CalibrationOracle, calibration_batches
+from data.datasets import check_dataset
+from models.loss import build_criterion
+from prune.methods.pagcp.oracle import CalibrationOracle, calibration_batches
 from models.loader import load_model
 from prune import build_groups
 from prune.masks import ChannelMasks

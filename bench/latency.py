@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import utils  # noqa: E402,F401
-from engine.speed import compare_latency, environment, resolve_threads  # noqa: E402
+from engine.latency import compare_latency, environment, resolve_threads  # noqa: E402
 from models.loader import load_model  # noqa: E402
 from prune import apply_removal, build_groups  # noqa: E402
 from prune.importance import get_criterion  # noqa: E402
-from prune.uniform import plan_global, plan_uniform, solve_ratio_for_flops  # noqa: E402
+from prune.plans import plan_global, plan_uniform, solve_ratio_for_flops  # noqa: E402
 from utils.flops import count_params, gflops  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def op_profile(model, imgsz: int, threads: int, runs: int) -> dict[str, float]:
     import numpy as np
     import onnxruntime as ort
 
-    from engine.export import export_onnx, prepare
+    from engine.exporter import export_onnx, prepare
 
     with tempfile.TemporaryDirectory() as tmp:
         f = Path(tmp) / "m.onnx"

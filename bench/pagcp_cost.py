@@ -97,7 +97,7 @@ def same_state_agreement(model, groups, oracle, tasks, cfg, ref_decisions: list[
     """The oracle's fidelity without the greedy path's cascade: each unit is searched with this oracle on the
     reference's own state (its masks before that unit, its threshold; bases are this oracle's losses of the
     reference's accepted states). Returns (units within one grid step of the reference's ratio, units visited)."""
-    from prune.pagcp import PAGCP, UnitDecision
+    from prune.methods.pagcp.reference import PAGCP, UnitDecision
     from prune.surgery import estimate_flops
 
     policy = PAGCP(model, groups, oracle, tasks, cfg, progress=False)
@@ -125,13 +125,13 @@ def same_state_agreement(model, groups, oracle, tasks, cfg, ref_decisions: list[
 def main(argv=None) -> int:
     from compress import parse_opt
     from data.shapes import ensure_shapes
-    from engine.compress import ensure_base_model
-    from engine.data import build_val_loader, check_dataset
-    from engine.loss import build_criterion
-    from engine.oracle import CalibrationOracle, calibration_batches
+    from engine.compressor import ensure_base_model
+    from data.datasets import build_val_loader, check_dataset
+    from models.loss import build_criterion
+    from prune.methods.pagcp.oracle import CalibrationOracle, calibration_batches
     from models.loader import load_model
     from prune import build_groups
-    from prune.pagcp import PAGCP, PAGCPConfig
+    from prune.methods.pagcp.reference import PAGCP, PAGCPConfig
     from utils.config import defaults
     from utils.files import write_json
 

@@ -1,7 +1,7 @@
 # AGPL-3.0 License
 """What a compression run reports: report.md, results.csv and the before/after table printed at the end.
 
-Built from the run's summary.json dict (engine.compress.run), so a finished run's reports can be written again
+Built from the run's summary.json dict (engine.compressor.run), so a finished run's reports can be written again
 from its summary alone.
 """
 

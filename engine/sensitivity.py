@@ -176,7 +176,7 @@ def _save_dir(opt, project: Path) -> Path:
 def run_sensitivity(opt, weights: str | None = None) -> Path:
     """Run (or continue) the analysis of `weights` (default opt.weights) with val.py's options; returns the
     folder holding output_{rate}.txt."""
-    from engine.data import build_val_loader, check_dataset
+    from data.datasets import build_val_loader, check_dataset
     from models.loader import load_model
     from prune import build_groups
     from prune.importance import get_criterion
@@ -236,7 +236,7 @@ def run_sensitivity(opt, weights: str | None = None) -> Path:
     loader = build_val_loader(data, "val", imgsz, opt.batch_size, stride, opt.workers, opt.single_cls)
 
     def evaluate() -> dict:
-        from engine import validator  # looked up per call (tests count validations)
+        from engine.validation import common as validator  # looked up per call (tests count validations)
 
         res, _ = validator.validate(model, loader, data["names"], opt.conf_thres, opt.iou_thres, opt.max_det,
                                     opt.single_cls, device, opt.half, progress=False)

@@ -31,10 +31,10 @@ import torch.distributed as dist
 import torch.nn as nn
 import yaml
 
-from engine.data import DATA_DIR, build_val_loader, check_dataset, checked_dataset
+from data.datasets import DATA_DIR, build_val_loader, check_dataset, checked_dataset
 from engine.distill import OutputDistiller
-from engine.loss import build_criterion
-from engine.validator import ValResult, format_table, validate
+from models.loss import build_criterion
+from engine.validation.common import ValResult, format_table, validate
 from models.loader import class_rows_kept, fuse_model, load_model, reset_classes
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.config import defaults
@@ -146,7 +146,7 @@ class Trainer:
             cb(self)
 
     def _setup_device(self) -> torch.device:
-        from engine.distributed import setup
+        from utils.distributed import setup
 
         # a process group compress.py opened for its whole run outlives this training (its next round needs it)
         self._owns_group = self.world > 1 and not dist.is_initialized()
@@ -284,7 +284,7 @@ class Trainer:
         self.loss_names = tuple(self.criterion.names)
         self.sparsity = None
         if opt.sparsity:  # before the run folder exists: a bad --sparsity-ignore pattern writes nothing
-            from prune.slim import SparsityPenalty
+            from prune.methods.slim import SparsityPenalty
 
             self.sparsity = SparsityPenalty(model, opt.sparsity, opt.sparsity_ignore, batch * accumulate * self.world,
                                             opt.nbs)

@@ -4,7 +4,7 @@
 graph (prune.graph: which channels are coupled, found by tracing one forward)
   -> groups (prune.groups: channels pruned together, with params/FLOPs/memory per channel)
   -> importance (prune.importance: criteria scoring each channel of a group)
-  -> policies (prune.uniform, ...: how many channels of which groups to remove)
+  -> policies (prune.plans, ...: how many channels of which groups to remove)
   -> masks (prune.masks: reversible trials) and surgery (prune.surgery: physical removal)
 """
 

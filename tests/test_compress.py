@@ -154,21 +154,21 @@ def test_rounds_finetune_resume_after_crash_mid_finetune(shapes_yaml, tmp_path, 
 
 
 def test_pagcp_resume_between_rounds_same_structure(shapes_yaml, tmp_path, monkeypatch):
-    import engine.compress
+    import engine.compressor
 
     args = ["--weights", "yolov5n.yaml", "--data", str(shapes_yaml), "--img", "64", "--batch", "8",
             "--calib-images", "4", "--ratio-step", "0.25", "--initial_rate", "0.3", "--rounds", "2", "--seed", "3"]
     assert _run(args, tmp_path / "a") == 0
-    real = engine.compress._prune
+    real = engine.compressor._prune
 
     def crash(k, *a, **kw):
         if k == 1:
             raise KeyboardInterrupt()
         return real(k, *a, **kw)
 
-    monkeypatch.setattr(engine.compress, "_prune", crash)
+    monkeypatch.setattr(engine.compressor, "_prune", crash)
     assert _run(args, tmp_path / "b") == 130
-    monkeypatch.setattr(engine.compress, "_prune", real)
+    monkeypatch.setattr(engine.compressor, "_prune", real)
     run = tmp_path / "b" / "runs" / "exp"
     assert _run(args + ["--resume", str(run)], tmp_path / "c") == 0
     assert _channels(run) == _channels(tmp_path / "a" / "runs" / "exp")

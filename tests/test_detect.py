@@ -96,7 +96,7 @@ def _txt(tmp_path: Path, files) -> Path:
 
 
 def test_labels_are_yolov5_format(images, weights, tmp_path):
-    from engine.detect import run
+    from engine.predictor import run
 
     save, results = run(str(weights["full"]), str(images), imgsz=64, conf_thres=0.0001, max_det=3, save_txt=True,
                         save_conf=True, project=str(tmp_path), nosave=True)
@@ -123,7 +123,7 @@ def test_labels_are_yolov5_format(images, weights, tmp_path):
 
 @pytest.mark.parametrize("which", ["pruned", "yolov7-tiny.yaml", "yolov8n.yaml", "v5.0/yolov5n.yaml", "yolo26n.yaml"])
 def test_every_family_full_or_pruned(which, images, weights, tmp_path):
-    from engine.detect import run
+    from engine.predictor import run
 
     w = weights.get(which, which)
     save, results = run(str(w), str(images), imgsz=64, conf_thres=0.0, max_det=3, project=str(tmp_path),
@@ -140,7 +140,7 @@ def test_offline_drawing_never_fetches_a_font(images, weights, tmp_path, monkeyp
     import ultralytics.utils.checks as checks
     import ultralytics.utils.plotting as plotting
 
-    from engine.detect import run
+    from engine.predictor import run
     from models.loader import load_model
 
     real = checks.check_font  # a font file given by path is fine; a font looked up by name may be fetched

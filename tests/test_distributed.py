@@ -49,7 +49,7 @@ if os.environ.get("YOLOC_TEST_WRITES"):
 
     files.atomic_write = logged_write
     if os.environ.get("RANK") == os.environ.get("YOLOC_TEST_KILL_RANK"):
-        from engine.oracle import CalibrationOracle
+        from prune.methods.pagcp.oracle import CalibrationOracle
         from engine.trainer import Trainer
 
         at_call, at_epoch = int(os.environ.get("YOLOC_TEST_KILL_CALL", 0)), int(os.environ.get("YOLOC_TEST_KILL_EPOCH", -1))
@@ -193,7 +193,7 @@ def _fisher_history(cfg: str, rank: int, world: int, reduce) -> list:
     """Channels Group Fisher masks in 3 steps of 8 images, this process taking images rank, rank + world, ..."""
     from models.loader import load_model
     from prune import build_groups
-    from prune.fisher import GroupFisher
+    from prune.methods.fisher import GroupFisher
 
     torch.manual_seed(0)
     model = load_model(cfg, nc=4).eval()  # eval BN: each image's gradient is its own
@@ -212,7 +212,7 @@ def _fisher_history(cfg: str, rank: int, world: int, reduce) -> list:
 FISHER_WORKER = """\
 import json, sys
 sys.path[:0] = sys.argv[1:3]
-from engine import distributed as ddp
+from utils import distributed as ddp
 from test_distributed import _fisher_history
 
 ddp.setup("cpu")
@@ -251,7 +251,7 @@ def test_device_list_without_gpus_is_one_line(shapes_yaml, tmp_path, capsys):
 
 
 def test_batch_must_split_evenly():
-    from engine.distributed import check_batch
+    from utils.distributed import check_batch
     from utils.general import UsageError
 
     check_batch(16, 2)

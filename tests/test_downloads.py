@@ -7,8 +7,8 @@ import zipfile
 
 import pytest
 
-from engine.data import DataConfigError, check_dataset
-from utils.downloads import DownloadError, download_dataset, main
+from data.datasets import DataConfigError, check_dataset
+from data.download import DownloadError, download_dataset, main
 
 
 def _yaml(tmp_path, download: str) -> object:
@@ -25,7 +25,7 @@ def test_download_unpacks_next_to_the_yaml_path(tmp_path, shapes_yaml):
         z.write(src, "tiny/images/0.png")
         z.writestr("tiny/labels/0.txt", "0 0.5 0.5 0.2 0.2\n")
     y = _yaml(tmp_path, f"download:\n  urls: [{archive.as_uri()}]\n  unzip_to: ../datasets\n")
-    with pytest.raises(DataConfigError, match="python -m utils.downloads"):
+    with pytest.raises(DataConfigError, match="python -m data.download"):
         check_dataset(str(y))  # nothing is fetched unless asked
     assert main([str(y)]) == 0
     d = check_dataset(str(y))

@@ -15,7 +15,7 @@ def _pruned(cfg: str, tmp_path, ratio: float = 0.3):
     from prune import build_groups
     from prune.importance import get_criterion
     from prune.surgery import apply_removal
-    from prune.uniform import plan_uniform
+    from prune.plans import plan_uniform
     from utils.checkpoint import save_checkpoint
 
     model = load_model(cfg, nc=4)

@@ -12,7 +12,7 @@ import torchvision
 
 from models.loader import load_model
 from prune import apply_removal, build_groups
-from prune.fisher import GroupFisher
+from prune.methods.fisher import GroupFisher
 
 
 def _loop(model, gf, make_x, loss_fn, max_steps=400):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.data import build_val_loader, check_dataset
-from engine.loss import AnchorLoss, build_criterion, scaled_gains
+from data.datasets import build_val_loader, check_dataset
+from models.loss import AnchorLoss, build_criterion, scaled_gains
 from models.loader import load_model
 
 

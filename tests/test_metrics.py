@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.metrics import ap_per_class, average_precision
-from engine.validator import match_predictions
+from engine.validation.ap import ap_per_class, average_precision
+from engine.validation.common import match_predictions
 
 
 def test_perfect_detector_scores_yolov5s_0995():

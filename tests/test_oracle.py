@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data import check_dataset
-from engine.oracle import CalibrationOracle, calibration_batches
+from data.datasets import check_dataset
+from prune.methods.pagcp.oracle import CalibrationOracle, calibration_batches
 from models.loader import load_model
 from prune import ChannelMasks, build_groups
 
@@ -52,9 +52,9 @@ def test_bn_recalibration_and_batch_mode_oracle(shapes_yaml):
     """recalibrate_bn re-estimates running stats without touching weights; the 'batch' oracle leaves them intact."""
     import torch
 
-    from engine.data import check_dataset
-    from engine.loss import build_criterion
-    from engine.oracle import CalibrationOracle, calibration_batches, recalibrate_bn
+    from data.datasets import check_dataset
+    from models.loss import build_criterion
+    from prune.methods.pagcp.oracle import CalibrationOracle, calibration_batches, recalibrate_bn
     from models.loader import load_model
 
     model = load_model("yolov5n.yaml", nc=4).eval()
@@ -75,14 +75,14 @@ def test_bn_recalibration_and_batch_mode_oracle(shapes_yaml):
 def test_bn_recalibration_is_kept_only_when_the_loss_falls(shapes_yaml):
     """Statistics re-estimated on dark images make the loss on real ones worse: they are discarded and the
     original statistics restored exactly; re-estimating a model whose statistics are wrong is kept."""
-    from engine.loss import build_criterion
-    from engine.oracle import recalibrate_bn_if_better
+    from models.loss import build_criterion
+    from prune.methods.pagcp.oracle import recalibrate_bn_if_better
 
     data = check_dataset(str(shapes_yaml), splits=("train",))
     real = calibration_batches(data, 64, 8, 4, seed=0)
     check = calibration_batches(data, 64, 8, 4, seed=1)
     model = load_model("yolov5n.yaml", nc=4).eval()
-    from engine.oracle import recalibrate_bn
+    from prune.methods.pagcp.oracle import recalibrate_bn
 
     recalibrate_bn(model, real)  # a model with sensible statistics
     model.eval()
@@ -103,7 +103,7 @@ def test_bn_recalibration_is_kept_only_when_the_loss_falls(shapes_yaml):
 def test_prefix_cache_gives_the_losses_of_full_forwards(shapes_yaml, cfg):
     """Forwards that start at the focused unit's first layer (earlier outputs reused) give exactly the full
     forward's losses, also when a mask before that layer changes meanwhile (the cache is rebuilt), and cost less."""
-    from engine.loss import build_criterion
+    from models.loss import build_criterion
 
     data = check_dataset(str(shapes_yaml), splits=("train",))
     torch.manual_seed(0)
@@ -142,8 +142,8 @@ def test_prefix_cache_gives_the_losses_of_full_forwards(shapes_yaml, cfg):
 
 
 def test_pagcp_with_prefix_cache_makes_the_same_decisions(shapes_yaml):
-    from engine.loss import build_criterion
-    from prune.pagcp import PAGCP, PAGCPConfig
+    from models.loss import build_criterion
+    from prune.methods.pagcp.reference import PAGCP, PAGCPConfig
 
     data = check_dataset(str(shapes_yaml), splits=("train",))
     torch.manual_seed(1)
@@ -167,8 +167,8 @@ def test_mask_fisher_saliency(shapes_yaml):
     """The oracle's mask Fisher (PAGCP --prunemethod fisher): one score per mask class; a dead channel and a masked
     one score exactly 0, live ones more; model gradients and the loss oracle's values are untouched; PAGCP ranks
     a unit's channels by it and refuses it with an oracle that has no gradients."""
-    from engine.loss import build_criterion
-    from prune.pagcp import PAGCP, PAGCPConfig
+    from models.loss import build_criterion
+    from prune.methods.pagcp.reference import PAGCP, PAGCPConfig
 
     torch.manual_seed(0)
     model = load_model("yolov5n.yaml", nc=4).eval()

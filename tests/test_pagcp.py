@@ -9,7 +9,7 @@ import torch
 
 from models.loader import load_model
 from prune import apply_removal, build_groups, estimate_flops
-from prune.pagcp import PAGCP, PAGCPConfig, solve_lambda
+from prune.methods.pagcp.reference import PAGCP, PAGCPConfig, solve_lambda
 
 
 def test_solve_lambda_matches_reference_example():
@@ -116,7 +116,7 @@ def test_gallop_search_on_a_model_matches_linear(model_and_groups):
 def test_loss_ratio_of_a_task_without_signal_is_neutral():
     """A 1-class YOLOv5 model has no class loss (0 before and after every cut): its ratio must be 1, not 0, or the
     tasks' mean prices every cut below 1 (a gain) and a FLOPs-target greedy takes the deepest cuts it can."""
-    from prune.pagcp import loss_ratios
+    from prune.methods.pagcp.reference import loss_ratios
 
     rel = loss_ratios(np.array([0.06, 0.03, 0.0]), np.array([0.05, 0.03, 0.0]))
     np.testing.assert_allclose(rel, [1.2, 1.0, 1.0])

@@ -1,5 +1,5 @@
 # AGPL-3.0 License
-"""PAGCP to a FLOPs target (prune/pagcp_budget.py), its trip rules, and the budget guards (engine/safeguards.py)."""
+"""PAGCP to a FLOPs target (prune/methods/pagcp/budget.py), its trip rules, and the budget guards (engine/safeguards.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from test_pagcp import _oracle
 import compress
 from models.loader import load_model
 from prune import build_groups, estimate_flops
-from prune.pagcp import PAGCP, PAGCPConfig
-from prune.pagcp_budget import FlopsBudget, least_share, prune_to_flops
+from prune.methods.pagcp.reference import PAGCP, PAGCPConfig
+from prune.methods.pagcp.budget import FlopsBudget, least_share, prune_to_flops
 
 TASKS = ["box", "obj", "cls"]
 
@@ -78,7 +78,7 @@ def test_greedy_planned_rounds_bound_the_oracle_calls(tiny, rounds, target):
     """The greedy prices every unit once per round: with R planned rounds it lands in the band after about R rounds
     (one more per extra round at the grid step), costing one call per unit that can still be cut per round plus
     one per round and one at the start; a more aggressive target prices bigger steps, not more rounds."""
-    from prune.pagcp_greedy import BudgetedGreedy
+    from prune.methods.pagcp.greedy import BudgetedGreedy
 
     model, groups = tiny
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
@@ -96,7 +96,7 @@ def test_greedy_planned_rounds_bound_the_oracle_calls(tiny, rounds, target):
 def test_planned_rounds_cap_the_share_one_round_removes(tiny):
     """Deep targets plan more pricing rounds (no round's goal removes more than round_cut of the FLOPs left), so
     the priced steps stay small; prune_to_flops runs that many."""
-    from prune.pagcp_greedy import plan_rounds
+    from prune.methods.pagcp.greedy import plan_rounds
 
     assert plan_rounds(0.8, 3, 0.08) == 3 and plan_rounds(0.5, 3, 0.08) == 9 and plan_rounds(0.35, 3, 0.08) == 13
     assert plan_rounds(0.5, 3, None) == 3 and plan_rounds(0.5, 12, 0.08) == 12 and plan_rounds(1.0, 3, 0.08) == 3
@@ -118,7 +118,7 @@ def test_planned_rounds_cap_the_share_one_round_removes(tiny):
 def test_greedy_journal_replays_and_refuses_other_settings(tiny, tmp_path):
     """A finished (or killed) greedy's journal is replayed by the same run without new pricing; a run with another
     target refuses it (PAGCP's journal checks, the greedy's fingerprint)."""
-    from prune.pagcp_greedy import BudgetedGreedy
+    from prune.methods.pagcp.greedy import BudgetedGreedy
 
     model, groups = tiny
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
@@ -202,7 +202,7 @@ def _run(args, tmp_path):
 
 def test_default_target_and_reference_flags():
     """No PAGCP budget given: the default target; the reference flags (CLI or recipe) keep reference thresholds."""
-    from engine.compress import check_args
+    from engine.compressor import check_args
     from utils.config import defaults
 
     d = defaults("compress")
@@ -224,7 +224,7 @@ def test_default_target_and_reference_flags():
 def test_target_mode_oracle_defaults_yield_to_given_flags():
     """With a FLOPs target PAGCP's oracle takes cfg target_oracle (batch BN, L2 saliency, mean trip) unless a
     flag sets it; without a target (the reference flags) the reference settings stay."""
-    from engine.compress import check_args
+    from engine.compressor import check_args
     from utils.config import defaults
 
     profile = defaults("compress")["target_oracle"]
@@ -260,7 +260,7 @@ def test_absurd_or_conflicting_budgets_are_refused(extra, message, shapes_yaml, 
 def test_rounds_spread_the_target(shapes_yaml, tmp_path):
     """--rounds 2 --target-flops 0.64: the first round aims at 0.8 of its input, the second at what is left of
     0.64 over the share the first reached (no compounding of the rounds' offsets); both land in the band."""
-    from engine.compress import round_target
+    from engine.compressor import round_target
 
     assert round_target(0.64, 2) == pytest.approx(0.8) and round_target(None, 2) is None
     assert round_target(0.5, 1, done=0.9) == pytest.approx(0.5 / 0.9) and round_target(0.5, 2, 0.4) == 1.0
@@ -291,17 +291,17 @@ def test_rounds_spread_the_target(shapes_yaml, tmp_path):
 
 def test_collapse_warning_in_console_and_report(shapes_yaml, tmp_path, monkeypatch, caplog):
     """A run whose mAP50-95 falls below warn_map_share of the base ends with a WARNING line saying what to try."""
-    import engine.compress
+    import engine.compressor
 
     maps = iter([0.30, 0.05])
-    real = engine.compress._measure
+    real = engine.compressor._measure
 
     def measure(*a, **kw):
         out = real(*a, **kw)
         out["map50_95"] = next(maps)
         return out
 
-    monkeypatch.setattr(engine.compress, "_measure", measure)
+    monkeypatch.setattr(engine.compressor, "_measure", measure)
     with caplog.at_level("WARNING"):
         rc = _run(["--weights", "yolov5n.yaml", "--data", str(shapes_yaml), "--img", "64", "--batch", "8",
                    "--epochs", "0", "--method", "l1", "--ratio", "0.5"], tmp_path)

@@ -20,7 +20,7 @@ from models.loader import load_model
 from prune import ChannelMasks, GroupSet, apply_removal, build_groups, estimate_flops
 from prune.importance import CRITERIA, get_criterion
 from prune.surgery import keep_count
-from prune.uniform import plan_global, plan_uniform, solve_ratio_for_flops
+from prune.plans import plan_global, plan_uniform, solve_ratio_for_flops
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.flops import count_params
 

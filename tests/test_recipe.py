@@ -16,7 +16,7 @@ def _tiny(tmp_path, prune: bool, record: bool):
     from prune import build_groups
     from prune.importance import get_criterion
     from prune.surgery import apply_removal
-    from prune.uniform import plan_uniform
+    from prune.plans import plan_uniform
     from utils.checkpoint import save_checkpoint
 
     cfg = tmp_path / "tiny.yaml"

@@ -67,10 +67,10 @@ def _ultralytics_log_stream():
 @pytest.fixture(autouse=True)
 def _no_plots(monkeypatch):
     """compress.py's figures are not what these tests check, and drawing them takes seconds."""
-    import engine.compress
+    import engine.compressor
 
     for name in ("plot_channels", "plot_loss_curves", "plot_rounds"):
-        monkeypatch.setattr(engine.compress, name, lambda *a, **k: None)
+        monkeypatch.setattr(engine.compressor, name, lambda *a, **k: None)
 
 
 def _one_line(capsys) -> str:
@@ -193,7 +193,7 @@ def test_bad_data_yaml(content, message, shapes_yaml, tmp_path, capsys):
     ("zero 0.5 0.5 0.2 0.2", "not a number"),
 ])
 def test_corrupt_label_is_skipped_and_counted(label, why, shapes_yaml, tmp_path, capsys):
-    from engine.data import build_val_loader, check_dataset
+    from data.datasets import build_val_loader, check_dataset
 
     data = check_dataset(_dataset(tmp_path / "ds", shapes_yaml, labels={1: label}))
     ds = build_val_loader(data, "val", 64, 4, 32, workers=0).dataset
@@ -228,7 +228,7 @@ _label_file = st.lists(st.lists(_token, max_size=7).map(" ".join), max_size=4).m
 @given(text=_label_file)
 def test_fuzz_label_files(text, shapes_yaml):
     """Any label text: a dataset with only valid labels, or one clear DataConfigError line; never a crash."""
-    from engine.data import DataConfigError, build_val_loader, check_dataset
+    from data.datasets import DataConfigError, build_val_loader, check_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         data = check_dataset(_dataset(Path(tmp) / "ds", shapes_yaml, labels={0: text}, n=1))
@@ -253,7 +253,7 @@ _yaml_dict = st.dictionaries(st.sampled_from(["path", "train", "val", "names", "
 @given(d=_yaml_dict, raw=st.one_of(st.none(), st.text(max_size=40)))
 def test_fuzz_data_yaml(d, raw, shapes_yaml, tmp_path_factory):
     """Any yaml mapping (or any text): a usable dataset dict, or one clear DataConfigError line."""
-    from engine.data import DataConfigError, check_dataset
+    from data.datasets import DataConfigError, check_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -307,7 +307,7 @@ def test_device_that_does_not_exist_export(capsys, tmp_path):
 def test_unreachable_fisher_target_is_refused(tiny):
     from models.loader import load_model
     from prune import build_groups
-    from prune.fisher import GroupFisher
+    from prune.methods.fisher import GroupFisher
 
     model = load_model(tiny, nc=4)
     with pytest.raises(ValueError, match=r"--target-flops 0.010 cannot be reached: keeping 8 channel\(s\) per group"):
@@ -426,7 +426,7 @@ def test_pagcp_same_seed_same_structure(pagcp_ref, tiny, shapes_yaml, tmp_path):
 def test_pagcp_killed_mid_round_resumes_to_same_structure(pagcp_ref, tiny, shapes_yaml, tmp_path, monkeypatch):
     """Interrupted inside the pass (after a few units): a plain --resume replays the finished units without
     oracle calls, continues from the next one and ends exactly where the uninterrupted run did."""
-    from engine.oracle import CalibrationOracle
+    from prune.methods.pagcp.oracle import CalibrationOracle
 
     real = CalibrationOracle.__call__
     calls = []
@@ -464,7 +464,7 @@ def test_pagcp_journal_replays_trips_and_refuses_another_pass(tiny, tmp_path):
 
     from models.loader import load_model
     from prune import build_groups
-    from prune.pagcp import PAGCP, PAGCPConfig
+    from prune.methods.pagcp.reference import PAGCP, PAGCPConfig
 
     model = load_model(tiny, nc=4)
     groups = build_groups(model, imgsz=64)

@@ -30,12 +30,12 @@ def _compress(args, tmp_path) -> dict:
 def test_round_times_count_each_stage_once(tiny, shapes_yaml, tmp_path, monkeypatch):
     """A fake clock that only moves inside the stages: oracle 7 s, the rest of pruning 3 s, fine-tuning 20 s,
     each validation 1 s. report.md and summary.json must add them up once (pruning was counted twice before)."""
-    import engine.compress
+    import engine.compressor
     import engine.trainer
-    import prune.pagcp
+    import prune.methods.pagcp.reference
 
     clock = [1000.0]
-    monkeypatch.setattr(engine.compress, "time", SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(engine.compressor, "time", SimpleNamespace(time=lambda: clock[0]))
 
     def advancing(fn, seconds):
         def wrapped(*a, **k):
@@ -44,10 +44,10 @@ def test_round_times_count_each_stage_once(tiny, shapes_yaml, tmp_path, monkeypa
             return out
         return wrapped
 
-    monkeypatch.setattr(prune.pagcp.PAGCP, "run", advancing(prune.pagcp.PAGCP.run, 7))
-    monkeypatch.setattr(engine.compress, "apply_removal", advancing(engine.compress.apply_removal, 3))
+    monkeypatch.setattr(prune.methods.pagcp.reference.PAGCP, "run", advancing(prune.methods.pagcp.reference.PAGCP.run, 7))
+    monkeypatch.setattr(engine.compressor, "apply_removal", advancing(engine.compressor.apply_removal, 3))
     monkeypatch.setattr(engine.trainer, "train", advancing(engine.trainer.train, 20))
-    monkeypatch.setattr(engine.compress.Evaluator, "__call__", advancing(engine.compress.Evaluator.__call__, 1))
+    monkeypatch.setattr(engine.compressor.Evaluator, "__call__", advancing(engine.compressor.Evaluator.__call__, 1))
     s = _compress(["--weights", str(tiny), "--data", str(shapes_yaml), "--img", "64", "--batch", "8",
                    "--calib-images", "4", "--ratio-step", "0.45", "--initial_rate", "0.3", "--epochs", "1",
                    "--hyp", "scratch-low", "--bn-recalib", "0"], tmp_path)

@@ -9,7 +9,7 @@ import torch
 
 from models.loader import load_model
 from prune import build_groups, estimate_flops
-from prune.slim import gamma_scores, percentile_threshold, plan_threshold, threshold_for_flops
+from prune.methods.slim import gamma_scores, percentile_threshold, plan_threshold, threshold_for_flops
 
 
 @pytest.fixture(scope="module")

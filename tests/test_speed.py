@@ -1,5 +1,5 @@
 # AGPL-3.0 License
-"""Latency measurement (engine/speed.py): interleaved timing, val.py --task speed, compress.py's latency line."""
+"""Latency measurement (engine/latency.py): interleaved timing, val.py --task speed, compress.py's latency line."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import copy
 import json
 
 import val
-from engine.speed import compress_latency, time_interleaved
+from engine.latency import compress_latency, time_interleaved
 from models.loader import load_model
 from prune import apply_removal, build_groups
 from prune.importance import get_criterion
-from prune.uniform import plan_uniform
+from prune.plans import plan_uniform
 from utils.flops import count_params
 
 

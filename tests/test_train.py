@@ -21,7 +21,7 @@ def _pruned_yolov5n(nc: int = 4, ratio: float = 0.3):
     from prune import build_groups
     from prune.importance import get_criterion
     from prune.surgery import apply_removal, channel_table
-    from prune.uniform import plan_uniform
+    from prune.plans import plan_uniform
 
     model = load_model("yolov5n.yaml", nc=nc)
     groups = build_groups(model, imgsz=64)
@@ -102,7 +102,7 @@ def test_resume_after_crash_mid_epoch(shapes_yaml, tmp_path):
 
 def test_sparsity_penalty_pushes_gammas_down(shapes_yaml, tmp_path):
     from engine.trainer import train
-    from prune.slim import SparsityPenalty
+    from prune.methods.slim import SparsityPenalty
     from utils.general import UsageError
 
     model, _ = _pruned_yolov5n()

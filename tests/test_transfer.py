@@ -34,7 +34,7 @@ def _tiny_set(n: int, seed: int = 0):
 
 def _fit(model, imgs, batch, steps: int, lr: float):
     """`steps` Adam steps of the family's own loss on one fixed batch."""
-    from engine.loss import build_criterion
+    from models.loss import build_criterion
 
     model.train()
     for p in model.parameters():
@@ -173,7 +173,7 @@ def test_reset_unknown_head_fails_closed():
 def test_reset_keeps_rows_of_known_class_names(cfg):
     """Classes the model already knows by name keep their learned rows (as ultralytics remaps by name); others
     start fresh; an anchor-based 1-class head starts fresh even for a known name (no loss term trains it)."""
-    from engine.data import coco_names
+    from data.datasets import coco_names
     from models.loader import detection_head, is_anchor_based, load_model, reset_classes
 
     def class_rows(model):

@@ -41,7 +41,7 @@ def test_run_folders_increment(shapes_yaml, tmp_path):
 
 
 def test_builtin_dataset_resolves_by_name():
-    from engine.data import check_dataset
+    from data.datasets import check_dataset
 
     d = check_dataset("shapes")
     assert d["names"] == {0: "circle", 1: "square", 2: "triangle", 3: "cross"}
@@ -94,7 +94,7 @@ def test_data_yaml_with_missing_val_path(tmp_path, capsys):
 def test_relative_path_resolves_against_yaml_folder(tmp_path, shapes_yaml, monkeypatch):
     import yaml
 
-    from engine.data import check_dataset
+    from data.datasets import check_dataset
 
     src = yaml.safe_load(shapes_yaml.read_text())
     d = tmp_path / "sub"

@@ -27,7 +27,7 @@ def test_val_writes_plots_offline(shapes_yaml, tmp_path, network_attempts):
 
 def test_confusion_matrix_and_curves_from_the_validation_stats(tmp_path):
     """One image: a right detection, a wrong-class one, a background false positive and a missed label."""
-    from engine.valplots import ValPlots
+    from engine.validation.plots import ValPlots
 
     vp = ValPlots({0: "a", 1: "b"})
     labels = torch.tensor([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50.0]])
@@ -48,7 +48,7 @@ def test_confusion_matrix_and_curves_from_the_validation_stats(tmp_path):
 
 @pytest.mark.parametrize("single_cls", [False, True])
 def test_plots_with_no_labels_or_single_class(single_cls, tmp_path):
-    from engine.valplots import ValPlots
+    from engine.validation.plots import ValPlots
 
     vp = ValPlots({0: "item"} if single_cls else {0: "a", 1: "b"})
     vp.add_image(torch.tensor([[0, 0, 10, 10, 0.9, 0]]), None, torch.zeros(0))  # a detection, no label anywhere

@@ -54,7 +54,7 @@ def _voc(root: Path, ann: dict, split_ids: dict | None = None, names=("cat", "do
 
 def _labels(data: dict, split: str) -> dict[str, list[list[float]]]:
     """{image stem: label rows} of a converted split, read back from the mirror."""
-    from engine.data import img_files
+    from data.datasets import img_files
 
     out = {}
     for f in img_files(data[split]):
@@ -64,7 +64,7 @@ def _labels(data: dict, split: str) -> dict[str, list[list[float]]]:
 
 
 def test_conversion_rules_and_one_warning_line(tmp_path, capsys):
-    from engine.data import check_dataset
+    from data.datasets import check_dataset
 
     ann = {
         "a": _xml([("cat", 0, (21, 11, 61, 51)), ("dog", 1, (1, 1, 10, 10))]),  # a difficult dog
@@ -93,7 +93,7 @@ def test_conversion_rules_and_one_warning_line(tmp_path, capsys):
 
 
 def test_difficult_keep_and_names_collected_from_xml(tmp_path, capsys):
-    from engine.data import check_dataset
+    from data.datasets import check_dataset
 
     ann = {"a": _xml([("zebra", 1, (21, 11, 61, 51)), ("ant", 0, (1, 1, 10, 10))]), "b": _xml([("moth", 0, (1, 1, 9, 9))])}
     y = _voc(tmp_path / "ds", ann, names=None,
@@ -105,7 +105,7 @@ def test_difficult_keep_and_names_collected_from_xml(tmp_path, capsys):
 
 
 def test_bad_voc_block_is_one_line(tmp_path):
-    from engine.data import DataConfigError, check_dataset
+    from data.datasets import DataConfigError, check_dataset
 
     y = _voc(tmp_path / "ds", {"a": _xml([("cat", 0, (1, 1, 9, 9))])},
              voc_block="voc:\n  images: images\n  anotations: annotations\n")
@@ -121,7 +121,7 @@ def test_bad_voc_block_is_one_line(tmp_path):
 
 
 def test_cache_reused_and_invalidated_on_content_change_same_size(tmp_path, capsys):
-    from engine.data import check_dataset
+    from data.datasets import check_dataset
 
     y = _voc(tmp_path / "ds", {"a": _xml([("cat", 0, (21, 11, 61, 51))]), "b": _xml([("dog", 0, (1, 1, 10, 10))])})
     first = check_dataset(y, splits=("val",))
@@ -145,7 +145,7 @@ def test_cache_reused_and_invalidated_on_content_change_same_size(tmp_path, caps
 
 
 def test_read_only_dataset_folder(tmp_path):
-    from engine.data import build_val_loader, check_dataset
+    from data.datasets import build_val_loader, check_dataset
 
     root = tmp_path / "ds"
     y = _voc(root, {"a": _xml([("cat", 0, (21, 11, 61, 51))]), "b": _xml([("dog", 0, (1, 1, 10, 10))])})
@@ -166,7 +166,7 @@ def test_devkit_layout_like_voc_yaml(tmp_path, monkeypatch):
     """data/VOC.yaml's layout (VOCdevkit/VOC2007/{JPEGImages,Annotations,ImageSets/Main}) through $YOLOC_DATASETS."""
     import yaml
 
-    from engine.data import DATA_DIR, check_dataset
+    from data.datasets import DATA_DIR, check_dataset
 
     dev = tmp_path / "sets" / "VOCdevkit"
     for year, ids in (("VOC2007", ["000005", "000007"]), ("VOC2012", ["2008_000002"])):
@@ -213,7 +213,7 @@ def test_voc_yaml_through_train_val_compress_clis(tmp_path):
 @pytest.mark.assets
 @need(RACCOON)
 def test_raccoon_asset(monkeypatch):
-    from engine.data import check_dataset
+    from data.datasets import check_dataset
 
     monkeypatch.setenv("YOLOC_DATASETS", str(RACCOON.parent))
     data = check_dataset("raccoon.yaml", splits=("train", "val"))
@@ -247,7 +247,7 @@ _obj = st.tuples(st.sampled_from(["cat", "dog", "", " cat ", "é"]), st.sampled_
        raw=st.one_of(st.none(), st.text(alphabet="<>/ab =\"'&;\n", max_size=30)))
 def test_fuzz_voc_xml(objs, size, raw, tmp_path_factory):
     """Any XML content: finite labels inside the image for the known classes, or one DataConfigError line."""
-    from engine.data import DataConfigError, check_dataset
+    from data.datasets import DataConfigError, check_dataset
 
     body = "".join(f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
                    f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, d, b in objs)

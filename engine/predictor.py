@@ -4,7 +4,7 @@ annotated copies, as YOLOv5's detect.py does.
 
 Sources: an image, a folder, a glob, a video file, or a .txt list of any of these (ultralytics'
 LoadImagesAndVideos). Each frame is letterboxed to a stride-aligned minimal rectangle, run through the
-model, and decoded with the same output adapter and NMS as val.py (engine.validator.to_nms_format and
+model, and decoded with the same output adapter and NMS as val.py (engine.validation.common.to_nms_format and
 ultralytics' non_max_suppression; end-to-end heads skip NMS there). Outputs go to runs/detect/exp*:
 annotated images and videos (.mp4), labels/*.txt in YOLOv5's format (class x_center y_center width height
 [conf], normalized to the image size), crops/<class>/*.jpg. Drawing is ultralytics' Annotator and
@@ -179,7 +179,7 @@ def run(
     from ultralytics.utils.ops import scale_boxes
     from ultralytics.utils.plotting import colors, save_one_box
 
-    from engine.validator import to_nms_format
+    from engine.validation.common import to_nms_format
     from models.loader import load_model
     from utils.flops import model_summary
 

@@ -3,7 +3,7 @@
 
 The reference PAGCP flags bound the *loss growth* and the FLOPs a pass ends at are whatever those bounds
 allow (the README's settings 0.01:1.2 ... 0.03:2 span x0.97 ... x0.89 on yolov5n). Users think in FLOPs. The
-policy (prune/pagcp.py) is unchanged here: every per-unit threshold is proportional to `initial_rate`, so
+policy (prune/methods/pagcp/reference.py) is unchanged here: every per-unit threshold is proportional to `initial_rate`, so
 `initial_rate` is one scale that moves the end point, and the pass's FLOPs fall as it grows. This module
 searches that scale:
 
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 from prune.groups import Group, GroupSet
-from prune.pagcp import PAGCP, PAGCPConfig, UnitDecision
+from prune.methods.pagcp.reference import PAGCP, PAGCPConfig, UnitDecision
 
 
 @dataclass
@@ -50,7 +50,7 @@ class FlopsBudget:
     max_passes: int = 8  # search passes at most
     max_topups: int = 3  # top-up passes at most after the final pass
     factor: float = 4.0  # bracketing step of the scale
-    mode: str = "greedy"  # greedy: prune/pagcp_greedy.py; search: cheap passes find the threshold scale
+    mode: str = "greedy"  # greedy: prune/methods/pagcp/greedy.py; search: cheap passes find the threshold scale
     commit: float = 0.2  # greedy: a round prices steps worth 1/commit of the FLOPs it needs to remove
     rounds: int = 3  # greedy: pricing rounds planned at least (one oracle call per unit each)
     round_cut: float | None = 0.08  # greedy: ... and enough that no round removes more than this share of the FLOPs left
@@ -94,7 +94,7 @@ def prune_to_flops(model, groups: GroupSet, make_oracle: Callable[[bool], Callab
 
     make_oracle(cheap) returns the oracle of the search passes (cheap=True) or of the final pass; oracles that
     count `images` per call are accounted for in BudgetResult.passes. journal: the final pass's progress file
-    (prune.pagcp.PAGCP); the search passes are recorded beside it (flops_search.json) and replayed on resume.
+    (prune.methods.pagcp.reference.PAGCP); the search passes are recorded beside it (flops_search.json) and replayed on resume.
     write_journal: whether this process writes those files (only rank 0 of a DDP run does; all read them).
     Raises ValueError when no pass can reach the band (every unit cut to the grid's largest ratio stays above it).
     """
@@ -111,7 +111,7 @@ def prune_to_flops(model, groups: GroupSet, make_oracle: Callable[[bool], Callab
                          f"{cfg.ratios()[-1]:.2f} (--divisor {cfg.divisor}, --min-channels {cfg.min_keep}) leaves "
                          f"{least:.3f} of the FLOPs")
     if budget.mode == "greedy":
-        from prune.pagcp_greedy import BudgetedGreedy, plan_rounds
+        from prune.methods.pagcp.greedy import BudgetedGreedy, plan_rounds
 
         oracle = make_oracle(budget.greedy_cheap)
         rounds = plan_rounds(f, budget.rounds, budget.round_cut)

@@ -53,7 +53,7 @@ def _resolve_split(root: Path, spec: Any, key: str, yaml_path: Path) -> list[str
         except (OSError, ValueError):  # a name too long or with a NUL byte is no path either
             found = False
         if not found:
-            hint = f" or download it: python -m utils.downloads {yaml_path}" if _has_download(yaml_path) else ""
+            hint = f" or download it: python -m data.download {yaml_path}" if _has_download(yaml_path) else ""
             raise DataConfigError(f"data yaml {yaml_path}: '{key}' path {q} does not exist; fix 'path'/'{key}'{hint}")
         out.append(str(q))
     return out
@@ -91,7 +91,7 @@ def check_dataset(data: str | Path | dict, splits: tuple[str, ...] = ("val",)) -
         d = yaml.safe_load(yaml_path.read_text())
 
     if d.get("voc") is not None and d.get("voc") is not False:  # Pascal VOC XML: converted once into a cache mirror
-        from engine.voc import voc_to_yolo
+        from data.voc import voc_to_yolo
 
         d = voc_to_yolo(d, _dataset_root(d, yaml_path), yaml_path, splits, _check_names)
     names = _check_names(d, yaml_path)
@@ -205,7 +205,7 @@ def _yolo_dataset_cls():
 
     class ValDataset(YOLODataset):
         """YOLODataset with YOLOv5's eval resize: INTER_AREA when shrinking (ultralytics uses INTER_LINEAR);
-        convention 'ultralytics' keeps ultralytics' own (engine.ultralytics_val)."""
+        convention 'ultralytics' keeps ultralytics' own (engine.validation.ultralytics)."""
 
         convention = "yolov5"
 
@@ -229,7 +229,7 @@ def _yolo_dataset_cls():
 def build_val_loader(data: dict, split: str, imgsz: int, batch_size: int, stride: int, workers: int = 8,
                      single_cls: bool = False, rect: bool = True, pad: float = 0.5, convention: str = "yolov5"):
     """Deterministic eval loader (rectangular batches, letterbox, no augmentation); convention: the validation
-    convention's image resize ('yolov5' or 'ultralytics', see engine.ultralytics_val; validate() switches it).
+    convention's image resize ('yolov5' or 'ultralytics', see engine.validation.ultralytics; validate() switches it).
     Labels become class 0 with `single_cls` or when the data dict carries single_cls: True (compress.py
     --single-cls)."""
     single_cls = single_cls or bool(data.get("single_cls"))

@@ -1,7 +1,7 @@
 # AGPL-3.0 License
 """Dataset downloads, only when the user asks for one:
 
-    python -m utils.downloads data/coco128.yaml
+    python -m data.download data/coco128.yaml
 
 A data yaml's `download:` is data, never code: `{urls: [...], unzip_to: DIR, unzip_to_by_file: {name: DIR}}`,
 directories relative to the yaml's own folder (like its `path`). Archives (.zip, .tar, .tar.gz, .tgz) are
@@ -79,7 +79,7 @@ def download_dataset(data_yaml: str | Path) -> list[Path]:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m utils.downloads path/to/data.yaml", file=sys.stderr)
+        print("usage: python -m data.download path/to/data.yaml", file=sys.stderr)
         return 2
     try:
         for p in download_dataset(argv[0]):

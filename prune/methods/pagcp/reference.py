@@ -139,7 +139,7 @@ class PAGCP:
             raise ValueError(f"PAGCP saliency must be l1, l2 or fisher, got '{cfg.criterion}'")
         self._mask_fisher = getattr(task_losses, "mask_fisher", None)
         if cfg.criterion == "fisher" and self._mask_fisher is None:
-            raise ValueError("PAGCP fisher saliency needs an oracle with gradients (engine.oracle.CalibrationOracle)")
+            raise ValueError("PAGCP fisher saliency needs an oracle with gradients (prune.methods.pagcp.oracle.CalibrationOracle)")
         self._fisher: tuple[torch.Tensor, np.ndarray] | None = None  # (mask values it was computed at, scores)
 
     # ---------------------------------------------------------------- saliency on the pruned model
@@ -156,7 +156,7 @@ class PAGCP:
     def saliency(self, g: Group) -> np.ndarray:
         """Per channel of the unit, shape (channels,), higher = kept first: L1 (or L2) of its producer filters over
         the input columns still present, or (fisher) the Fisher information of its mask on the calibration images
-        under the current masks (engine.oracle.CalibrationOracle.mask_fisher; recomputed when any mask changed)."""
+        under the current masks (prune.methods.pagcp.oracle.CalibrationOracle.mask_fisher; recomputed when any mask changed)."""
         if self.cfg.criterion == "fisher":
             if self._fisher is None or not torch.equal(self._fisher[0], self.masks.values):
                 self._fisher = self.masks.values.clone(), self._mask_fisher(self.masks)

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from engine.data import IMG_SUFFIXES, DataConfigError, _resolve_split
+from data.datasets import IMG_SUFFIXES, DataConfigError, _resolve_split
 from utils.general import LOGGER
 
 VOC_VERSION = 1  # bump when the conversion changes, so stale mirrors are not reused

@@ -6,7 +6,7 @@ structure), channels.json (remaining channels per layer), groups.txt and summary
 (params, gflops, map50, map50_95 before and after).
 
 Under torchrun (or `compress.py --device 0,1,...`) every process runs this module: pruning is decided identically
-on all of them (PAGCP's oracle and Group Fisher share their work through engine/distributed.py), fine-tuning is
+on all of them (PAGCP's oracle and Group Fisher share their work through utils/distributed.py), fine-tuning is
 DDP, and only rank 0 validates and writes the run folder.
 """
 
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from engine import distributed as ddp
-from engine.data import build_val_loader, check_dataset
+from utils import distributed as ddp
+from data.datasets import build_val_loader, check_dataset
 from engine.report import (
     FLOPS_TOLERANCE,
     console_table,
@@ -33,12 +33,12 @@ from engine.report import (
     rounding_warning,
     write_results,
 )
-from engine.validator import ValResult, format_table, validate, write_json
+from engine.validation.common import ValResult, format_table, validate, write_json
 from models.loader import fuse_model, load_model, model_family
 from prune import build_groups
 from prune.importance import get_criterion
 from prune.surgery import apply_removal, channel_table, estimate_flops, group_sizes
-from prune.uniform import plan_global, plan_uniform, solve_ratio_for_flops
+from prune.plans import plan_global, plan_uniform, solve_ratio_for_flops
 from utils.checkpoint import save_checkpoint
 from utils.files import copy_file, write_text
 from utils.flops import count_params, gflops
@@ -200,7 +200,7 @@ def run(opt) -> dict:
     summary["flops_share"] = float(np.prod([r.get("flops_share", np.nan) for r in summary["rounds"]]))
     summary["groups"] = final.get("groups")  # per group channels before/after, last round
     if opt.latency:
-        from engine.speed import compress_latency
+        from engine.latency import compress_latency
 
         base_model = load_model(opt.weights, nc=data["nc"] if from_yaml else None, trust=opt.trust_checkpoint)
         summary["latency"] = compress_latency(base_model, model, opt.imgsz, summary["flops_ratio"])
@@ -228,13 +228,13 @@ run_one_shot = run  # the name earlier code used
 def _check_reachable(model: nn.Module, opt) -> None:
     """Refuse --ignore patterns that match no prunable layer and a --target-flops that no plan can reach,
     before anything is written."""
-    from prune.uniform import min_flops_share
+    from prune.plans import min_flops_share
 
     groups = build_groups(model, imgsz=opt.imgsz, ignore=opt.ignore)  # raises on a pattern that matches nothing
     if opt.target_flops is None:
         return
     if opt.method == "pagcp":  # per round, the grid's largest ratio in every unit
-        from prune.pagcp_budget import least_share
+        from prune.methods.pagcp.budget import least_share
 
         least = least_share(groups, opt.ratio_step, opt.divisor, opt.min_channels) ** max(opt.rounds, 1)
         if least > opt.target_flops + opt.flops_tol:
@@ -354,7 +354,7 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
     frac = estimate_flops(groups, removed)[1] / estimate_flops(groups, {})[0]
     model.zero_grad(set_to_none=True)
     if opt.bias_compensation:
-        from engine.oracle import calibration_batches
+        from prune.methods.pagcp.oracle import calibration_batches
         from prune.surgery import compensate_biases, input_means
 
         batches = calibration_batches(data, opt.imgsz, opt.calib_images, min(opt.batch_size, 16), opt.seed, stride)
@@ -362,8 +362,8 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
         compensate_biases(model, groups, removed, input_means(model, groups, removed, images))
     apply_removal(model, groups, removed)
     if opt.bn_recalib > 0 and removed:
-        from engine.loss import build_criterion
-        from engine.oracle import calibration_batches, recalibrate_bn_if_better
+        from models.loss import build_criterion
+        from prune.methods.pagcp.oracle import calibration_batches, recalibrate_bn_if_better
 
         bs = min(opt.batch_size, 16)
         recal = calibration_batches(data, opt.imgsz, opt.bn_recalib, bs, opt.seed + 1, stride)
@@ -447,10 +447,10 @@ def ensure_base_model(opt, data: dict) -> Path:
 def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Path,
                 round_index: int = 0) -> dict[int, list[int]]:
     """PAGCP: greedy sequential pruning of the engine's groups under the per-task loss oracle, evaluated on a
-    seeded calibration subset of training images with masks (see prune/pagcp.py for departures)."""
-    from engine.loss import build_criterion
-    from engine.oracle import CalibrationOracle, calibration_batches
-    from prune.pagcp import PAGCP, PAGCPConfig, loss_ratios
+    seeded calibration subset of training images with masks (see prune/methods/pagcp/reference.py for departures)."""
+    from models.loss import build_criterion
+    from prune.methods.pagcp.oracle import CalibrationOracle, calibration_batches
+    from prune.methods.pagcp.reference import PAGCP, PAGCPConfig, loss_ratios
 
     rate = opt.initial_rate + round_index * opt.rate_slope
     thres = opt.initial_thres + round_index * opt.thres_slope
@@ -472,8 +472,8 @@ def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Pat
     if not opt.resume and ddp.is_main():
         journal.unlink(missing_ok=True)  # another run's (--exist-ok)
         journal.with_name("flops_search.json").unlink(missing_ok=True)
-    if opt.target_flops is not None:  # the threshold scale is searched (prune/pagcp_budget.py)
-        from prune.pagcp_budget import FlopsBudget, first_images, pass_line, prune_to_flops
+    if opt.target_flops is not None:  # the threshold scale is searched (prune/methods/pagcp/budget.py)
+        from prune.methods.pagcp.budget import FlopsBudget, first_images, pass_line, prune_to_flops
 
         def make_oracle(cheap: bool):
             if not cheap:
@@ -529,7 +529,7 @@ def _plan_fisher(model: nn.Module, groups, opt, rdir: Path) -> dict[int, list[in
     of every channel class, and mask the globally least important one(s) every --interval steps until the
     FLOPs target is reached. The fine-tuning (--epochs) runs after this phase, on the materialized model."""
     from engine.trainer import train
-    from prune.fisher import GroupFisher
+    from prune.methods.fisher import GroupFisher
 
     target = opt.round_target
     gf = GroupFisher(model, groups, target_flops=target, norm=opt.fisher_norm, interval=opt.interval,
@@ -570,7 +570,7 @@ def _plan(model: nn.Module, groups, opt) -> dict[int, list[int]]:
     """Which channels go: criterion scores + a budget (FLOPs target, ratio, per-layer rates or BN threshold)."""
     kw = dict(divisor=opt.divisor, min_keep=opt.min_channels)
     if opt.method == "slim":
-        from prune import slim
+        from prune.methods import slim
 
         scores = slim.gamma_scores(model, groups)
         if opt.slim_threshold is not None or opt.slim_percent is not None:
@@ -612,9 +612,9 @@ def _measure(model: nn.Module, evaluate: Evaluator | None, imgsz: int, tag: str)
 def _accumulate_gradients(model, data, opt, device) -> None:
     """Gradients of the detection loss over --calib-images training images (for the taylor criterion)."""
     try:
-        from engine.loss import build_criterion
+        from models.loss import build_criterion
     except ImportError as e:
-        raise UsageError("--method taylor needs the training loss (engine/loss.py), not available") from e
+        raise UsageError("--method taylor needs the training loss (models/loss.py), not available") from e
     with ddp.zero_first():  # the label cache
         loader = build_val_loader(data, "train", opt.imgsz, min(opt.batch_size, 16), 32, opt.workers)
     criterion = build_criterion(model, None, opt.imgsz)

@@ -75,7 +75,7 @@ class CalibrationOracle:
         prefix_cache: after focus(masks, group), forwards start at the group's first layer and reuse the earlier
         layers' outputs, recomputed only when a mask acting there changes (model weights must not change meanwhile,
         as within a PAGCP pass).
-        shard: under DDP (engine.distributed) this process runs only batches rank, rank + world, ... and the
+        shard: under DDP (utils.distributed) this process runs only batches rank, rank + world, ... and the
         per-batch losses are all-reduced, then summed in batch order as a single process does: every process
         gets the single-process value, bit for bit, so PAGCP decides identically on all of them. Every process
         must then make the same calls. No effect in a single process."""
@@ -85,7 +85,7 @@ class CalibrationOracle:
         self.device = torch.device(device)
         self.calls = 0
         self.images = sum(int(b["img"].shape[0]) for b in batches)  # all processes' images
-        from engine.distributed import shard as my_share
+        from utils.distributed import shard as my_share
 
         self._own = my_share(len(batches)) if shard else range(len(batches))
         self._sharded = len(self._own) < len(batches)
@@ -174,7 +174,7 @@ class CalibrationOracle:
                 rows[k] = items.detach().float().cpu().numpy() * img.shape[0]  # float32, exact in float64
         rows[-1, 0] = self.flop_forwards - flops_before
         if self._sharded:
-            from engine.distributed import all_reduce_sum
+            from utils.distributed import all_reduce_sum
 
             rows = all_reduce_sum(rows)  # every row comes from one process, zeros elsewhere: the sum is exact
         self.flop_forwards = flops_before + float(rows[-1, 0])
@@ -192,7 +192,7 @@ class CalibrationOracle:
         Pruning for Practical Network Compression", ICML 2021), here ranking channels inside a PAGCP unit.
         Full forwards (the prefix cache is neither used nor changed) with gradients on the masks only: model .grad
         buffers are not touched. Raises RuntimeError when the model's loss does not depend on the masks."""
-        from engine.distributed import all_reduce_sum
+        from utils.distributed import all_reduce_sum
 
         total = torch.zeros(len(masks.values), dtype=torch.float64)  # plain forwards: a prefix cache stays valid
         with self._bn_mode(), torch.enable_grad():
@@ -270,8 +270,8 @@ def calibration_batches(data: dict, imgsz: int, n_images: int, batch_size: int, 
     calls it (local rank 0 first: it may write the split's label cache)."""
     from torch.utils.data import DataLoader, Subset
 
-    from engine.data import build_val_loader
-    from engine.distributed import zero_first
+    from data.datasets import build_val_loader
+    from utils.distributed import zero_first
 
     with zero_first():
         ds = build_val_loader(data, split, imgsz, batch_size, stride, workers=0, rect=False).dataset

@@ -1,6 +1,6 @@
 # AGPL-3.0 License
 """Validation conventions per family: YOLOv5/YOLOv7 models are scored as the official YOLOv5 val.py scores them
-(engine.validator), ultralytics models as ultralytics' DetectionValidator (`yolo val`) scores them (this module).
+(engine.validation.common), ultralytics models as ultralytics' DetectionValidator (`yolo val`) scores them (this module).
 
 The two differ where it matters for weak models: YOLOv5 closes the precision-recall curve with a line to (recall 1,
 precision 0), ultralytics >= 8.3 ends it at the last recall -- on the YOLOv9t asset over a one-class COCO128 at 160
@@ -51,7 +51,7 @@ def validation_convention(model: nn.Module) -> str:
 
 
 def use_convention(loader, convention: str) -> None:
-    """Make `loader` (engine.data.build_val_loader) resize images the convention's way; a loader whose workers
+    """Make `loader` (data.datasets.build_val_loader) resize images the convention's way; a loader whose workers
     already hold the other setting is reset so that they pick it up (ultralytics' InfiniteDataLoader.reset)."""
     ds = getattr(loader, "dataset", None)
     if ds is None or not hasattr(ds, "convention") or ds.convention == convention:
@@ -141,15 +141,15 @@ def validate_ultralytics(model: nn.Module, loader, names: dict[int, str], conf_t
                          device: torch.device | str = "cpu", half: bool = False, save_dir: Path | None = None,
                          save_txt: bool = False, save_conf: bool = False, save_json: bool = False,
                          coco_ids: bool = False, progress: bool = True, plotter=None, criterion=None):
-    """engine.validator.validate for ultralytics models, with ultralytics' DetectionValidator conventions.
+    """engine.validation.common.validate for ultralytics models, with ultralytics' DetectionValidator conventions.
 
     model: an ultralytics DetectionModel (fused or not; its `end2end` flag picks the head, see select_head);
-    loader: engine.data.build_val_loader (switched to ultralytics' resize here). Boxes are pixels of the original
-    images. Returns (engine.validator.ValResult, COCO-json prediction rows); iou_thres None means 0.7.
+    loader: data.datasets.build_val_loader (switched to ultralytics' resize here). Boxes are pixels of the original
+    images. Returns (engine.validation.common.ValResult, COCO-json prediction rows); iou_thres None means 0.7.
     """
     from ultralytics.utils import TQDM
 
-    from engine.validator import LossMeter, ValResult
+    from engine.validation.common import LossMeter, ValResult
 
     use_convention(loader, "ultralytics")
     device, half, was_training, class_map = eval_setup(model, device, half, coco_ids)
@@ -236,7 +236,7 @@ def _save(v, preds, batch, txt_dir: Path | None, save_json: bool) -> None:
 
 
 def _result(v, result_cls, names: dict[int, str], dt: list[float]):
-    """DetMetrics -> engine.validator.ValResult (same fields as the YOLOv5 convention's)."""
+    """DetMetrics -> engine.validation.common.ValResult (same fields as the YOLOv5 convention's)."""
     m, seen = v.metrics, v.seen
     res = result_cls(images=seen)
     res.speed_ms = {k: 1e3 * t / max(seen, 1) for k, t in zip(("preprocess", "inference", "nms"), dt)}

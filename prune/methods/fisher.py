@@ -18,7 +18,7 @@ Use it inside any training loop:
         if gf.done: break
     removed = gf.removed()                  # {group id: positions} for prune.surgery.apply_removal
 
-Under DDP each process sees its own samples: `reduce` (engine.distributed.all_reduce_sum) sums the
+Under DDP each process sees its own samples: `reduce` (utils.distributed.all_reduce_sum) sums the
 accumulators over the processes before a channel is chosen, so every process masks the same one.
 """
 
@@ -33,7 +33,7 @@ import torch.nn as nn
 from prune.groups import GroupSet
 from prune.masks import ChannelMasks
 from prune.surgery import estimate_flops
-from prune.uniform import min_flops_share
+from prune.plans import min_flops_share
 
 
 class GroupFisher:

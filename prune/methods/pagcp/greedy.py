@@ -45,7 +45,7 @@ from typing import Callable
 import numpy as np
 
 from prune.groups import Group, GroupSet
-from prune.pagcp import PAGCP, PAGCPConfig, UnitDecision, loss_ratios
+from prune.methods.pagcp.reference import PAGCP, PAGCPConfig, UnitDecision, loss_ratios
 from prune.surgery import estimate_flops, keep_count
 
 

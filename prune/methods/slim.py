@@ -54,8 +54,8 @@ def threshold_for_flops(groups: GroupSet, scores: dict[int, np.ndarray], target:
                         min_keep: int = 1) -> tuple[float, dict[int, list[int]], float]:
     """The gamma threshold whose plan keeps the share of base conv FLOPs closest to `target` (at or below it with
     divisor 1): bisection over the sorted gammas, rounding to `divisor` inside the search
-    (prune.uniform.solve_for_flops). Returns (threshold, removed, share)."""
-    from prune.uniform import solve_for_flops
+    (prune.plans.solve_for_flops). Returns (threshold, removed, share)."""
+    from prune.plans import solve_for_flops
 
     allv = np.unique(np.concatenate([s[np.isfinite(s)] for s in scores.values()]))
 

@@ -1,6 +1,6 @@
 # AGPL-3.0 License
 """Detection validation for every family: YOLOv5/YOLOv7 models reproduce the official YOLOv5 val.py (here),
-ultralytics models ultralytics' DetectionValidator (engine.ultralytics_val, dispatched from validate()).
+ultralytics models ultralytics' DetectionValidator (engine.validation.ultralytics, dispatched from validate()).
 
 Same pipeline as YOLOv5: rectangular letterboxed batches, NMS at conf 0.001 / IoU 0.6 with multiple
 labels per box, predictions and labels compared in native image space at IoU 0.50:0.95, AP by
@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torchvision  # noqa: F401  ultralytics uses torchvision's NMS only if already imported (fallback ~100x slower)
 
-from engine.metrics import ap_per_class
+from engine.validation.ap import ap_per_class
 from models.loader import is_anchor_based
 
 IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)
@@ -37,7 +37,7 @@ class ValResult:
     per_class: list = field(default_factory=list)  # [{class, name, images, instances, p, r, map50, map50_95}]
     maps: list = field(default_factory=list)  # mAP50-95 per class index (overall mAP where a class is absent)
     coco: dict = field(default_factory=dict)  # pycocotools results when --save-json evaluation ran
-    convention: str = "yolov5"  # whose validator the numbers reproduce (engine.ultralytics_val.CONVENTIONS)
+    convention: str = "yolov5"  # whose validator the numbers reproduce (engine.validation.ultralytics.CONVENTIONS)
     notes: list = field(default_factory=list)  # caveats, e.g. the NMS time limit was hit
     losses: dict = field(default_factory=dict)  # validation loss per task (mean over batches) when a criterion is given
 
@@ -131,13 +131,13 @@ def validate(
 ) -> tuple[ValResult, list[dict]]:
     """Run the model over `loader` and compute detection metrics. Returns (result, json predictions).
 
-    The model's family picks the convention (engine.ultralytics_val); iou_thres None is the convention's default
+    The model's family picks the convention (engine.validation.ultralytics); iou_thres None is the convention's default
     (YOLOv5 0.6, ultralytics 0.7).
-    `plotter` (engine.valplots.ValPlots) receives each image's detections and labels and the matching stats.
-    `criterion` (engine.loss.build_criterion of the same model): also the per-task validation losses, from the raw
+    `plotter` (engine.validation.plots.ValPlots) receives each image's detections and labels and the matching stats.
+    `criterion` (models.loss.build_criterion of the same model): also the per-task validation losses, from the raw
     head outputs the model returns beside its detections in eval mode (as YOLOv5's val.py computes them during
     training); left out when the head returns none (e.g. a fused end-to-end head)."""
-    from engine import ultralytics_val as uv
+    from engine.validation import ultralytics as uv
 
     if uv.validation_convention(model) == "ultralytics":
         return uv.validate_ultralytics(model, loader, names, conf_thres, iou_thres, max_det, single_cls, device, half,

@@ -103,7 +103,7 @@ def _stats(times: list[float], batch: int) -> dict:
 
 
 def _onnx_files(models: dict[str, nn.Module], shape: tuple, folder: Path) -> dict[str, Path]:
-    from engine.export import export_onnx, prepare
+    from engine.exporter import export_onnx, prepare
 
     files = {}
     for i, (name, m) in enumerate(models.items()):
@@ -123,7 +123,7 @@ def compare_latency(models: dict[str, nn.Module], imgsz: int, batch_sizes=(1,), 
     if `half`; onnxruntime only with its CUDA provider installed, TensorRT with its provider).
     Returns [{model, backend, device, batch, threads, ms_per_image, ...}].
     """
-    from engine.export import prepare
+    from engine.exporter import prepare
 
     d = defaults("export")
     threads = resolve_threads(threads or d["speed_threads"])
@@ -251,7 +251,7 @@ def compress_latency(base: nn.Module, pruned: nn.Module, imgsz: int, flops_ratio
         rows = compare_latency({"base": _cpu_copy(base), "pruned": _cpu_copy(pruned)}, imgsz, (1,), ("onnxruntime",),
                                "cpu", repeats=d["compress_repeats"])
     except Exception as e:  # latency is a report extra: the pruned model is already saved
-        from engine.export import _one_line
+        from engine.exporter import _one_line
 
         LOGGER.warning(f"latency: skipped ({_one_line(e)})")
         return {"skipped": _one_line(e)}
