@@ -101,3 +101,25 @@ def select_device(device: str | int = "") -> torch.device:
         have = f"{n} CUDA device(s)" if n else "no CUDA device"
         raise UsageError(f"--device {device} requested but this machine has {have}; use --device cpu or a valid index")
     return torch.device(f"cuda:{ids[0]}")
+
+
+def check_imgsz(imgsz: int, stride: int = 32, flag: str = "--imgsz") -> int:
+    """The image size every entry point uses: `imgsz` rounded up to a multiple of `stride` (a model's max stride,
+    at least 32), as YOLOv5 rounds it. Logs one WARNING line when the size changes.
+
+    Args:
+        imgsz: requested size in pixels (> 0).
+        stride: the model's largest stride in pixels; values below 32 count as 32.
+        flag: the flag name the warning quotes.
+    Returns:
+        The rounded size in pixels.
+    Raises:
+        UsageError: imgsz is not a positive integer.
+    """
+    if int(imgsz) != imgsz or imgsz <= 0:
+        raise UsageError(f"{flag} must be a positive number of pixels, got {imgsz}")
+    stride = max(int(stride), 32)
+    new = max(stride, -(-int(imgsz) // stride) * stride)
+    if new != imgsz:
+        LOGGER.warning(f"WARNING: {flag} {imgsz} must be a multiple of max stride {stride}, updating to {new}")
+    return new
