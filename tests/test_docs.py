@@ -18,7 +18,7 @@ import re
 import shlex
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -31,10 +31,10 @@ FENCE = re.compile(r"^\s*(```|~~~)")
 
 def doc_files() -> list[Path]:
     files = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").rglob("*.md"))]
-    skip = {".git", ".venv", "runs", "node_modules"}
-    for p in sorted(ROOT.rglob("README.md")):
-        if p != ROOT / "README.md" and not skip.intersection(p.relative_to(ROOT).parts):
-            files.append(p)
+    for folder, dirs, names in os.walk(ROOT):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in ("runs", "node_modules", "docs"))
+        if "README.md" in names and Path(folder) != ROOT:
+            files.append(Path(folder) / "README.md")
     return [p for p in files if p.exists()]
 
 
@@ -64,7 +64,7 @@ def slug(heading: str) -> str:
     return s.replace(" ", "-")
 
 
-@lru_cache(maxsize=None)
+@cache
 def anchors(path: Path) -> frozenset[str]:
     prose, _ = split_fences(path.read_text(encoding="utf-8"))
     seen: dict[str, int] = {}
