@@ -341,3 +341,23 @@ def test_no_measured_numbers_commit_or_issue_ids():
                 bad.append(f"{_rel(p)}:{i} [{', '.join(hits)}] {text.strip()[:100]}")
     _fail("measured numbers, commit ids or issue numbers in code or cfg/", sorted(set(bad)),
           "they go stale: link docs/benchmarks/<page>.md instead (DESIGN.md rule 6); bench/ may keep numbers")
+
+
+def test_cfg_keys_documented():
+    """Every key of cfg/*.yaml that holds a value (not a section) says `# (type) meaning` on its line."""
+    bad = []
+    for p in sorted((ROOT / "cfg").rglob("*.y*ml")):
+        lines = p.read_text(encoding="utf-8").splitlines()
+        for i, text in enumerate(lines, 1):
+            m = re.match(r"^(\s*)([\w.-]+):\s*(.*)$", text)
+            if not m or m.group(3).startswith("#") and i < len(lines) and _indent(lines[i]) > len(m.group(1)):
+                continue  # not a key, or a section (its keys follow, indented)
+            if not m.group(3) and i < len(lines) and _indent(lines[i]) > len(m.group(1)):
+                continue
+            if not re.search(r"#\s*\([^)]+\)\s*\S", text):
+                bad.append(f"{_rel(p)}:{i} {text.strip()}")
+    _fail("cfg keys without a `# (type) meaning` comment", bad, "document each key on its own line (DESIGN.md)")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip()) if line.strip() else -1
