@@ -5,14 +5,17 @@ Data yamls follow the ultralytics/YOLOv5 format (`path`, `train`, `val`, `test`,
 `path` resolves against the yaml's own folder (then the working directory, as YOLOv5 users expect).
 `--data shapes` (or data/shapes.yaml) is the built-in synthetic dataset, generated on first use.
 The loaders are ultralytics' YOLODataset with YOLOv5's validation resize (INTER_AREA when shrinking)
-so validation reproduces the official YOLOv5 val.py.
+so validation reproduces the official YOLOv5 val.py. A dataset whose label folder is read-only keeps its label
+cache under $YOLOC_CACHE/labels (as VOC conversions are kept under $YOLOC_CACHE/voc): scanned once, not per loader.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +28,7 @@ from data.formats import (
     IMG_SUFFIXES,
     ROOT,
     DataConfigError,
+    cache_home,
     check_names,
     dataset_root,
     find_yaml,
@@ -36,8 +40,9 @@ from data.voc import voc_to_yolo
 from utils.general import LOGGER
 
 # re-exported: callers import the data API from here
-__all__ = ["DATA_DIR", "IMG_SUFFIXES", "ROOT", "DataConfigError", "build_val_loader", "check_dataset",
-           "checked_dataset", "coco_names", "img_files", "is_coco_named"]
+__all__ = ["DATA_DIR", "IMG_SUFFIXES", "ROOT", "DataConfigError", "build_train_dataset", "build_val_loader",
+           "check_dataset", "checked_dataset", "coco_names", "img_files", "is_coco_named", "label_cache_path",
+           "labels_writable"]
 
 
 def check_dataset(data: str | Path | dict, splits: tuple[str, ...] = ("val",)) -> dict:
@@ -101,14 +106,65 @@ def checked_dataset(make: Callable[[], Any], what: str) -> Any:
     return ds
 
 
-def _yolo_dataset_cls():
-    from ultralytics.data.dataset import YOLODataset
+_NOTED_READ_ONLY: set[str] = set()  # label folders already named in the read-only note of this process
 
-    class ValDataset(YOLODataset):
-        """YOLODataset with YOLOv5's eval resize: INTER_AREA when shrinking (ultralytics uses INTER_LINEAR);
-        convention 'ultralytics' keeps ultralytics' own (engine.validation.ultralytics)."""
+
+def labels_writable(folder: Path) -> bool:
+    """Whether a label cache may be written into `folder`: ultralytics' own check (os.access), and a folder whose
+    permission bits deny every write counts as read-only even for root (who os.access lets write anywhere)."""
+    from ultralytics.data import utils as ul_data  # looked up at call time, so tests can simulate a read-only folder
+
+    try:
+        return bool(ul_data.is_dir_writeable(folder)) and bool(folder.stat().st_mode & 0o222)
+    except OSError:
+        return False
+
+
+def label_cache_path(cache_path: Path) -> Path:
+    """Where the label cache of a read-only dataset goes: $YOLOC_CACHE/labels/<name>-<hash of its folder>.cache."""
+    key = hashlib.sha256(str(cache_path.resolve()).encode()).hexdigest()[:16]
+    return cache_home() / "labels" / f"{cache_path.stem}-{key}.cache"
+
+
+def _read_only_cache(cache_path: Path, cache_hash: str, version: str) -> tuple[Path, dict | None]:
+    """A read-only dataset's label cache: the dataset's own file when it is valid (shipped with it), else the
+    mirror under $YOLOC_CACHE (None: not there yet, or stale). The note is printed once per folder and process."""
+    from ultralytics.data.utils import load_dataset_cache_file
+
+    for path in (cache_path, label_cache_path(cache_path)):
+        try:
+            cache = load_dataset_cache_file(path)
+            if cache["version"] == version and cache["hash"] == cache_hash:
+                return path, cache
+        except Exception:  # missing, stale, or unreadable (a truncated file): scan again
+            continue
+    folder = str(cache_path.parent)
+    if folder not in _NOTED_READ_ONLY:
+        _NOTED_READ_ONLY.add(folder)
+        LOGGER.info(f"label folder {folder} is read-only: its label cache is kept in {label_cache_path(cache_path)}")
+    return label_cache_path(cache_path), None
+
+
+@lru_cache(maxsize=None)
+def _yolo_dataset_cls():
+    from ultralytics.data.dataset import DATASET_CACHE_VERSION, YOLODataset
+
+    class Dataset(YOLODataset):
+        """ultralytics' YOLODataset with two changes: YOLOv5's eval resize (INTER_AREA when shrinking; ultralytics
+        uses INTER_LINEAR; convention 'ultralytics' keeps ultralytics' own, engine.validation.ultralytics), and the
+        label cache of a read-only dataset kept under $YOLOC_CACHE, so its labels are scanned once, not by every
+        loader of every run."""
 
         convention = "yolov5"
+
+        def _load_or_scan_cache(self, cache_path: Path, cache_hash: str) -> tuple[dict, bool]:
+            if labels_writable(cache_path.parent):
+                return super()._load_or_scan_cache(cache_path, cache_hash)
+            path, cache = _read_only_cache(cache_path, cache_hash, DATASET_CACHE_VERSION)
+            if cache is not None:
+                return cache, True
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return self.cache_labels(path), False
 
         def load_image(self, i, rect_mode=True, resize_short=False):
             if self.augment or self.convention != "yolov5":
@@ -124,7 +180,20 @@ def _yolo_dataset_cls():
                 im = cv2.resize(im, (math.ceil(w0 * r), math.ceil(h0 * r)), interpolation=interp)
             return im, (h0, w0), im.shape[:2]
 
-    return ValDataset
+    return Dataset
+
+
+def build_train_dataset(cfg: Any, img_path: str | list[str], batch: int, data: dict, stride: int = 32):
+    """The augmenting training dataset: ultralytics' build_yolo_dataset(cfg, img_path, batch, data, mode='train',
+    stride=stride) for detection, built on this module's dataset class (a read-only dataset's label cache goes
+    to $YOLOC_CACHE). `cfg`: ultralytics' config namespace (imgsz, rect, cache, single_cls, classes, fraction and
+    the augmentation hyperparameters)."""
+    from ultralytics.utils import colorstr
+
+    return _yolo_dataset_cls()(
+        img_path=img_path, imgsz=cfg.imgsz, batch_size=batch, augment=True, hyp=cfg, rect=bool(cfg.rect),
+        cache=cfg.cache or None, single_cls=cfg.single_cls or False, stride=int(stride), pad=0.0,
+        prefix=colorstr("train: "), task="detect", classes=cfg.classes, data=data, fraction=cfg.fraction)
 
 
 def build_val_loader(data: dict, split: str, imgsz: int, batch_size: int, stride: int, workers: int = 8,
