@@ -5,14 +5,17 @@ Data yamls follow the ultralytics/YOLOv5 format (`path`, `train`, `val`, `test`,
 `path` resolves against the yaml's own folder (then the working directory, as YOLOv5 users expect).
 `--data shapes` (or data/shapes.yaml) is the built-in synthetic dataset, generated on first use.
 The loaders are ultralytics' YOLODataset with YOLOv5's validation resize (INTER_AREA when shrinking)
-so validation reproduces the official YOLOv5 val.py.
+so validation reproduces the official YOLOv5 val.py. A dataset whose label folder is read-only keeps its label
+cache under $YOLOC_CACHE/labels (as VOC conversions are kept under $YOLOC_CACHE/voc): scanned once, not per loader.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,50 +23,26 @@ import cv2
 import yaml
 
 import utils  # noqa: F401  (keeps ultralytics offline before it is imported)
+from data.formats import (
+    DATA_DIR,
+    IMG_SUFFIXES,
+    ROOT,
+    DataConfigError,
+    cache_home,
+    check_names,
+    dataset_root,
+    find_yaml,
+    img_files,
+    resolve_split,
+)
+from data.shapes import ensure_shapes
+from data.voc import voc_to_yolo
+from utils.general import LOGGER
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = ROOT / "data"
-IMG_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic"}
-
-
-class DataConfigError(ValueError):
-    """A data yaml that cannot be used (missing keys, missing paths, no images); the message is one line."""
-
-    def __init__(self, msg: str):
-        super().__init__(" ".join(str(msg).splitlines()))  # values quoted from a yaml may hold line breaks
-
-
-def _find_yaml(data: str | Path) -> Path:
-    p = Path(data)
-    candidates = [p, DATA_DIR / p, DATA_DIR / f"{p}.yaml"] if p.suffix not in (".yaml", ".yml") else [p, DATA_DIR / p]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise DataConfigError(f"data yaml '{data}' not found (looked in ./ and {DATA_DIR}); pass --data path/to/data.yaml")
-
-
-def _resolve_split(root: Path, spec: Any, key: str, yaml_path: Path) -> list[str]:
-    specs = spec if isinstance(spec, list) else [spec]
-    out = []
-    for s in specs:
-        q = Path(str(s))
-        q = q if q.is_absolute() else root / q
-        try:
-            found = q.exists()
-        except (OSError, ValueError):  # a name too long or with a NUL byte is no path either
-            found = False
-        if not found:
-            hint = f" or download it: python -m data.download {yaml_path}" if _has_download(yaml_path) else ""
-            raise DataConfigError(f"data yaml {yaml_path}: '{key}' path {q} does not exist; fix 'path'/'{key}'{hint}")
-        out.append(str(q))
-    return out
-
-
-def _has_download(yaml_path: Path) -> bool:
-    try:
-        return bool((yaml.safe_load(yaml_path.read_text()) or {}).get("download"))
-    except (OSError, yaml.YAMLError):
-        return False
+# re-exported: callers import the data API from here
+__all__ = ["DATA_DIR", "IMG_SUFFIXES", "ROOT", "DataConfigError", "build_train_dataset", "build_val_loader",
+           "check_dataset", "checked_dataset", "coco_names", "img_files", "is_coco_named", "label_cache_path",
+           "labels_writable"]
 
 
 def check_dataset(data: str | Path | dict, splits: tuple[str, ...] = ("val",)) -> dict:
@@ -72,7 +51,7 @@ def check_dataset(data: str | Path | dict, splits: tuple[str, ...] = ("val",)) -
     if isinstance(data, dict):
         d, yaml_path = dict(data), Path(data.get("yaml_file", "<dict>"))
     else:
-        yaml_path = _find_yaml(data)
+        yaml_path = find_yaml(data)
         try:
             text = yaml_path.read_text()
         except (OSError, UnicodeDecodeError) as e:
@@ -84,93 +63,22 @@ def check_dataset(data: str | Path | dict, splits: tuple[str, ...] = ("val",)) -
         if not isinstance(d, dict):
             raise DataConfigError(f"data yaml {yaml_path} must be a mapping with path/train/val/names keys")
     if d.get("builtin") == "shapes":
-        from data.shapes import ensure_shapes
-
         kw = {k: d[k] for k in ("n_train", "n_val", "seed") if k in d}
         yaml_path = Path(ensure_shapes(**kw))
         d = yaml.safe_load(yaml_path.read_text())
 
     if d.get("voc") is not None and d.get("voc") is not False:  # Pascal VOC XML: converted once into a cache mirror
-        from data.voc import voc_to_yolo
-
-        d = voc_to_yolo(d, _dataset_root(d, yaml_path), yaml_path, splits, _check_names)
-    names = _check_names(d, yaml_path)
-    root = _dataset_root(d, yaml_path)
+        d = voc_to_yolo(d, dataset_root(d, yaml_path), yaml_path, splits)
+    names = check_names(d, yaml_path)
+    root = dataset_root(d, yaml_path)
     out = {**d, "path": str(root), "names": names, "nc": len(names), "yaml_file": str(yaml_path)}
     for key in splits:
         if not d.get(key):
             raise DataConfigError(f"data yaml {yaml_path} has no '{key}' entry")
-        out[key] = _resolve_split(root, d[key], key, yaml_path)
+        out[key] = resolve_split(root, d[key], key, yaml_path)
         if not img_files(out[key]):
             raise DataConfigError(f"data yaml {yaml_path}: '{key}' has no images under {', '.join(out[key])}")
     return out
-
-
-def _check_names(d: dict, yaml_path: Path) -> dict[int, str]:
-    """The yaml's `names` (a list or an {index: name} mapping) as {int: str}; DataConfigError when unusable."""
-    names = d.get("names")
-    if not names:
-        raise DataConfigError(f"data yaml {yaml_path} has no 'names': add a list or {{index: name}} mapping of classes")
-    if not isinstance(names, (list, dict)):
-        raise DataConfigError(f"data yaml {yaml_path}: 'names' must be a list or an {{index: name}} mapping, "
-                              f"got {names!r}")
-    try:
-        names = {i: str(n) for i, n in enumerate(names)} if isinstance(names, list) else \
-            {_index(k): str(v) for k, v in names.items()}
-    except ValueError:
-        names = None
-    if names is None or sorted(names) != list(range(len(names))):
-        raise DataConfigError(f"data yaml {yaml_path}: 'names' keys must be the class indices 0..{len(d['names']) - 1}")
-    if "nc" in d and _index(d["nc"], -1) != len(names):
-        raise DataConfigError(f"data yaml {yaml_path}: nc={d['nc']!r} but {len(names)} names are listed")
-    return names
-
-
-def _dataset_root(d: dict, yaml_path: Path) -> Path:
-    """`path` as an absolute folder: relative to the yaml's folder, then the working directory, then
-    $YOLOC_DATASETS (a folder of datasets: `$YOLOC_DATASETS/<last part of path>`)."""
-    root = Path(str(d.get("path") or ""))
-    if root.is_absolute():
-        return root
-    env = os.environ.get("YOLOC_DATASETS")
-    try:
-        by_yaml = (yaml_path.parent / root).resolve()
-        for c in (by_yaml, Path.cwd() / root, Path(env) / root.name if env and root.name else None):
-            if c is not None and c.exists():
-                return c.resolve()
-        return by_yaml
-    except (OSError, ValueError, RuntimeError):  # too long, a NUL byte, a symlink loop
-        raise DataConfigError(f"data yaml {yaml_path}: 'path' {d.get('path')!r} is not a usable folder") from None
-
-
-def _index(v: Any, bad: int | None = None) -> int:
-    """An integer-valued yaml scalar (2, '2', 2.0) as int; anything else raises ValueError (or returns `bad`)."""
-    try:
-        i = int(v)
-        if isinstance(v, bool) or i != float(v):
-            raise ValueError
-        return i
-    except (TypeError, ValueError, OverflowError):
-        if bad is None:
-            raise ValueError(f"not a class index: {v!r}") from None
-        return bad
-
-
-def img_files(paths: list[str]) -> list[str]:
-    files = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += [str(f) for f in sorted(p.rglob("*")) if f.suffix.lower() in IMG_SUFFIXES]
-        elif p.suffix == ".txt":
-            parent = p.parent
-            for line in p.read_text().splitlines():
-                line = line.strip()
-                if line:
-                    f = Path(line)
-                    files.append(str(f if f.is_absolute() else (parent / f).resolve()))
-        elif p.suffix.lower() in IMG_SUFFIXES:
-            files.append(str(p))
-    return files
 
 
 def checked_dataset(make: Callable[[], Any], what: str) -> Any:
@@ -192,22 +100,71 @@ def checked_dataset(make: Callable[[], Any], what: str) -> Any:
     # ultralytics keeps one label file per image found but only the usable images
     ds.n_corrupt = max(len(getattr(ds, "label_files", ds.im_files)) - len(ds.im_files), 0)
     if ds.n_corrupt:
-        from utils.general import LOGGER
-
         LOGGER.warning(f"{what}: skipped {ds.n_corrupt} of {ds.n_corrupt + len(ds.im_files)} images whose "
                        "labels are corrupt (bad class id, NaN, coordinates out of range or wrong column count; "
                        "each is named above)")
     return ds
 
 
-def _yolo_dataset_cls():
-    from ultralytics.data.dataset import YOLODataset
+_NOTED_READ_ONLY: set[str] = set()  # label folders already named in the read-only note of this process
 
-    class ValDataset(YOLODataset):
-        """YOLODataset with YOLOv5's eval resize: INTER_AREA when shrinking (ultralytics uses INTER_LINEAR);
-        convention 'ultralytics' keeps ultralytics' own (engine.validation.ultralytics)."""
+
+def labels_writable(folder: Path) -> bool:
+    """Whether a label cache may be written into `folder`: ultralytics' own check (os.access), and a folder whose
+    permission bits deny every write counts as read-only even for root (who os.access lets write anywhere)."""
+    from ultralytics.data import utils as ul_data  # looked up at call time, so tests can simulate a read-only folder
+
+    try:
+        return bool(ul_data.is_dir_writeable(folder)) and bool(folder.stat().st_mode & 0o222)
+    except OSError:
+        return False
+
+
+def label_cache_path(cache_path: Path) -> Path:
+    """Where the label cache of a read-only dataset goes: $YOLOC_CACHE/labels/<name>-<hash of its folder>.cache."""
+    key = hashlib.sha256(str(cache_path.resolve()).encode()).hexdigest()[:16]
+    return cache_home() / "labels" / f"{cache_path.stem}-{key}.cache"
+
+
+def _read_only_cache(cache_path: Path, cache_hash: str, version: str) -> tuple[Path, dict | None]:
+    """A read-only dataset's label cache: the dataset's own file when it is valid (shipped with it), else the
+    mirror under $YOLOC_CACHE (None: not there yet, or stale). The note is printed once per folder and process."""
+    from ultralytics.data.utils import load_dataset_cache_file
+
+    for path in (cache_path, label_cache_path(cache_path)):
+        try:
+            cache = load_dataset_cache_file(path)
+            if cache["version"] == version and cache["hash"] == cache_hash:
+                return path, cache
+        except Exception:  # missing, stale, or unreadable (a truncated file): scan again
+            continue
+    folder = str(cache_path.parent)
+    if folder not in _NOTED_READ_ONLY:
+        _NOTED_READ_ONLY.add(folder)
+        LOGGER.info(f"label folder {folder} is read-only: its label cache is kept in {label_cache_path(cache_path)}")
+    return label_cache_path(cache_path), None
+
+
+@lru_cache(maxsize=None)
+def _yolo_dataset_cls():
+    from ultralytics.data.dataset import DATASET_CACHE_VERSION, YOLODataset
+
+    class Dataset(YOLODataset):
+        """ultralytics' YOLODataset with two changes: YOLOv5's eval resize (INTER_AREA when shrinking; ultralytics
+        uses INTER_LINEAR; convention 'ultralytics' keeps ultralytics' own, engine.validation.ultralytics), and the
+        label cache of a read-only dataset kept under $YOLOC_CACHE, so its labels are scanned once, not by every
+        loader of every run."""
 
         convention = "yolov5"
+
+        def _load_or_scan_cache(self, cache_path: Path, cache_hash: str) -> tuple[dict, bool]:
+            if labels_writable(cache_path.parent):
+                return super()._load_or_scan_cache(cache_path, cache_hash)
+            path, cache = _read_only_cache(cache_path, cache_hash, DATASET_CACHE_VERSION)
+            if cache is not None:
+                return cache, True
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return self.cache_labels(path), False
 
         def load_image(self, i, rect_mode=True, resize_short=False):
             if self.augment or self.convention != "yolov5":
@@ -223,7 +180,20 @@ def _yolo_dataset_cls():
                 im = cv2.resize(im, (math.ceil(w0 * r), math.ceil(h0 * r)), interpolation=interp)
             return im, (h0, w0), im.shape[:2]
 
-    return ValDataset
+    return Dataset
+
+
+def build_train_dataset(cfg: Any, img_path: str | list[str], batch: int, data: dict, stride: int = 32):
+    """The augmenting training dataset: ultralytics' build_yolo_dataset(cfg, img_path, batch, data, mode='train',
+    stride=stride) for detection, built on this module's dataset class (a read-only dataset's label cache goes
+    to $YOLOC_CACHE). `cfg`: ultralytics' config namespace (imgsz, rect, cache, single_cls, classes, fraction and
+    the augmentation hyperparameters)."""
+    from ultralytics.utils import colorstr
+
+    return _yolo_dataset_cls()(
+        img_path=img_path, imgsz=cfg.imgsz, batch_size=batch, augment=True, hyp=cfg, rect=bool(cfg.rect),
+        cache=cfg.cache or None, single_cls=cfg.single_cls or False, stride=int(stride), pad=0.0,
+        prefix=colorstr("train: "), task="detect", classes=cfg.classes, data=data, fraction=cfg.fraction)
 
 
 def build_val_loader(data: dict, split: str, imgsz: int, batch_size: int, stride: int, workers: int = 8,
@@ -233,8 +203,6 @@ def build_val_loader(data: dict, split: str, imgsz: int, batch_size: int, stride
     Labels become class 0 with `single_cls` or when the data dict carries single_cls: True (compress.py
     --single-cls)."""
     single_cls = single_cls or bool(data.get("single_cls"))
-    import os
-
     from ultralytics.cfg import get_cfg
     from ultralytics.data.build import build_dataloader
 

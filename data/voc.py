@@ -44,9 +44,8 @@ import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from data.datasets import IMG_SUFFIXES, DataConfigError, _resolve_split
+from data.formats import IMG_SUFFIXES, DataConfigError, cache_home, check_names, resolve_split
 from utils.general import LOGGER
 
 VOC_VERSION = 1  # bump when the conversion changes, so stale mirrors are not reused
@@ -56,10 +55,8 @@ MARKER = ".complete"
 
 
 def cache_root() -> Path:
-    """$YOLOC_CACHE, else ~/.cache/yolo-compress (the toolkit's cache, as for the built-in dataset)."""
-    from data.shapes import shapes_root
-
-    return shapes_root() / "voc"
+    """$YOLOC_CACHE/voc, else ~/.cache/yolo-compress/voc (the toolkit's cache, as for the built-in dataset)."""
+    return cache_home() / "voc"
 
 
 @dataclass
@@ -334,8 +331,7 @@ def _report_line(what: str, rep: Report, names: list[str]) -> str | None:
     return f"{what}: skipped {'; '.join(parts)}{first}"
 
 
-def voc_to_yolo(d: dict, root: Path, yaml_path: Path, splits: tuple[str, ...],
-                check_names: Callable[[dict, Path], dict[int, str]]) -> dict:
+def voc_to_yolo(d: dict, root: Path, yaml_path: Path, splits: tuple[str, ...]) -> dict:
     """A VOC data yaml dict -> the same dict with `names` ({index: name}) and the requested splits replaced
     by the absolute path of a converted image list (YOLO labels beside it, in the cache mirror).
 
@@ -347,7 +343,7 @@ def voc_to_yolo(d: dict, root: Path, yaml_path: Path, splits: tuple[str, ...],
     wanted = [s for s in SPLITS if d.get(s)] if not given else [s for s in splits if d.get(s)]
     for s in wanted:
         reports[s] = Report()
-        items[s] = split_items(_resolve_split(root, d[s], s, yaml_path), root, opt, reports[s])
+        items[s] = split_items(resolve_split(root, d[s], s, yaml_path), root, opt, reports[s])
     xmls = {x for s in wanted for _, x in items[s] if x is not None}
     parsed = {x: parse_xml(x) for x in sorted(xmls)}
     if given:

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from models.yolo import MODELS_DIR, Detect, IDetect, Model
+from models.common import ImplicitM
+from models.yolo import MODELS_DIR, Detect, IDetect, Model, init_head_bias
 from utils.checkpoint import CheckpointError, load_checkpoint
 
 FAMILIES = ("yolov5", "yolov7", "ultralytics")
@@ -199,9 +200,6 @@ def same_name_rows(old_names: Any, new_names: Any, nc: int) -> dict[int, int]:
 
 @torch.no_grad()
 def _reset_anchor_head(head: Detect, nc: int, same: dict[int, int]) -> None:
-    from models.common import ImplicitM
-    from models.yolo import init_head_bias
-
     if head.stride is None:
         raise CheckpointError(f"cannot change the number of classes of a {type(head).__name__} head without strides")
     na, no_old, no_new = head.na, head.nc + 5, nc + 5

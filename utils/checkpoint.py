@@ -25,6 +25,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from utils.files import atomic_write
+
 
 class CheckpointError(ValueError):
     """A weights file that cannot be read as a checkpoint (missing, empty, truncated, not a model)."""
@@ -212,6 +214,4 @@ def load_checkpoint(path: str | Path, trust: bool = False, map_location: str | t
 def save_checkpoint(obj: Any, path: str | Path) -> Path:
     """torch.save to a temporary file in the same folder, then rename: readers never see a partial file, and
     a full disk is one clear error (utils.files.DiskFullError) that leaves the previous file intact."""
-    from utils.files import atomic_write
-
     return atomic_write(path, lambda f: torch.save(obj, f))

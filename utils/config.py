@@ -1,29 +1,65 @@
 # AGPL-3.0 License
-"""Defaults live in cfg/default.yaml; scripts read them here so no default is written twice."""
+"""Defaults live in cfg/default.yaml; scripts read them here so no default is written twice.
+
+Options with a fixed set of values are `Literal[...]` types in their config dataclass; `choices_of` gives the CLI's
+`choices=` from the same type and `check_choice` validates a value against it (one UsageError line).
+"""
 
 from __future__ import annotations
 
 import argparse
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
+
+from utils.general import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CFG = ROOT / "cfg" / "default.yaml"
 
 
 @lru_cache(maxsize=1)
-def _defaults() -> dict:
+def default_cfg() -> dict:
+    """cfg/default.yaml as parsed once (shared: never mutate it; `defaults()` and `default_section()` copy)."""
     return yaml.safe_load(DEFAULT_CFG.read_text())
+
+
+_defaults = default_cfg  # former private name, kept until every caller imports default_cfg
 
 
 def defaults(script: str | None = None) -> dict:
     """A fresh copy of cfg/default.yaml's common keys, overridden by the `script:` section if given."""
-    d = {k: v for k, v in _defaults().items() if not isinstance(v, dict)}
+    d = {k: v for k, v in default_cfg().items() if not isinstance(v, dict)}
     if script:
-        d.update(_defaults().get(script) or {})
+        d.update(default_cfg().get(script) or {})
     return d
+
+
+def default_section(name: str) -> dict:
+    """A fresh copy of one top-level section of cfg/default.yaml (e.g. 'recovery'); {} when absent."""
+    return dict(default_cfg().get(name) or {})
+
+
+def choices_of(literal: Any) -> tuple:
+    """The values of a `Literal[...]` type (also inside Optional/Union), as argparse `choices=`.
+
+    Raises TypeError for anything that holds no Literal, so a typo in a dataclass annotation fails at import."""
+    if get_origin(literal) is Literal:
+        return tuple(get_args(literal))
+    out = tuple(v for a in get_args(literal) if get_origin(a) is Literal for v in get_args(a))
+    if not out:
+        raise TypeError(f"{literal!r} is not a Literal[...] type")
+    return out
+
+
+def check_choice(value: Any, literal: Any, flag: str) -> Any:
+    """`value` if it is one of the Literal's values, else UsageError naming `flag` and the accepted values."""
+    allowed = choices_of(literal)
+    if value not in allowed:
+        raise UsageError(f"{flag} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+    return value
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
