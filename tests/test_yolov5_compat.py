@@ -6,9 +6,11 @@ checkpoint that is the unpruned model, mostly re-initialised, unless its yaml re
 (attempt_load, DetectMultiBackend) unpickles the model and must keep working.
 
 The official code runs in a subprocess (its `models` package is not ours), found at:
-  $YOLOV5_DIR / $YOLOV7_DIR   an official checkout (ultralytics/yolov5, WongKinYiu/yolov7), or
-  the PyPI package `yolov5`   YOLOv5's code packaged (`pip install --no-deps yolov5 "setuptools<81" seaborn`).
-Tests skip when neither is there.
+  $YOLOV5_DIR / $YOLOV7_DIR   an official checkout (ultralytics/yolov5, WongKinYiu/yolov7), or the folder of the
+                              PyPI package `yolov5` installed apart (CI: `pip install --no-deps --target D
+                              yolov5==7.0.14 "setuptools<81" seaborn "huggingface_hub<0.25"`, YOLOV5_DIR=D/yolov5), or
+  the PyPI package `yolov5`   installed in the environment the tests run in.
+Tests skip when none is there.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from tests.conftest import ROOT, TINY_YAML
 
 # what the official code is asked to do with the checkpoint: train.py's build, then both inference loaders
 OFFICIAL = r"""
-import json, sys
+import json, os, sys
 root, weights, out = sys.argv[1:4]
 sys.path.insert(0, root)
+if os.path.exists(os.path.join(root, "__init__.py")):  # the PyPI package: `models` inside it imports `yolov5.*`
+    sys.path.insert(1, os.path.dirname(root))
 import torch
 from models.experimental import attempt_load
 from models.yolo import Model
@@ -108,7 +112,7 @@ def test_official_train_refuses_pruned_checkpoint_and_inference_works(tmp_path, 
     root = _official_root(family)
     if root is None:
         pytest.skip(f"no official {family} code: set {family.upper()}_DIR to a checkout"
-                    + (" or pip install --no-deps yolov5" if family == "yolov5" else ""))
+                    + (" or install the PyPI package yolov5 (module docstring)" if family == "yolov5" else ""))
     weights, ours = _pruned_checkpoint(tmp_path, family)
     res = _run_official(root, weights, tmp_path)
     # their trainer stops on the first layer, the last traceback line naming the way out
