@@ -149,9 +149,11 @@ def test_mark_keeps_what_loading_reads_and_is_undone(tmp_path):
     # this toolkit still loads it as the pruned model and sees it as pruned
     loaded = load_model(weights)
     assert loaded.yaml == d and sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in ours.parameters())
-    from engine.recipe import _narrower_than_yaml
+    from engine.recipe import pruned_reason
+    from utils.checkpoint import save_checkpoint
 
-    assert _narrower_than_yaml(loaded)
+    bare = save_checkpoint({"model": loaded, "epoch": -1}, tmp_path / "bare.pt")  # no pruning record: widths tell
+    assert pruned_reason(bare) == "its convs are narrower than its yaml's"
 
 
 def test_older_ultralytics_style_mark_on_anchor_yaml_is_redone():
