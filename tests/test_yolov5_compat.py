@@ -168,3 +168,22 @@ def test_older_ultralytics_style_mark_on_anchor_yaml_is_redone():
     assert model.yaml[PRUNED_MARK] == {"module": "Conv"} and model.yaml["backbone"][0][2] == PRUNED_MODULE
     assert "scale" not in model.yaml
     assert {k: v for k, v in unmarked_yaml(model.yaml).items() if k != "scales"} == original
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml"])
+def test_ultralytics_mark_is_undone(cfg):
+    """The ultralytics mark (scale) comes off exactly: the recipe compares a pruned model with the unpruned one."""
+    import copy
+
+    from ultralytics.nn.tasks import DetectionModel
+
+    from models.loader import load_model
+
+    model = load_model(cfg, nc=3)
+    original = copy.deepcopy(model.yaml)
+    mark_yaml_pruned(model)
+    assert is_yaml_pruned(model.yaml) and "anchors" not in model.yaml and model.yaml["backbone"] == original["backbone"]
+    with pytest.raises(KeyError):
+        DetectionModel(copy.deepcopy(model.yaml), nc=3, verbose=False)
+    assert unmarked_yaml(model.yaml) == original
+    DetectionModel(unmarked_yaml(model.yaml), nc=3, verbose=False)
