@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from prune.widths import unmarked_yaml
 from utils.config import _defaults
 from utils.general import LOGGER
 
@@ -30,9 +31,7 @@ def _narrower_than_yaml(model: nn.Module) -> bool:
     """True when some conv of `model` has fewer output channels than the same conv of a model built fresh from
     the model's own yaml (`model.yaml`, a dict for YOLOv5/YOLOv7 and ultralytics alike). Raises whatever the
     build raises (callers treat that as "not known to be pruned")."""
-    import copy
-
-    cfg = copy.deepcopy(model.yaml)
+    cfg = unmarked_yaml(model.yaml)  # a pruned model's yaml is marked to refuse rebuilds (prune.widths)
     if "anchors" in cfg:
         from models.yolo import Model
 

@@ -12,13 +12,17 @@ attribute of a block outside torch.nn is treated as an unknown width: `uncovered
 graph keeps their channels unprunable (fail closed) until a rule is added here. torch.nn's own layers are not
 listed: surgery fixes Conv/BatchNorm/Linear, and the tracer refuses ops of the others (group_norm, layer_norm, ...).
 
-The ultralytics yaml a pruned model carries no longer describes its widths; `mark_yaml_pruned` arranges it so that
-ultralytics' trainer, which rebuilds models from `model.yaml`, stops with one clear line instead of silently
-training an unpruned, re-initialised model (see engine.ultralytics_trainer for the supported way).
+The yaml a pruned model carries no longer describes its widths, and the trainers of ultralytics, YOLOv5 and YOLOv7
+rebuild the model from `model.yaml` and copy over only the tensors whose shapes still match: silently, an unpruned,
+mostly re-initialised model. `mark_yaml_pruned` makes those rebuilds stop with one line naming the way out
+(engine.ultralytics_trainer for ultralytics, this repository's train.py for YOLOv5/YOLOv7); loading the pickled
+model (their predict, val, export, DetectMultiBackend, torch.hub 'custom') never reads the yaml and keeps working.
+`unmarked_yaml` gives back the yaml as it was, for this toolkit's own comparisons with the unpruned architecture.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -35,6 +39,10 @@ PRUNED_MESSAGE = (
     "`from engine.ultralytics_trainer import PrunedDetectionTrainer; YOLO(p).train(trainer=PrunedDetectionTrainer, "
     "...)` or with this repository's train.py"
 )
+# YOLOv5's and YOLOv7's parse_model `eval`s each layer's module name: this one is no name there, so their
+# `Model(ckpt["model"].yaml)` (train.py, --resume) stops on the first layer with
+# `NameError: name '<PRUNED_MODULE>' is not defined`, the instruction itself as the last line of the traceback
+PRUNED_MODULE = "PRUNED_by_yolo_compress__cannot_rebuild_from_yaml__fine_tune_with_yolo_compress_train_py"
 
 
 @dataclass(frozen=True)
@@ -214,24 +222,62 @@ def width_mismatches(model: nn.Module) -> list[str]:
 
 
 def mark_yaml_pruned(model: nn.Module) -> None:
-    """Make an ultralytics model's `yaml` refuse a rebuild, keeping everything else ultralytics reads from it.
+    """Make a pruned model's `yaml` refuse a rebuild by its framework, keeping what loading and inference read.
 
-    ultralytics' parse_model looks up `scales[scale]` before building any layer; setting `scale` to a sentence that
-    is no key of `scales` makes `DetectionModel(model.yaml)` (what `YOLO(p).train()` and `resume` do) raise
-    `KeyError: '<PRUNED_MESSAGE>'`. Layers, nc, channels and yaml_file stay as they were, so load, predict, val and
-    export (which never rebuild) are untouched; the original scale is kept under PRUNED_MARK.
+    Idempotent; the original values are kept under PRUNED_MARK (see `unmarked_yaml`). A yaml that is no model dict
+    (no backbone/head) is left alone.
+    - YOLOv5/YOLOv7 (a yaml with `anchors`): the first layer's module becomes PRUNED_MODULE. Why there: their
+      parse_model evals every module name (only argument NameErrors are suppressed) and the first layer is reached
+      in every release; nc, anchors, multiples, ch and the layer count stay as they were.
+    - ultralytics: parse_model looks up `scales[scale]` before building any layer; `scale` becomes PRUNED_MESSAGE,
+      no key of `scales`, so `DetectionModel(model.yaml)` (`YOLO(p).train()`, resume) raises `KeyError: '<message>'`.
     """
     d = getattr(model, "yaml", None)
-    if not isinstance(d, dict) or "backbone" not in d or "head" not in d or d.get(PRUNED_MARK):
+    if not isinstance(d, dict) or "backbone" not in d or "head" not in d:
+        return
+    mark = d.get(PRUNED_MARK)
+    if "anchors" in d:
+        if isinstance(mark, dict) and "scale" in mark:  # marked the ultralytics way by an older version: redo
+            clean = unmarked_yaml(d)
+            d.clear()
+            d.update(clean)
+            mark = None
+        if mark or not d["backbone"]:
+            return
+        f, n, m, args = d["backbone"][0]
+        d[PRUNED_MARK] = {"module": m}
+        d["backbone"] = [[f, n, PRUNED_MODULE, args], *d["backbone"][1:]]
+        return
+    if mark:
         return
     scale = d.get("scale")
     scales = d.get("scales") or {}
     if not scales:  # a yaml without scales: one entry reproducing its own multiples keeps the lookup reachable
         scales = {scale or "model": [d.get("depth_multiple", 1.0), d.get("width_multiple", 1.0), 1 << 30]}
-    d[PRUNED_MARK] = {"scale": scale}
+    d[PRUNED_MARK] = {"scale": scale, "scales": d.get("scales")}
     d["scales"] = scales
     d["scale"] = PRUNED_MESSAGE
 
 
 def is_yaml_pruned(cfg) -> bool:
+    """True for a model yaml (dict) that mark_yaml_pruned marked."""
     return isinstance(cfg, dict) and bool(cfg.get(PRUNED_MARK))
+
+
+def unmarked_yaml(cfg: dict) -> dict:
+    """A deep copy of a model yaml with mark_yaml_pruned undone: the unpruned architecture it was pruned from
+    (an unmarked yaml comes back as a plain copy). For comparisons only: a model built from it is not the pruned one."""
+    d = copy.deepcopy(cfg)
+    mark = d.pop(PRUNED_MARK, None)
+    if not isinstance(mark, dict):
+        return d
+    if "module" in mark and d.get("backbone") and d["backbone"][0][2] == PRUNED_MODULE:
+        d["backbone"][0][2] = mark["module"]
+    for k in ("scale", "scales"):
+        if k not in mark:  # older marks kept the scale only; the scales entry they added reproduces the multiples
+            continue
+        if mark[k] is None:
+            d.pop(k, None)
+        else:
+            d[k] = mark[k]
+    return d
