@@ -32,6 +32,8 @@ import cv2
 import numpy as np
 import yaml
 
+from utils.files import current_umask
+
 __all__ = [
     "SHAPES_NAMES",
     "SHAPES_VERSION",
@@ -287,8 +289,6 @@ def ensure_shapes(cache_dir: PathLike | None = None, n_train: int = 256, n_val: 
     _remove_stale_tmp(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
-        from utils.files import current_umask
-
         tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700; a published dataset follows the umask
         t0 = time.perf_counter()
         boxes = {s: _write_split(tmp, s, n, seed) for s, n in (("train", n_train), ("val", n_val))}
