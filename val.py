@@ -47,7 +47,15 @@ from models.loader import fuse_model, load_model
 from utils.checkpoint import CheckpointError
 from utils.config import HelpFormatter, defaults, explicit_flags
 from utils.flops import model_summary
-from utils.general import LOGGER, UsageError, increment_path, interrupt_status, select_device, sigterm_as_interrupt
+from utils.general import (
+    LOGGER,
+    UsageError,
+    check_imgsz,
+    increment_path,
+    interrupt_status,
+    select_device,
+    sigterm_as_interrupt,
+)
 
 Task = Literal["train", "val", "test", "sensitivity", "speed"]
 TASKS: tuple[str, ...] = get_args(Task)
@@ -94,8 +102,6 @@ def parse_opt(argv=None) -> argparse.Namespace:
     add_sensitivity_args(p.add_argument_group("--task sensitivity (seed 002's per-layer analysis)"))
     opt = p.parse_args(argv)
     check_seed_flags(opt, explicit_flags(p, sys.argv[1:] if argv is None else argv))
-    if opt.imgsz <= 0 or opt.imgsz % 32:
-        opt.imgsz = max(32, (opt.imgsz + 31) // 32 * 32) if opt.imgsz > 0 else opt.imgsz
     if opt.imgsz <= 0 or (opt.batch_size is not None and opt.batch_size <= 0):
         raise UsageError("--imgsz and --batch-size must be positive")
     if not 0 <= opt.conf_thres <= 1 or not 0 <= (0.5 if opt.iou_thres is None else opt.iou_thres) <= 1:
@@ -142,7 +148,7 @@ def run(
     model, data_dict = _load(weights, data, task, single_cls, end2end, trust_checkpoint, model)
     model.to(device)
     stride = int(max(model.stride.max(), 32))
-    imgsz = (imgsz + stride - 1) // stride * stride
+    imgsz = check_imgsz(imgsz, stride)  # once the model's stride is known: one warning when it changes
     n_params, n_gflops, summary = model_summary(model, imgsz)
     LOGGER.info(summary)
     convention = validation_convention(model)

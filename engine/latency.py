@@ -31,7 +31,7 @@ from models.loader import load_model
 from utils.config import defaults
 from utils.flops import count_params, gflops
 from utils.files import write_json
-from utils.general import LOGGER, increment_path, select_device
+from utils.general import LOGGER, check_imgsz, increment_path, select_device
 
 
 def resolve_threads(threads: int | None = None) -> int:
@@ -208,7 +208,7 @@ def run_speed(weights, imgsz=640, batch_size=None, device="", half=False, projec
     if model is None:
         model = load_model(weights, trust=trust_checkpoint)
     stride = int(max(int(model.stride.max()), 32))
-    imgsz = (int(imgsz) + stride - 1) // stride * stride
+    imgsz = check_imgsz(int(imgsz), stride)  # val.py --task speed: one warning when the size changes
     batches = sorted({1, int(batch_size or d["speed_batch"])})
     threads = resolve_threads(threads or d["speed_threads"])
     warmup = d["speed_warmup"] if warmup is None else warmup

@@ -34,7 +34,7 @@ from engine.validation.common import to_nms_format
 from models.loader import load_model
 from utils.files import atomic_output, write_bytes, write_text
 from utils.flops import model_summary
-from utils.general import LOGGER, UsageError, increment_path, select_device
+from utils.general import LOGGER, UsageError, check_imgsz, increment_path, select_device
 
 SOURCES = "an image, a folder, a glob, a video file or a .txt list of them"
 
@@ -266,12 +266,11 @@ def _model(weights, trust: bool, classes, model=None) -> tuple:
 
 
 def image_shape(imgsz, stride: int) -> list[int]:
-    """--imgsz (int or (h, w) pixels) as [h, w] rounded up to the model's max stride, warning when it changes."""
-    req = ([imgsz] if isinstance(imgsz, int) else list(imgsz)) * 2
-    hw = [max(stride, (s + stride - 1) // stride * stride) for s in req[:2]]
-    if hw != req[:2]:
-        LOGGER.warning(f"WARNING: --imgsz {req[:2]} must be a multiple of the max stride {stride}, using {hw}")
-    return hw
+    """--imgsz (int or (h, w) pixels) as [h, w] rounded up to the model's max stride; one warning line per size
+    that changes (utils.general.check_imgsz)."""
+    h, w = (([imgsz] if isinstance(imgsz, int) else list(imgsz)) * 2)[:2]
+    h2 = check_imgsz(h, stride)
+    return [h2, h2 if w == h else check_imgsz(w, stride)]
 
 
 def _draw(ann, im0: np.ndarray, det: torch.Tensor, names: dict[int, str], p: Path, save_dir: Path, draw: bool,

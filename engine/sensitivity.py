@@ -44,7 +44,7 @@ from prune.sensitivity import (
 from utils.config import defaults
 from utils.files import write_json, write_text
 from utils.flops import count_params, gflops
-from utils.general import LOGGER, UsageError, increment_path, select_device
+from utils.general import LOGGER, UsageError, check_imgsz, increment_path, select_device
 
 # the settings a resumed analysis must share with the interrupted one (results would not be comparable)
 _SAME = ("weights", "data", "imgsz", "criterion", "conf_thres", "iou_thres", "max_det", "single_cls", "stem")
@@ -205,7 +205,7 @@ def run_sensitivity(opt, weights: str | None = None) -> Path:
                          "pass the matching --data (or --single-cls)")
     model.to(device).eval()
     stride = int(max(model.stride.max(), 32))
-    imgsz = (opt.imgsz + stride - 1) // stride * stride
+    imgsz = check_imgsz(opt.imgsz, stride)  # one warning when the size changes
 
     groups = build_groups(model, imgsz=imgsz, ignore=getattr(opt, "ignore", None))  # bad --ignore/--layers: before any folder
     if groups.ignored:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import math
 import os
 import random
 import time
@@ -37,6 +36,7 @@ from data.datasets import build_val_loader, check_dataset, checked_dataset
 from engine.distill import OutputDistiller
 from engine.optim import build_optimizer, freeze_layers, lr_factor
 from engine.train_config import check_options, load_hyp, resume_options, train_options
+from engine.train_checks import TrainingWatch
 from engine.train_plots import plot_gammas, plot_results
 from engine.train_state import METRIC_KEYS, as_random_state, plain, read_csv, storable, strip_checkpoint, write_csv
 from engine.validation import ValResult, format_table, validate
@@ -46,7 +46,7 @@ from prune.methods.slim import SparsityPenalty
 from utils.checkpoint import save_checkpoint
 from utils.distributed import setup as setup_distributed
 from utils.files import write_text
-from utils.general import LOGGER, UsageError, increment_path
+from utils.general import LOGGER, UsageError, check_imgsz, increment_path
 
 CALLBACK_EVENTS = ("on_train_start", "on_train_epoch_start", "on_train_batch_start", "on_after_backward",
                    "on_optimizer_step",
@@ -64,6 +64,7 @@ class TrainResult:
     metrics: dict = field(default_factory=dict)  # validation of the best epoch
     epochs: int = 0
     seconds: float = 0.0
+    warnings: list = field(default_factory=list)  # the run's WARNING lines (engine.train_checks), also warnings.txt
 
 
 class Trainer:
@@ -79,6 +80,7 @@ class Trainer:
         self.stop = False
         self.epoch = 0
         self._gamma_history: list[np.ndarray] = []
+        self.watch = TrainingWatch()
 
     # ------------------------------------------------------------------ setup
     def _run_callbacks(self, event: str) -> None:
@@ -137,8 +139,8 @@ class Trainer:
                                                                  {**data, "channels": 3}, mode="train", stride=stride),
                                       f"{data['yaml_file']} 'train'")
         workers = min(self.opt.workers, os.cpu_count() or 1)
-        loader = build_dataloader(dataset, batch, workers, shuffle=True, rank=self.rank,
-                                  device=self.device)
+        # ultralytics seeds the loader's generator (shuffling, its workers' augmentation) from torch's seed
+        loader = build_dataloader(dataset, batch, workers, shuffle=True, rank=self.rank, device=self.device)
         return dataset, loader
 
     def _setup(self) -> dict | None:
@@ -161,10 +163,7 @@ class Trainer:
         model = self._build_model(data, ckpt).to(device)
         freeze_layers(model, opt.freeze)
         stride = int(max(float(model.stride.max()), 32))
-        imgsz = math.ceil(opt.imgsz / stride) * stride
-        if imgsz != opt.imgsz:
-            LOGGER.warning(f"--imgsz {opt.imgsz} must be a multiple of the max stride {stride}, using {imgsz}")
-            opt.imgsz = imgsz
+        opt.imgsz = imgsz = check_imgsz(opt.imgsz, stride)  # the stride is known: one warning when it changes
         if opt.batch_size % self.world:
             raise UsageError(f"--batch-size {opt.batch_size} must be a multiple of the {self.world} processes")
         batch = opt.batch_size // self.world
@@ -336,6 +335,7 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.params, max_norm=10.0)
         if self.sparsity is not None:
+            self.watch.sparsity_step(self.sparsity, self.opt.sparsity)
             self.sparsity.apply()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -353,6 +353,7 @@ class Trainer:
         if not opt.noval or final:
             res = self.validate(self.ema.ema, self.val_loader)
         fitness = res.fitness if res is not None else 0.0
+        self.watch.epoch(epoch, res.map50_95 if res is not None else None)
         improved = res is not None and (fitness > self.best_fitness or self.best_epoch < 0)
         if improved:
             self.best_fitness, self.best_epoch = fitness, epoch
@@ -380,7 +381,7 @@ class Trainer:
     def _finish(self, ran: int, t_start: float) -> TrainResult:
         """Stripped checkpoints, figures and the summary line (rank 0); the TrainResult."""
         result = TrainResult(save_dir=self.save_dir, best=None, last=None, model=None, metrics=self.best_metrics,
-                             epochs=ran, seconds=time.time() - t_start)
+                             epochs=ran, seconds=time.time() - t_start, warnings=list(self.watch.warnings))
         if self.main:
             last, best = self.wdir / "last.pt", self.wdir / "best.pt"
             for f in (last, best):
@@ -390,6 +391,8 @@ class Trainer:
             result.best = best if best.exists() else result.last
             result.model = (self.best_model or self.ema.ema).float().eval()
             plot_results(self.rows, self.save_dir / "results.png")
+            if self.watch.warnings:
+                write_text(self.save_dir / "warnings.txt", "".join(f"WARNING: {w}\n" for w in self.watch.warnings))
             if self.sparsity is not None:
                 plot_gammas(self._gamma_history, self.save_dir / "gamma_hist.png")
             if self.best_metrics:
