@@ -4,7 +4,8 @@
 ultralytics' `YOLO(p).train()` calls `trainer.get_model(cfg=model.yaml, weights=model)`, which builds a fresh
 `DetectionModel` from the yaml and copies the weights whose shapes still match: on a pruned model that is the
 unpruned architecture, mostly re-initialised (docs/benchmarks/ultralytics.md shows it on a pruned yolov8n).
-Surgery marks the yaml of a pruned model so that this rebuild stops with one clear line (prune.widths.mark_yaml_pruned); this trainer is the supported way around it:
+Surgery marks the yaml of a pruned model so that this rebuild stops with one clear line
+(prune.widths.mark_yaml_pruned); this trainer is the supported way around it:
 
     from ultralytics import YOLO
     from engine.ultralytics_trainer import PrunedDetectionTrainer

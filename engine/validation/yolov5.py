@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torchvision  # noqa: F401  ultralytics uses torchvision's NMS only if already imported (its fallback is far slower)
+import torchvision  # noqa: F401  ultralytics uses torchvision's NMS only if already imported (else a slow one)
 from ultralytics.utils import TQDM
 from ultralytics.utils.metrics import box_iou
 from ultralytics.utils.nms import non_max_suppression
