@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import os
+import random
 from argparse import Namespace
 from pathlib import Path
 
+import numpy as np
+import torch
 import yaml
 
 from data.datasets import DATA_DIR
@@ -81,3 +84,16 @@ def resume_options(opt: Namespace) -> tuple[Namespace, dict]:
     saved.resume, saved.save_dir = str(last), str(last.parent.parent)
     saved.device, saved.workers = opt.device, opt.workers  # the machine may differ
     return saved, ckpt
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every random source a training run draws from in this process: Python's random, NumPy and torch (CPU
+    and CUDA), and make cuDNN pick deterministic kernels. Dataloader workers (shuffling, augmentation) are seeded
+    from the loader's generator, which ultralytics seeds from torch's seed. The same command then gives the same
+    weights on the same machine; what still varies across machines: the number of workers ultralytics starts (it
+    caps them by the CPU count), thread counts and kernels (CPU, GPU model, library versions)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False  # benchmark mode picks kernels by timing: not reproducible
+    torch.backends.cudnn.deterministic = True

@@ -35,7 +35,7 @@ from ultralytics.utils.torch_utils import ModelEMA, torch_distributed_zero_first
 from data.datasets import build_val_loader, check_dataset, checked_dataset
 from engine.distill import OutputDistiller
 from engine.optim import build_optimizer, freeze_layers, lr_factor
-from engine.train_config import check_options, load_hyp, resume_options, train_options
+from engine.train_config import check_options, load_hyp, resume_options, seed_everything, train_options
 from engine.train_checks import TrainingWatch
 from engine.train_plots import plot_gammas, plot_results
 from engine.train_state import METRIC_KEYS, as_random_state, plain, read_csv, storable, strip_checkpoint, write_csv
@@ -152,8 +152,8 @@ class Trainer:
             self.opt = opt
         check_options(opt)
         self.device = device = self._setup_device()
-        seed = int(opt.seed) + max(self.rank, 0)
-        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        self.seed = int(opt.seed) + max(self.rank, 0)
+        seed_everything(self.seed)
         self.hyp = load_hyp(opt.hyp)
         if opt.label_smoothing:
             self.hyp["label_smoothing"] = opt.label_smoothing
