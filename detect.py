@@ -15,6 +15,8 @@ import argparse
 import sys
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
+from engine.predictor import run
+from utils.checkpoint import CheckpointError
 from utils.config import defaults
 from utils.general import UsageError
 
@@ -55,12 +57,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from utils.checkpoint import CheckpointError
-
     try:
         opt = parse_opt(argv)
-        from engine.predictor import run
-
         run(**vars(opt))
     except (UsageError, CheckpointError, FileNotFoundError) as e:
         print(f"ERROR: {e}", file=sys.stderr)

@@ -17,6 +17,9 @@ import argparse
 import sys
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
+from engine import exporter
+from engine.exporter import ExportError
+from utils.checkpoint import CheckpointError
 from utils.config import defaults
 from utils.general import UsageError
 
@@ -43,15 +46,10 @@ def parse_opt(argv=None) -> argparse.Namespace:
 
 
 def run(**kw):
-    from engine.exporter import run as _run
-
-    return _run(**kw)
+    return exporter.run(**kw)
 
 
 def main(argv=None) -> int:
-    from engine.exporter import ExportError
-    from utils.checkpoint import CheckpointError
-
     try:
         run(**vars(parse_opt(argv)))
     except (UsageError, CheckpointError, FileNotFoundError) as e:

@@ -17,21 +17,30 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
-from engine.sensitivity import PRUNING_ARGS, add_pruning_args, check_seed_flags, strip_sensitivity_args
+from data.datasets import DataConfigError, check_dataset
+from engine.recipe import apply_recipe
+from engine.sensitivity import (
+    PRUNING_ARGS,
+    add_pruning_args,
+    check_seed_flags,
+    load_pruned_model,
+    strip_sensitivity_args,
+)
+from engine.trainer import Trainer, train_options
+from utils.checkpoint import CheckpointError
 from utils.config import HelpFormatter, defaults, explicit_flags
-from utils.general import LOGGER, UsageError
+from utils.distributed import relaunch
+from utils.files import write_json
+from utils.general import LOGGER, UsageError, interrupt_status, sigterm_as_interrupt
 
 
 def _prune_at_load(opt):
     """Seed 002's train.py --pruning-params: the loaded model pruned by --criterion, to be fine-tuned (the
     pruning record goes to the run folder as pruning.json)."""
-    from data.datasets import check_dataset
-    from engine.sensitivity import load_pruned_model
-    from utils.files import write_json
-
     weights = opt.weights or opt.cfg
     if not weights:
         raise UsageError("--pruning-params prunes the loaded model: give --weights")
@@ -110,16 +119,12 @@ def parse_opt(argv=None) -> argparse.Namespace:
     if "data" not in given and opt.data == "shapes" and not opt.resume:
         LOGGER.info("no --data: training on the built-in shapes dataset (4 synthetic classes, generated offline); "
                     "pass --data your.yaml for your own")
-    from engine.recipe import apply_recipe
-
     apply_recipe(opt, given)  # a pruned --weights: the recovery recipe's hyp/nbs unless given
     return opt
 
 
 def resume_hint(opt, since: float) -> str:
     """How to continue after an interruption: the last.pt this process wrote (newer than `since`)."""
-    from pathlib import Path
-
     if opt is None:
         return "nothing was started; run the command again"
     if opt.resume:
@@ -132,24 +137,14 @@ def resume_hint(opt, since: float) -> str:
 
 
 def main(argv=None) -> int:
-    import time
-
-    from data.datasets import DataConfigError
-    from utils.checkpoint import CheckpointError
-    from utils.general import interrupt_status, sigterm_as_interrupt
-
     argv = sys.argv[1:] if argv is None else list(argv)
     opt, since = None, time.time() - 1  # file times may round down
     try:
         with sigterm_as_interrupt():
             opt = parse_opt(argv)
-            from utils.distributed import relaunch
-
             rc = relaunch(opt.device, __file__, argv, opt.batch_size)  # --device 0,1: one process per device
             if rc is not None:
                 return rc
-            from engine.trainer import Trainer, train_options
-
             model, callbacks = _prune_at_load(opt) if opt.pruning_params is not None else (None, None)
             opt = train_options(**strip_sensitivity_args(vars(opt), PRUNING_ARGS))
             Trainer(opt, model=model, callbacks=callbacks).train()

@@ -17,11 +17,48 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Literal, get_args
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
-from engine.sensitivity import TASK_ALIASES, add_sensitivity_args, check_seed_flags, strip_sensitivity_args
+from data.datasets import DataConfigError, build_val_loader, check_dataset, is_coco_named
+from engine.latency import run_speed
+from engine.sensitivity import (
+    TASK_ALIASES,
+    add_sensitivity_args,
+    check_seed_flags,
+    load_pruned_model,
+    run_sensitivity,
+    strip_sensitivity_args,
+)
+from engine.validation import (
+    CONVENTIONS,
+    DEFAULT_BATCH,
+    ValSettings,
+    annotation_json,
+    coco_evaluate,
+    format_table,
+    select_head,
+    validate,
+    validation_convention,
+    write_json,
+)
+from engine.validation.plots import ValPlots
+from models.loader import fuse_model, load_model
+from utils.checkpoint import CheckpointError
 from utils.config import HelpFormatter, defaults, explicit_flags
-from utils.general import LOGGER, UsageError, increment_path, select_device
+from utils.flops import model_summary
+from utils.general import (
+    LOGGER,
+    UsageError,
+    check_imgsz,
+    increment_path,
+    interrupt_status,
+    select_device,
+    sigterm_as_interrupt,
+)
+
+Task = Literal["train", "val", "test", "sensitivity", "speed"]
+TASKS: tuple[str, ...] = get_args(Task)
 
 
 def parse_opt(argv=None) -> argparse.Namespace:
@@ -34,7 +71,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
     g_data.add_argument("--imgsz", "--img", "--img-size", type=int, default=d["imgsz"], help="inference size (pixels)")
     g_data.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"],
                         help="batch size (default: the family's own, YOLOv5/YOLOv7 32, ultralytics 16)")
-    g_data.add_argument("--task", default=d["task"], choices=("train", "val", "test", "sensitivity", "speed", *TASK_ALIASES),
+    g_data.add_argument("--task", default=d["task"], choices=(*TASKS, *TASK_ALIASES),
                         help="dataset split to evaluate; sensitivity (per-layer pruning analysis, seed 002; alias "
                              "pruning_sensitivity_analysis); "
                              "speed (latency: PyTorch and onnxruntime, batch 1 and --batch-size, no dataset)")
@@ -65,8 +102,6 @@ def parse_opt(argv=None) -> argparse.Namespace:
     add_sensitivity_args(p.add_argument_group("--task sensitivity (seed 002's per-layer analysis)"))
     opt = p.parse_args(argv)
     check_seed_flags(opt, explicit_flags(p, sys.argv[1:] if argv is None else argv))
-    if opt.imgsz <= 0 or opt.imgsz % 32:
-        opt.imgsz = max(32, (opt.imgsz + 31) // 32 * 32) if opt.imgsz > 0 else opt.imgsz
     if opt.imgsz <= 0 or (opt.batch_size is not None and opt.batch_size <= 0):
         raise UsageError("--imgsz and --batch-size must be positive")
     if not 0 <= opt.conf_thres <= 1 or not 0 <= (0.5 if opt.iou_thres is None else opt.iou_thres) <= 1:
@@ -109,29 +144,11 @@ def run(
     model=None,
 ):
     """Validate one model; returns (ValResult, save_dir). `model` skips loading (used by train/compress)."""
-    from data.datasets import build_val_loader, check_dataset, is_coco_named
-    from engine.validation.ultralytics import CONVENTIONS, DEFAULT_BATCH, DEFAULT_IOU, select_head, validation_convention
-    from engine.validation.common import coco_evaluate, format_table, validate, write_json
-    from models.loader import fuse_model, load_model
-    from utils.flops import model_summary
-
     device = select_device(device)
-    from_yaml = Path(str(weights)).suffix in (".yaml", ".yml")
-    if model is None and not from_yaml:  # a bad weights file is reported before the data is looked at
-        model = load_model(weights, trust=trust_checkpoint)
-    data_dict = check_dataset(data, splits=(task,))
-    if model is None:  # a yaml builds an untrained model with the dataset's classes
-        model = load_model(weights, nc=data_dict["nc"])
-    select_head(model, end2end)  # before fusing, which drops the unused head
-    model = fuse_model(model)
-    if model.nc != data_dict["nc"] and not single_cls:
-        raise UsageError(
-            f"{weights} predicts {model.nc} classes but {data_dict['yaml_file']} has {data_dict['nc']}: "
-            "pass the matching --data (or --single-cls)"
-        )
+    model, data_dict = _load(weights, data, task, single_cls, end2end, trust_checkpoint, model)
     model.to(device)
     stride = int(max(model.stride.max(), 32))
-    imgsz = (imgsz + stride - 1) // stride * stride
+    imgsz = check_imgsz(imgsz, stride)  # once the model's stride is known: one warning when it changes
     n_params, n_gflops, summary = model_summary(model, imgsz)
     LOGGER.info(summary)
     convention = validation_convention(model)
@@ -140,30 +157,12 @@ def run(
 
     loader = build_val_loader(data_dict, task, imgsz, batch_size, stride, workers, single_cls, convention=convention)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)  # only once the inputs are usable
-    coco_ids = save_json and is_coco_named(data_dict["names"])
-    plotter = None
-    if plots:
-        from engine.validation.plots import ValPlots
-
-        plotter = ValPlots(data_dict["names"] if not single_cls else {0: "item"})
-    res, jdict = validate(
-        model,
-        loader,
-        data_dict["names"],
-        conf_thres,
-        iou_thres,
-        max_det,
-        single_cls,
-        device,
-        half,
-        save_dir,
-        save_txt,
-        save_conf,
-        save_json,
-        coco_ids,
-        progress=not no_progress,
-        plotter=plotter,
-    )
+    settings = ValSettings(conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, single_cls=single_cls,
+                           half=half, save_txt=save_txt, save_conf=save_conf, save_json=save_json,
+                           coco_ids=save_json and is_coco_named(data_dict["names"]), progress=not no_progress)
+    plotter = ValPlots(data_dict["names"] if not single_cls else {0: "item"}) if plots else None
+    res, jdict = validate(model, loader, data_dict["names"], settings, device=device, save_dir=save_dir,
+                          plotter=plotter)
     if plotter is not None:
         try:
             plotter.save(save_dir, {c["class"]: c["map50"] for c in res.per_class})
@@ -178,15 +177,7 @@ def run(
         f"per image at shape ({batch_size}, 3, {imgsz}, {imgsz})"
     )
     if save_json and jdict:
-        stem = Path(weights if isinstance(weights, (str, Path)) else weights[0]).stem
-        pred_json = write_json(jdict, save_dir / f"{stem}_predictions.json")
-        LOGGER.info(f"Saved {len(jdict)} predictions to {pred_json}")
-        anno_json = _annotation_json(data_dict, task)
-        if anno_json is None:
-            LOGGER.info("No COCO annotation json found (set 'annotations:' in the data yaml); skipping pycocotools")
-        else:
-            ids = sorted({d["image_id"] for d in jdict})
-            res.coco = coco_evaluate(pred_json, anno_json, ids)
+        res.coco = _coco(jdict, weights, data_dict, task, save_dir)
     metrics = {
         "precision": res.precision,
         "recall": res.recall,
@@ -203,7 +194,7 @@ def run(
         "data": data_dict["yaml_file"],
         "per_class": res.per_class,
         "convention": res.convention,
-        "iou_thres": DEFAULT_IOU[convention] if iou_thres is None else iou_thres,
+        "iou_thres": settings.iou(convention),
         "notes": res.notes,
         **res.coco,
     }
@@ -212,47 +203,56 @@ def run(
     return res, save_dir
 
 
-def _annotation_json(data: dict, task: str) -> Path | None:
-    root = Path(data["path"])
-    if data.get("annotations"):
-        p = Path(data["annotations"])
-        p = p if p.is_absolute() else root / p
-        return p if p.exists() else None
-    split = Path(data[task][0]).stem  # val2017.txt or images/val2017 -> val2017
-    p = root / "annotations" / f"instances_{split}.json"
-    return p if p.exists() else None
+def _load(weights, data, task: str, single_cls: bool, end2end: bool, trust: bool, model=None) -> tuple:
+    """(fused model with its inference head chosen, data dict); a bad weights file is reported before the data
+    is looked at. Raises UsageError when the model's classes do not match the data's."""
+    from_yaml = Path(str(weights)).suffix in (".yaml", ".yml")
+    if model is None and not from_yaml:
+        model = load_model(weights, trust=trust)
+    data_dict = check_dataset(data, splits=(task,))
+    if model is None:  # a yaml builds an untrained model with the dataset's classes
+        model = load_model(weights, nc=data_dict["nc"])
+    select_head(model, end2end)  # before fusing, which drops the unused head
+    model = fuse_model(model)
+    if model.nc != data_dict["nc"] and not single_cls:
+        raise UsageError(
+            f"{weights} predicts {model.nc} classes but {data_dict['yaml_file']} has {data_dict['nc']}: "
+            "pass the matching --data (or --single-cls)"
+        )
+    return model, data_dict
+
+
+def _coco(jdict: list[dict], weights, data_dict: dict, task: str, save_dir: Path) -> dict:
+    """--save-json: the predictions file, and pycocotools' figures when the split has a COCO annotation file."""
+    stem = Path(weights if isinstance(weights, (str, Path)) else weights[0]).stem
+    pred_json = write_json(jdict, save_dir / f"{stem}_predictions.json")
+    LOGGER.info(f"Saved {len(jdict)} predictions to {pred_json}")
+    anno_json = annotation_json(data_dict, task)
+    if anno_json is None:
+        LOGGER.info("No COCO annotation json found (set 'annotations:' in the data yaml); skipping pycocotools")
+        return {}
+    return coco_evaluate(pred_json, anno_json, sorted({d["image_id"] for d in jdict}))
 
 
 def _pruned(opt, weights):
     """Seed 002's "testing with the pruning parameters": the model pruned by --pruning-params (else None)."""
     if opt.pruning_params is None:
         return None
-    from data.datasets import check_dataset
-    from engine.sensitivity import load_pruned_model
-
     nc = check_dataset(opt.data, splits=(opt.task,))["nc"] if Path(weights).suffix in (".yaml", ".yml") else None
     return load_pruned_model(weights, opt.pruning_params, opt.criterion, opt.imgsz, nc=nc,
                              trust=opt.trust_checkpoint, fuse=True)[0]
 
 
 def main(argv=None) -> int:
-    from data.datasets import DataConfigError
-    from utils.checkpoint import CheckpointError
-    from utils.general import interrupt_status, sigterm_as_interrupt
-
     opt = None
     try:
         with sigterm_as_interrupt():
             opt = parse_opt(argv)
             if opt.task == "sensitivity":
-                from engine.sensitivity import run_sensitivity
-
                 for w in opt.weights:
                     run_sensitivity(opt, w)
                 return 0
             if opt.task == "speed":
-                from engine.latency import run_speed
-
                 for w in opt.weights:
                     run_speed(w, opt.imgsz, opt.batch_size, opt.device, opt.half, opt.project, opt.name,
                               opt.exist_ok, opt.trust_checkpoint)

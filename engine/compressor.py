@@ -33,7 +33,7 @@ from engine.report import (
     rounding_warning,
     write_results,
 )
-from engine.validation.common import ValResult, format_table, validate, write_json
+from engine.validation import ValResult, format_table, validate, write_json
 from models.loader import fuse_model, load_model, model_family
 from prune import build_groups
 from prune.importance import get_criterion
@@ -378,7 +378,7 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
                 f"conv FLOPs x{frac:.3f} ({prune_seconds:.1f}s)")
     if target is not None and abs(frac - target) > FLOPS_TOLERANCE:
         LOGGER.warning(rounding_warning(k, frac, target, opt.divisor))
-    from engine.trainer import _storable
+    from engine.train_state import storable as _storable
 
     if ddp.is_main():
         ckpt = {

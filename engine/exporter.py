@@ -143,7 +143,7 @@ def export_onnx(w: ExportWrapper, im: torch.Tensor, file: Path, opset: int = 17,
         tmp.unlink(missing_ok=True)
         if isinstance(e, (UsageError, ExportError)):
             raise
-        raise ExportError(f"ONNX export failed: {_one_line(e)}") from e
+        raise ExportError(f"ONNX export failed: {one_line(e)}") from e
     return file
 
 
@@ -175,11 +175,11 @@ def export_torchscript(w: ExportWrapper, im: torch.Tensor, file: Path, metadata:
         _replace(tmp, file)
     except Exception as e:
         tmp.unlink(missing_ok=True)
-        raise ExportError(f"TorchScript export failed: {_one_line(e)}") from e
+        raise ExportError(f"TorchScript export failed: {one_line(e)}") from e
     return file
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
     s = str(e).strip().splitlines()
     return f"{type(e).__name__}: {s[0] if s else ''}"
 

@@ -26,9 +26,12 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from engine.exporter import export_onnx, one_line, prepare
+from models.loader import load_model
 from utils.config import defaults
+from utils.flops import count_params, gflops
 from utils.files import write_json
-from utils.general import LOGGER, increment_path, select_device
+from utils.general import LOGGER, check_imgsz, increment_path, select_device
 
 
 def resolve_threads(threads: int | None = None) -> int:
@@ -103,8 +106,6 @@ def _stats(times: list[float], batch: int) -> dict:
 
 
 def _onnx_files(models: dict[str, nn.Module], shape: tuple, folder: Path) -> dict[str, Path]:
-    from engine.exporter import export_onnx, prepare
-
     files = {}
     for i, (name, m) in enumerate(models.items()):
         f = folder / f"model{i}_batch{shape[0]}.onnx"
@@ -123,8 +124,6 @@ def compare_latency(models: dict[str, nn.Module], imgsz: int, batch_sizes=(1,), 
     if `half`; onnxruntime only with its CUDA provider installed, TensorRT with its provider).
     Returns [{model, backend, device, batch, threads, ms_per_image, ...}].
     """
-    from engine.exporter import prepare
-
     d = defaults("export")
     threads = resolve_threads(threads or d["speed_threads"])
     warmup = d["speed_warmup"] if warmup is None else warmup
@@ -205,14 +204,11 @@ def environment(threads: int) -> dict:
 def run_speed(weights, imgsz=640, batch_size=None, device="", half=False, project="runs/val", name="exp",
               exist_ok=False, trust_checkpoint=False, model=None, threads=None, warmup=None, repeats=None, **_):
     """val.py --task speed: latency of one model at batch 1 and a larger batch, as a table and speed.json."""
-    from models.loader import load_model
-    from utils.flops import count_params, gflops
-
     d = defaults("export")
     if model is None:
         model = load_model(weights, trust=trust_checkpoint)
     stride = int(max(int(model.stride.max()), 32))
-    imgsz = (int(imgsz) + stride - 1) // stride * stride
+    imgsz = check_imgsz(int(imgsz), stride)  # val.py --task speed: one warning when the size changes
     batches = sorted({1, int(batch_size or d["speed_batch"])})
     threads = resolve_threads(threads or d["speed_threads"])
     warmup = d["speed_warmup"] if warmup is None else warmup
@@ -251,10 +247,8 @@ def compress_latency(base: nn.Module, pruned: nn.Module, imgsz: int, flops_ratio
         rows = compare_latency({"base": _cpu_copy(base), "pruned": _cpu_copy(pruned)}, imgsz, (1,), ("onnxruntime",),
                                "cpu", repeats=d["compress_repeats"])
     except Exception as e:  # latency is a report extra: the pruned model is already saved
-        from engine.exporter import _one_line
-
-        LOGGER.warning(f"latency: skipped ({_one_line(e)})")
-        return {"skipped": _one_line(e)}
+        LOGGER.warning(f"latency: skipped ({one_line(e)})")
+        return {"skipped": one_line(e)}
     b, p = (next(r for r in rows if r["model"] == k) for k in ("base", "pruned"))
     speedup = b["ms_per_image"] / p["ms_per_image"]
     factor = 1 / flops_ratio if flops_ratio else None

@@ -22,9 +22,19 @@ import cv2
 import numpy as np
 import torch
 import torchvision  # noqa: F401  ultralytics uses torchvision's NMS only if already imported
+import ultralytics.utils.plotting as plotting
+from ultralytics.data.augment import LetterBox
+from ultralytics.data.loaders import LoadImagesAndVideos
+from ultralytics.utils.checks import check_imshow
+from ultralytics.utils.nms import non_max_suppression
+from ultralytics.utils.ops import scale_boxes, xyxy2xywh
+from ultralytics.utils.plotting import Annotator, colors, save_one_box
 
+from engine.validation.common import to_nms_format
+from models.loader import load_model
 from utils.files import atomic_output, write_bytes, write_text
-from utils.general import LOGGER, UsageError, increment_path, select_device
+from utils.flops import model_summary
+from utils.general import LOGGER, UsageError, check_imgsz, increment_path, select_device
 
 SOURCES = "an image, a folder, a glob, a video file or a .txt list of them"
 
@@ -32,8 +42,6 @@ SOURCES = "an image, a folder, a glob, a video file or a .txt list of them"
 def label_lines(det: torch.Tensor, shape: tuple[int, int], save_conf: bool = False) -> list[str]:
     """YOLOv5 --save-txt lines for det (n, 6+) rows x1, y1, x2, y2 (pixels of an image of shape (h, w)),
     conf, class: 'class xc yc w h' normalized to (0, 1), plus ' conf' with save_conf, formatted '%g'."""
-    from ultralytics.utils.ops import xyxy2xywh
-
     if not len(det):
         return []
     gn = torch.tensor(shape, dtype=torch.float32)[[1, 0, 1, 0]]
@@ -96,8 +104,6 @@ class VideoSink:
 def _annotator_factory(names: dict[int, str], line_width: int | None):
     """Annotator per image: OpenCV text for ASCII names, else PIL with matplotlib's bundled DejaVu Sans
     (ultralytics would fetch Arial.Unicode.ttf for non-ASCII names)."""
-    from ultralytics.utils.plotting import Annotator
-
     if all(n.isascii() for n in names.values()):
         return lambda im: Annotator(im, line_width=line_width, pil=False, example="abc")
     import matplotlib
@@ -110,8 +116,6 @@ def _pil_annotator(im, line_width: int | None, font: str):
     """ultralytics' PIL Annotator with a font file: its check_font looks the file's name up in matplotlib's font
     list and, when that list does not hold the path (it can be rebuilt without it), downloads it by name. A file
     needs no lookup, so the lookup is skipped for files only (names still go through ultralytics)."""
-    import ultralytics.utils.plotting as plotting
-
     lookup = plotting.check_font
     plotting.check_font = lambda f="Arial.ttf": f if Path(str(f)).is_file() else lookup(f)
     try:
@@ -131,8 +135,6 @@ def _counts(det: torch.Tensor, names: dict[int, str]) -> str:
 
 
 def _loader(source: str):
-    from ultralytics.data.loaders import LoadImagesAndVideos
-
     s = str(source)
     if s.isnumeric() or "://" in s or s.endswith(".streams"):
         raise UsageError(f"--source {s}: webcams and streams are not supported; give {SOURCES}")
@@ -173,16 +175,6 @@ def run(
     x1, y1, x2, y2 (pixels), conf, class}. imgsz: int or (h, w) pixels, rounded up to the model's stride.
     Raises UsageError for a missing source, a class id the model does not predict, or bad thresholds;
     CheckpointError for unusable weights."""
-    from ultralytics.data.augment import LetterBox
-    from ultralytics.utils.checks import check_imshow
-    from ultralytics.utils.nms import non_max_suppression
-    from ultralytics.utils.ops import scale_boxes
-    from ultralytics.utils.plotting import colors, save_one_box
-
-    from engine.validation.common import to_nms_format
-    from models.loader import load_model
-    from utils.flops import model_summary
-
     if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
         raise UsageError("--conf-thres and --iou-thres must be in [0, 1]")
     if max_det < 1:
@@ -191,20 +183,12 @@ def run(
     if half and device.type != "cuda":
         LOGGER.warning("WARNING: --half needs a CUDA device: running in FP32 on the CPU")
         half = False
-    if model is None:
-        model = load_model(weights, trust=trust_checkpoint, fuse=True)
-    names = {int(k): str(v) for k, v in model.names.items()}
-    bad = sorted({int(c) for c in classes or []} - set(names))
-    if bad:
-        raise UsageError(f"--classes {' '.join(map(str, bad))}: this model predicts classes 0-{len(names) - 1}")
+    model, names = _model(weights, trust_checkpoint, classes, model)
     loader = _loader(source)
     model.to(device).eval()
     model.half() if half else model.float()
     stride = int(max(model.stride.max(), 32))
-    req = ([imgsz] if isinstance(imgsz, int) else list(imgsz)) * 2
-    hw = [max(stride, (s + stride - 1) // stride * stride) for s in req[:2]]
-    if hw != req[:2]:
-        LOGGER.warning(f"WARNING: --imgsz {req[:2]} must be a multiple of the max stride {stride}, using {hw}")
+    hw = image_shape(imgsz, stride)
     LOGGER.info(model_summary(model, max(hw))[2])
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)  # only once the inputs are usable
     if view_img and not check_imshow(warn=False):
@@ -239,17 +223,8 @@ def run(
             if save_txt and len(det):
                 write_text(save_dir / "labels" / f"{stem}.txt", "\n".join(label_lines(det, im0.shape[:2], save_conf)) + "\n")
                 n_labels += 1
-            imc = im0.copy() if save_crop else None
-            ann = annotator(im0)
-            for *xyxy, conf, cls in det.tolist():
-                c = int(cls)
-                if not nosave or view_img:
-                    label = "" if hide_labels else (names[c] if hide_conf else f"{names[c]} {conf:.2f}")
-                    ann.box_label(xyxy, label, color=colors(c, True))
-                if save_crop:
-                    crop = save_one_box(torch.tensor(xyxy), imc, BGR=True, save=False)
-                    save_image(unique_file(save_dir / "crops" / names[c] / f"{p.stem}.jpg"), crop)
-            im0 = ann.result()
+            im0 = _draw(annotator(im0), im0, det, names, p, save_dir, draw=not nosave or view_img, crop=save_crop,
+                        hide_labels=hide_labels, hide_conf=hide_conf)
             if view_img:
                 cv2.imshow(str(p), im0)
                 cv2.waitKey(1)
@@ -277,3 +252,38 @@ def run(
     saved = f", {n_labels} label files in {save_dir / 'labels'}" if save_txt else ""
     LOGGER.info(f"Results saved to {save_dir}{saved}")
     return save_dir, results
+
+
+def _model(weights, trust: bool, classes, model=None) -> tuple:
+    """(fused model, {class index: name}); raises UsageError for a --classes id the model does not predict."""
+    if model is None:
+        model = load_model(weights, trust=trust, fuse=True)
+    names = {int(k): str(v) for k, v in model.names.items()}
+    bad = sorted({int(c) for c in classes or []} - set(names))
+    if bad:
+        raise UsageError(f"--classes {' '.join(map(str, bad))}: this model predicts classes 0-{len(names) - 1}")
+    return model, names
+
+
+def image_shape(imgsz, stride: int) -> list[int]:
+    """--imgsz (int or (h, w) pixels) as [h, w] rounded up to the model's max stride; one warning line per size
+    that changes (utils.general.check_imgsz)."""
+    h, w = (([imgsz] if isinstance(imgsz, int) else list(imgsz)) * 2)[:2]
+    h2 = check_imgsz(h, stride)
+    return [h2, h2 if w == h else check_imgsz(w, stride)]
+
+
+def _draw(ann, im0: np.ndarray, det: torch.Tensor, names: dict[int, str], p: Path, save_dir: Path, draw: bool,
+          crop: bool, hide_labels: bool, hide_conf: bool) -> np.ndarray:
+    """Boxes and labels drawn on a copy of im0 (when `draw`), crops saved under save_dir/crops/<class>/; returns
+    the annotated image."""
+    imc = im0.copy() if crop else None
+    for *xyxy, conf, cls in det.tolist():
+        c = int(cls)
+        if draw:
+            label = "" if hide_labels else (names[c] if hide_conf else f"{names[c]} {conf:.2f}")
+            ann.box_label(xyxy, label, color=colors(c, True))
+        if crop:
+            box = save_one_box(torch.tensor(xyxy), imc, BGR=True, save=False)
+            save_image(unique_file(save_dir / "crops" / names[c] / f"{p.stem}.jpg"), box)
+    return ann.result()

@@ -3,10 +3,10 @@
 
 YOLOv5's train.py defaults (hyp.scratch-low: lr0 0.01, warmup of max(3 epochs, 100 iterations), nominal batch 64)
 are made for training from scratch: a fine-tune of a few epochs on a small dataset runs entirely inside that warmup,
-its learning rate rising every epoch (the former demo's fine-tune peaked after epoch 1). The recipe (cfg/default.yaml
-`recovery:` block: scratch-low's gains and augmentation with lr0 0.001, no warmup, nominal batch 16; measured on
-the raccoon set, README) replaces them: `train.py --weights <pruned checkpoint>` uses it for every option the user
-did not give, and compress.py's `compress:` block follows it.
+its learning rate rising every epoch. The recipe (cfg/default.yaml `recovery:` block: scratch-low's gains and
+augmentation with a lower lr0, no warmup, a smaller nominal batch; docs/benchmarks/custom_data.md) replaces them:
+`train.py --weights <pruned checkpoint>` uses it for every option the user did not give, and compress.py's
+`compress:` block follows it.
 """
 
 from __future__ import annotations
@@ -17,14 +17,19 @@ from pathlib import Path
 
 import torch.nn as nn
 
+import yaml
+
+from models.loader import load_model
+from models.yolo import Model
 from prune.widths import unmarked_yaml
-from utils.config import _defaults
+from utils.checkpoint import load_checkpoint
+from utils.config import DEFAULT_CFG
 from utils.general import LOGGER
 
 
 def recipe() -> dict:
     """The recipe's options in train.py's names (cfg/default.yaml `recovery:` block), e.g. {'hyp': ..., 'nbs': 16}."""
-    return dict(_defaults().get("recovery") or {})
+    return dict(yaml.safe_load(DEFAULT_CFG.read_text()).get("recovery") or {})
 
 
 def _narrower_than_yaml(model: nn.Module) -> bool:
@@ -33,8 +38,6 @@ def _narrower_than_yaml(model: nn.Module) -> bool:
     build raises (callers treat that as "not known to be pruned")."""
     cfg = unmarked_yaml(model.yaml)  # a pruned model's yaml is marked to refuse rebuilds (prune.widths)
     if "anchors" in cfg:
-        from models.yolo import Model
-
         fresh = Model(cfg, nc=int(model.nc))
     else:
         from ultralytics.nn.tasks import DetectionModel
@@ -49,9 +52,6 @@ def pruned_reason(weights: str | Path, trust: bool = False) -> str | None:
     """Why `weights` (a checkpoint path) counts as a pruned model, or None: compress.py's "pruning" record in the
     checkpoint, else convs narrower than the model's own yaml (a pruned model fine-tuned since, or pruned by another
     tool). Unreadable or unusual checkpoints give None here; loading them for training reports the problem."""
-    from models.loader import load_model
-    from utils.checkpoint import load_checkpoint
-
     path = Path(weights)
     if path.suffix in (".yaml", ".yml") or not path.is_file():
         return None

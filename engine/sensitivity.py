@@ -25,9 +25,26 @@ import ast
 import json
 from pathlib import Path
 
+from ultralytics.utils import TQDM
+
+import engine.validation as validation
+from data.datasets import build_val_loader, check_dataset
+from models.loader import fuse_model, load_model
+from prune import build_groups
+from prune.importance import SEED_CRITERIA, get_criterion
+from prune.sensitivity import (
+    DEFAULT_STEM,
+    done_layers,
+    parse_pruning_params,
+    parse_rates,
+    prune_layers,
+    run_analysis,
+    show_layers,
+)
 from utils.config import defaults
 from utils.files import write_json, write_text
-from utils.general import LOGGER, UsageError, increment_path, select_device
+from utils.flops import count_params, gflops
+from utils.general import LOGGER, UsageError, check_imgsz, increment_path, select_device
 
 # the settings a resumed analysis must share with the interrupted one (results would not be comparable)
 _SAME = ("weights", "data", "imgsz", "criterion", "conf_thres", "iou_thres", "max_det", "single_cls", "stem")
@@ -94,8 +111,6 @@ def check_seed_flags(opt: argparse.Namespace, given: set[str]) -> None:
             raise UsageError(f"--pruning-params prunes the model once; --task {task} does not take it "
                              "(the analysis masks each layer at --pruning-rate)")
         try:
-            from prune.sensitivity import parse_pruning_params
-
             opt.pruning_params = parse_pruning_params(opt.pruning_params)
         except (ValueError, SyntaxError) as e:
             raise UsageError(str(e).replace("\n", " ")) from None
@@ -121,9 +136,6 @@ def load_pruned_model(weights, pruning_params, criterion, imgsz: int, nc: int | 
     the plan compress.py --pruning-params uses), log the change, and fuse BatchNorm if asked.
     Returns (model, info) with info as prune_layers returns it (+ 'criterion'). Raises UsageError for a
     criterion or layer id that does not apply."""
-    from models.loader import fuse_model, load_model
-    from prune.sensitivity import prune_layers
-
     crit = _criterion_name(criterion)
     from_yaml = Path(str(weights)).suffix in (".yaml", ".yml")
     model = load_model(weights, nc=nc if from_yaml else None, trust=trust)  # unfused: BN criteria need BN
@@ -140,8 +152,6 @@ def load_pruned_model(weights, pruning_params, criterion, imgsz: int, nc: int | 
 
 
 def _criterion_name(c) -> str:
-    from prune.importance import SEED_CRITERIA
-
     name = SEED_CRITERIA.get(int(c), str(c)) if str(c).strip().isdigit() else str(c).strip().lower()
     if name not in _CRITERIA:
         raise UsageError(f"--criterion must be 0-6 or one of {', '.join(_CRITERIA)}, got {c!r}")
@@ -176,13 +186,6 @@ def _save_dir(opt, project: Path) -> Path:
 def run_sensitivity(opt, weights: str | None = None) -> Path:
     """Run (or continue) the analysis of `weights` (default opt.weights) with val.py's options; returns the
     folder holding output_{rate}.txt."""
-    from data.datasets import build_val_loader, check_dataset
-    from models.loader import load_model
-    from prune import build_groups
-    from prune.importance import get_criterion
-    from prune.sensitivity import DEFAULT_STEM, done_layers, parse_rates, run_analysis, show_layers
-    from utils.flops import count_params, gflops
-
     try:
         rates = parse_rates(opt.pruning_rate)
     except (ValueError, SyntaxError, TypeError):
@@ -202,7 +205,7 @@ def run_sensitivity(opt, weights: str | None = None) -> Path:
                          "pass the matching --data (or --single-cls)")
     model.to(device).eval()
     stride = int(max(model.stride.max(), 32))
-    imgsz = (opt.imgsz + stride - 1) // stride * stride
+    imgsz = check_imgsz(opt.imgsz, stride)  # one warning when the size changes
 
     groups = build_groups(model, imgsz=imgsz, ignore=getattr(opt, "ignore", None))  # bad --ignore/--layers: before any folder
     if groups.ignored:
@@ -234,12 +237,12 @@ def run_sensitivity(opt, weights: str | None = None) -> Path:
     score = get_criterion(crit)
     scores = {g.id: score(model, g, seed=0) for g in groups.prunable}
     loader = build_val_loader(data, "val", imgsz, opt.batch_size, stride, opt.workers, opt.single_cls)
+    settings = validation.ValSettings(conf_thres=opt.conf_thres, iou_thres=opt.iou_thres, max_det=opt.max_det,
+                                      single_cls=opt.single_cls, half=opt.half, progress=False)
 
     def evaluate() -> dict:
-        from engine.validation import common as validator  # looked up per call (tests count validations)
-
-        res, _ = validator.validate(model, loader, data["names"], opt.conf_thres, opt.iou_thres, opt.max_det,
-                                    opt.single_cls, device, opt.half, progress=False)
+        # validation.validate is looked up per call (tests count validations)
+        res, _ = validation.validate(model, loader, data["names"], settings, device=device)
         return {"p": res.precision, "r": res.recall, "map50": res.map50, "map50_95": res.map50_95,
                 "maps": [round(float(a), 6) for a in res.maps], "t_inf": res.speed_ms["inference"],
                 "t_nms": res.speed_ms["nms"], "h": imgsz, "w": imgsz, "batch": opt.batch_size}
@@ -256,8 +259,6 @@ def run_sensitivity(opt, weights: str | None = None) -> Path:
 
     todo = layers or ids
     n_done = sum(len(set(done_layers(save_dir / f"{stem}_{r}.txt")) & set(todo)) for r in rates)
-    from ultralytics.utils import TQDM
-
     pbar = TQDM(total=len(rates) * len(todo), initial=n_done, desc="sensitivity", disable=opt.no_progress)
 
     def progress(msg: str) -> None:

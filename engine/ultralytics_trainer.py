@@ -3,8 +3,8 @@
 
 ultralytics' `YOLO(p).train()` calls `trainer.get_model(cfg=model.yaml, weights=model)`, which builds a fresh
 `DetectionModel` from the yaml and copies the weights whose shapes still match: on a pruned model that is the
-unpruned architecture, mostly re-initialised (2,199,541 -> 3,157,200 parameters, 110/355 tensors transferred on a
-pruned yolov8n). Surgery marks the yaml of a pruned model so that this rebuild stops with one clear line
+unpruned architecture, mostly re-initialised (docs/benchmarks/ultralytics.md shows it on a pruned yolov8n).
+Surgery marks the yaml of a pruned model so that this rebuild stops with one clear line
 (prune.widths.mark_yaml_pruned); this trainer is the supported way around it:
 
     from ultralytics import YOLO
@@ -26,6 +26,7 @@ import torch.nn as nn
 from ultralytics.models.yolo.detect import DetectionTrainer
 
 import utils  # noqa: F401  (offline settings for ultralytics)
+from models.loader import reset_classes
 from prune.widths import is_yaml_pruned
 
 
@@ -53,7 +54,5 @@ class PrunedDetectionTrainer(DetectionTrainer):
             model.criterion = None  # rebuilt by ultralytics for this run's hyperparameters
         nc = int(self.data["nc"])
         if int(model.model[-1].nc) != nc:
-            from models.loader import reset_classes
-
             reset_classes(model, nc)
         return self.set_model_names_for_load(model)

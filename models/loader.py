@@ -253,3 +253,6 @@ def _reset_ultralytics_head(head: nn.Module, nc: int, same: dict[int, int]) -> N
         new.weight[new_rows] = last.weight[old_rows]
         if new.bias is not None:
             new.bias[new_rows] = last.bias[old_rows]
+
+
+finalize = _finalize  # public name (engine.trainer resumes a checkpoint's model with it)

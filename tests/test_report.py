@@ -150,7 +150,8 @@ def test_rounds_png_names_rounds_as_the_console_and_hides_nothing():
 
 
 def test_results_png_has_validation_losses_and_no_empty_panel(tiny, shapes_yaml, tmp_path):
-    from engine.trainer import results_figure, train
+    from engine.train_plots import results_figure
+    from engine.trainer import train
 
     train(cfg=str(tiny), data=str(shapes_yaml), epochs=2, imgsz=64, batch_size=8, workers=0, progress=False,
           hyp="scratch-low", save_dir=str(tmp_path / "t"), noval=True)

@@ -104,8 +104,8 @@ def _sens(tmp_path, shapes_yaml, *extra):
 
 @pytest.fixture
 def count_validations(monkeypatch):
-    """Counts engine.validation.common.validate calls; fail_after=N raises KeyboardInterrupt at the N+1th."""
-    from engine.validation import common as validator
+    """Counts engine.validation.validate calls; fail_after=N raises KeyboardInterrupt at the N+1th."""
+    import engine.validation as validator
 
     real, state = validator.validate, {"n": 0, "fail_after": None}
 

@@ -339,7 +339,7 @@ def test_end2end_head_scored_without_nms_as_ultralytics(shapes_yaml, tmp_path, c
 def test_saturated_nms_is_bounded_and_noted(shapes_yaml, tmp_path, monkeypatch):
     """A model whose every box passes conf: after the budget of saturated images the rest get no detections,
     deterministically (no wall-clock limit), and the result says so. Thresholds scaled down to 64-px images."""
-    import engine.validation.ultralytics as uv
+    import engine.validation.common as uv
     import val
 
     monkeypatch.setattr(uv, "MAX_NMS", 50)

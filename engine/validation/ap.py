@@ -3,7 +3,7 @@
 
 Own implementation rather than ultralytics' because ultralytics >= 8.3 closes the PR curve with a
 vertical drop at the last recall, while YOLOv5 interpolates linearly to (recall 1, precision 0);
-that alone moves mAP50 of yolov5n on COCO128 by ~0.002 and the task is to reproduce YOLOv5.
+that alone moves mAP50 measurably (docs/benchmarks/validation.md) and the task is to reproduce YOLOv5.
 """
 
 from __future__ import annotations

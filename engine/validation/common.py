@@ -1,29 +1,95 @@
 # AGPL-3.0 License
-"""Detection validation for every family: YOLOv5/YOLOv7 models reproduce the official YOLOv5 val.py (here),
-ultralytics models ultralytics' DetectionValidator (engine.validation.ultralytics, dispatched from validate()).
+"""What both validation conventions share: the settings (ValSettings), the result (ValResult), the per-family
+convention choice and its defaults, the loss meter, the output adapter and matcher, the saturation guard, and the
+table / JSON writers. engine.validation.yolov5 and engine.validation.ultralytics hold the two loops;
+engine.validation.validate dispatches between them.
 
-Same pipeline as YOLOv5: rectangular letterboxed batches, NMS at conf 0.001 / IoU 0.6 with multiple
-labels per box, predictions and labels compared in native image space at IoU 0.50:0.95, AP by
-101-point interpolation, P and R at the max mean-F1 confidence. Ultralytics supplies the dataset,
-NMS and AP code; this module supplies the glue and the per-family output adapter.
+Conventions: YOLOv5/YOLOv7 models are scored as the official YOLOv5 val.py scores them, ultralytics models as
+ultralytics' DetectionValidator (`yolo val`) does. They differ where it matters for weak models: YOLOv5 closes the
+precision-recall curve with a line to (recall 1, precision 0), ultralytics >= 8.3 ends it at the last recall; they
+resize with INTER_AREA vs INTER_LINEAR, rescale boxes by the height gain vs per-axis gains, and default to NMS IoU
+0.6 vs 0.7 (docs/benchmarks/validation.md compares them).
+
+A broken model cannot stall validation, deterministically: ultralytics and YOLOv5 stop NMS of a batch after a
+wall-clock limit, which also cuts a healthy model's detections on a busy machine. Instead an image is *saturated*
+when more than MAX_NMS box-class pairs (the official NMS cap) and more than SATURATED_SHARE of all pairs pass the
+confidence threshold -- a trained model passes a small fraction, an untrained or broken one nearly all --, and
+after SATURATED_BUDGET such images the next ones get no detections. The result then carries a note.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torchvision  # noqa: F401  ultralytics uses torchvision's NMS only if already imported (fallback ~100x slower)
+from ultralytics.data.converter import coco80_to_coco91_class
 
-from engine.validation.ap import ap_per_class
-from models.loader import is_anchor_based
+from models.loader import is_anchor_based, model_family
+from utils import files
+from utils.general import LOGGER, UsageError
 
+Convention = Literal["yolov5", "ultralytics"]
+CONVENTION_NAMES: tuple[str, ...] = get_args(Convention)
 IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)
+TABLE_HEADER = f"{'Class':>22}{'Images':>11}{'Instances':>11}{'P':>11}{'R':>11}{'mAP50':>11}{'mAP50-95':>11}"
 
+NO_TIME_LIMIT = 1e9  # max_time_img for ultralytics' NMS: a reproducible metric must not depend on the machine's load
+MAX_NMS = 30000  # candidate boxes NMS keeps per image (ultralytics and YOLOv5)
+SATURATED_SHARE = 0.1  # share of all box-class pairs above conf that marks a broken model's image
+SATURATED_BUDGET = 16  # saturated images given NMS (each slow on a CPU) before the next ones are skipped
+CONVENTIONS = {
+    "yolov5": "YOLOv5 val.py (INTER_AREA resize, height-gain rescale, NMS IoU 0.6, batch 32, PR curve closed to "
+              "recall 1)",
+    "ultralytics": "ultralytics DetectionValidator (INTER_LINEAR resize, per-axis rescale, NMS IoU 0.7, batch 16, PR "
+                   "curve ends at the last recall)",
+}
+DEFAULT_IOU = {"yolov5": 0.6, "ultralytics": 0.7}
+DEFAULT_BATCH = {"yolov5": 32, "ultralytics": 16}  # val.py / `yolo val` defaults: batch shapes of rect loaders
+
+
+
+
+
+@dataclass(frozen=True)
+class ValSettings:
+    """How one validation runs (YOLOv5 val.py's flags). iou_thres None: the convention's default (DEFAULT_IOU).
+
+    Raises:
+        UsageError: a threshold outside [0, 1] or max_det < 1.
+    """
+
+    conf_thres: float = 0.001
+    iou_thres: float | None = None
+    max_det: int = 300
+    single_cls: bool = False
+    half: bool = False  # FP16 inference, CUDA only
+    save_txt: bool = False  # YOLO-format labels under save_dir/labels
+    save_conf: bool = False  # confidences in those labels
+    save_json: bool = False  # COCO-json prediction rows returned beside the result
+    coco_ids: bool = False  # COCO's 91 category ids in the json (else the class index)
+    progress: bool = True
+
+    def __post_init__(self):
+        if not 0 <= self.conf_thres <= 1 or not 0 <= (0.5 if self.iou_thres is None else self.iou_thres) <= 1:
+            raise UsageError("--conf-thres and --iou-thres must be in [0, 1]")
+        if self.max_det < 1:
+            raise UsageError(f"--max-det must be >= 1, got {self.max_det}")
+
+    def iou(self, convention: Convention) -> float:
+        """The NMS IoU threshold in use under `convention`."""
+        return DEFAULT_IOU[convention] if self.iou_thres is None else self.iou_thres
+
+    @classmethod
+    def of(cls, settings: ValSettings | None = None, **kw) -> ValSettings:
+        """`settings` (or the defaults) with the keyword fields replaced; unknown keywords raise TypeError."""
+        unknown = set(kw) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown validation setting(s): {', '.join(sorted(unknown))}")
+        return replace(settings or cls(), **kw)
 
 @dataclass
 class ValResult:
@@ -37,7 +103,7 @@ class ValResult:
     per_class: list = field(default_factory=list)  # [{class, name, images, instances, p, r, map50, map50_95}]
     maps: list = field(default_factory=list)  # mAP50-95 per class index (overall mAP where a class is absent)
     coco: dict = field(default_factory=dict)  # pycocotools results when --save-json evaluation ran
-    convention: str = "yolov5"  # whose validator the numbers reproduce (engine.validation.ultralytics.CONVENTIONS)
+    convention: str = "yolov5"  # whose validator the numbers reproduce (CONVENTIONS)
     notes: list = field(default_factory=list)  # caveats, e.g. the NMS time limit was hit
     losses: dict = field(default_factory=dict)  # validation loss per task (mean over batches) when a criterion is given
 
@@ -49,6 +115,75 @@ class ValResult:
         d = asdict(self)
         d["fitness"] = self.fitness
         return d
+
+
+def validation_convention(model: nn.Module) -> Convention:
+    """'yolov5' for YOLOv5/YOLOv7 models (anchor heads, models.yolo), 'ultralytics' for every ultralytics model."""
+    return "ultralytics" if model_family(model) == "ultralytics" else "yolov5"
+
+
+def use_convention(loader, convention: Convention) -> None:
+    """Make `loader` (data.datasets.build_val_loader) resize images the convention's way; a loader whose workers
+    already hold the other setting is reset so that they pick it up (ultralytics' InfiniteDataLoader.reset)."""
+    ds = getattr(loader, "dataset", None)
+    if ds is None or not hasattr(ds, "convention") or ds.convention == convention:
+        return
+    ds.convention = convention
+    if hasattr(loader, "reset"):
+        loader.reset()
+
+
+class SaturationGuard:
+    """Deterministic bound on a broken model's NMS (see the module docstring): call it on each batch's raw
+    predictions (batch, 4 + nc, anchors), scores from row 4, before NMS; it zeroes the scores of saturated images
+    beyond the budget, in place. `note()` says what was skipped."""
+
+    def __init__(self, conf_thres: float):
+        self.conf, self.saturated, self.skipped = conf_thres, 0, 0
+
+    def __call__(self, pred: torch.Tensor) -> None:
+        if pred.dim() != 3 or pred.shape[1] <= 4:
+            return
+        scores = pred[:, 4:]
+        n = (scores > self.conf).flatten(1).sum(1)
+        for i in torch.nonzero((n > MAX_NMS) & (n > SATURATED_SHARE * scores[0].numel())).flatten().tolist():
+            self.saturated += 1
+            if self.saturated > SATURATED_BUDGET:
+                scores[i] = 0
+                self.skipped += 1
+
+    def note(self) -> str | None:
+        if not self.skipped:
+            return None
+        return (f"{self.saturated} images had more than {MAX_NMS} boxes above conf {self.conf} (over "
+                f"{SATURATED_SHARE:.0%} of all box-class pairs: an untrained or broken model); after the first "
+                f"{SATURATED_BUDGET}, {self.skipped} got no detections to keep validation short, so these metrics "
+                "are a lower bound")
+
+
+def select_head(model: nn.Module, end2end: bool | None) -> None:
+    """Pick the inference head of an end-to-end model before fusing, as ultralytics' validator and predictor do:
+    one-to-many + NMS unless end2end=True (ultralytics' `nms=False`). Warns when end2end is asked of a model
+    without a one-to-one head (the flag would otherwise do nothing)."""
+    head = model.model[-1] if hasattr(model, "model") else None
+    has_e2e = getattr(head, "one2one_cv2", None) is not None
+    if end2end and not has_e2e:
+        LOGGER.warning("--end2end: this model has no end-to-end (one-to-one) head; validating its only head with NMS")
+    if has_e2e and hasattr(model, "end2end"):
+        model.end2end = bool(end2end)
+
+
+def eval_setup(model: nn.Module, device, half: bool, coco_ids: bool) -> tuple:
+    """Both conventions' start: (torch.device, FP16 in use (CUDA only), model's former training flag, class id map
+    for COCO json: COCO's 91 ids when coco_ids, else the class index); the model is put in eval (and half) mode."""
+    device = torch.device(device)
+    half = half and device.type == "cuda"
+    was_training = model.training
+    model.eval()
+    if half:
+        model.half()
+    class_map = coco80_to_coco91_class() if coco_ids else list(range(1000))
+    return device, half, was_training, class_map
 
 
 def to_nms_format(out, model: nn.Module) -> torch.Tensor:
@@ -84,7 +219,8 @@ def match_predictions(pred_cls: torch.Tensor, pred_iou: torch.Tensor, true_cls: 
     return correct
 
 
-def _coco_image_id(path: str):
+def coco_image_id(path: str) -> int | str:
+    """COCO image id of an image file: its stem as an int when numeric (COCO's 000000000139.jpg), else the stem."""
     stem = Path(path).stem
     return int(stem) if stem.isnumeric() else stem
 
@@ -109,194 +245,9 @@ class LossMeter:
         return {} if self.sum is None else {n: float(v) / self.batches for n, v in zip(self.criterion.names, self.sum)}
 
 
-@torch.no_grad()
-def validate(
-    model: nn.Module,
-    loader,
-    names: dict[int, str],
-    conf_thres: float = 0.001,
-    iou_thres: float | None = None,
-    max_det: int = 300,
-    single_cls: bool = False,
-    device: torch.device | str = "cpu",
-    half: bool = False,
-    save_dir: Path | None = None,
-    save_txt: bool = False,
-    save_conf: bool = False,
-    save_json: bool = False,
-    coco_ids: bool = False,
-    progress: bool = True,
-    plotter=None,
-    criterion=None,
-) -> tuple[ValResult, list[dict]]:
-    """Run the model over `loader` and compute detection metrics. Returns (result, json predictions).
-
-    The model's family picks the convention (engine.validation.ultralytics); iou_thres None is the convention's default
-    (YOLOv5 0.6, ultralytics 0.7).
-    `plotter` (engine.validation.plots.ValPlots) receives each image's detections and labels and the matching stats.
-    `criterion` (models.loss.build_criterion of the same model): also the per-task validation losses, from the raw
-    head outputs the model returns beside its detections in eval mode (as YOLOv5's val.py computes them during
-    training); left out when the head returns none (e.g. a fused end-to-end head)."""
-    from engine.validation import ultralytics as uv
-
-    if uv.validation_convention(model) == "ultralytics":
-        return uv.validate_ultralytics(model, loader, names, conf_thres, iou_thres, max_det, single_cls, device, half,
-                                       save_dir, save_txt, save_conf, save_json, coco_ids, progress, plotter=plotter,
-                                       criterion=criterion)
-    uv.use_convention(loader, "yolov5")
-    iou_thres = uv.DEFAULT_IOU["yolov5"] if iou_thres is None else iou_thres
-    from ultralytics.utils import TQDM
-    from ultralytics.utils.metrics import box_iou
-    from ultralytics.utils.nms import non_max_suppression
-    from ultralytics.utils.ops import scale_boxes, xywh2xyxy, xyxy2xywh
-
-    device, half, was_training, class_map = uv.eval_setup(model, device, half, coco_ids)
-    nc = 1 if single_cls else len(names)
-    iouv = IOU_THRESHOLDS.to(device)
-    stats, jdict, seen = [], [], 0
-    losses = LossMeter(criterion, device)
-    dt, guard = [0.0, 0.0, 0.0], uv.SaturationGuard(conf_thres)
-    desc = f"{'Class':>22}{'Images':>11}{'Instances':>11}{'P':>11}{'R':>11}{'mAP50':>11}{'mAP50-95':>11}"
-    pbar = TQDM(loader, desc=desc, total=len(loader), disable=not progress)
-    for batch in pbar:
-        t0 = time.perf_counter()
-        im = batch["img"].to(device, non_blocking=True)
-        im = (im.half() if half else im.float()) / 255
-        nb, _, height, width = im.shape
-        t1 = time.perf_counter()
-        out = model(im)
-        t2 = time.perf_counter()
-        losses.add(out, batch)
-        pred = to_nms_format(out, model).float()
-        guard(pred)  # a broken model's saturated images cannot stall validation (deterministically)
-        preds = non_max_suppression(
-            pred,
-            conf_thres,
-            iou_thres,
-            multi_label=True,
-            agnostic=single_cls,
-            max_det=max_det,
-            nc=len(names) if not single_cls else 0,
-            max_time_img=uv.NO_TIME_LIMIT,  # YOLOv5/ultralytics abort slow NMS; a reproducible metric must not
-        )
-        t3 = time.perf_counter()
-        dt[0] += t1 - t0
-        dt[1] += t2 - t1
-        dt[2] += t3 - t2
-
-        for si, pred in enumerate(preds):
-            idx = batch["batch_idx"] == si
-            cls = batch["cls"][idx].squeeze(-1).to(device)
-            bbox = batch["bboxes"][idx].to(device)
-            shape0, (gains, pad) = batch["ori_shape"][si], batch["ratio_pad"][si]
-            ratio_pad = ((gains[0], gains[0]), pad)  # YOLOv5 rescales both axes by the height gain
-            seen += 1
-            if single_cls:
-                pred[:, 5] = 0
-            npr = pred.shape[0]
-            if npr == 0:
-                if len(cls):
-                    stats.append((np.zeros((0, len(iouv)), bool), np.zeros(0), np.zeros(0), cls.cpu().numpy()))
-                if plotter is not None:
-                    plotter.add_image(pred, None, cls)
-                continue
-            predn = pred.clone()
-            scale_boxes(im[si].shape[1:], predn[:, :4], shape0, ratio_pad=ratio_pad)
-            if len(cls):
-                tbox = xywh2xyxy(bbox * torch.tensor((width, height, width, height), device=device))
-                scale_boxes(im[si].shape[1:], tbox, shape0, ratio_pad=ratio_pad)
-                correct = match_predictions(predn[:, 5], box_iou(tbox, predn[:, :4]), cls)
-            else:
-                correct = np.zeros((npr, len(iouv)), bool)
-            stats.append((correct, pred[:, 4].cpu().numpy(), pred[:, 5].cpu().numpy(), cls.cpu().numpy()))
-            if plotter is not None:
-                plotter.add_image(predn, tbox if len(cls) else None, cls)
-
-            if save_txt and save_dir is not None:
-                _save_txt(predn, save_conf, shape0, save_dir / "labels" / f"{Path(batch['im_file'][si]).stem}.txt")
-            if save_json:
-                box = xyxy2xywh(predn[:, :4])
-                box[:, :2] -= box[:, 2:] / 2
-                image_id = _coco_image_id(batch["im_file"][si])
-                for p, b in zip(predn.tolist(), box.tolist()):
-                    jdict.append(
-                        {
-                            "image_id": image_id,
-                            "category_id": class_map[int(p[5])],
-                            "bbox": [round(x, 3) for x in b],
-                            "score": round(p[4], 5),
-                        }
-                    )
-
-    if was_training:
-        model.train()
-    if half:
-        model.float()
-    if plotter is not None:
-        plotter.add_stats(stats)
-    res = _summarize(stats, names if not single_cls else {0: "item"}, nc, seen, dt)
-    res.losses = losses.mean()
-    if guard.note():
-        res.notes.append(guard.note())
-    return res, jdict
-
-
-def _save_txt(predn: torch.Tensor, save_conf: bool, shape0, file: Path) -> None:
-    from ultralytics.utils.ops import xyxy2xywh
-
-    file.parent.mkdir(parents=True, exist_ok=True)
-    gn = torch.tensor(shape0, dtype=torch.float32)[[1, 0, 1, 0]]
-    with open(file, "a") as f:
-        for *xyxy, conf, cls in predn[:, :6].cpu().tolist():
-            xywh = (xyxy2xywh(torch.tensor(xyxy).view(1, 4)) / gn).view(-1).tolist()
-            line = (cls, *xywh, conf) if save_conf else (cls, *xywh)
-            f.write(("%g " * len(line)).rstrip() % line + "\n")
-
-
-def _summarize(stats, names, nc, seen, dt) -> ValResult:
-    res = ValResult(images=seen)
-    res.speed_ms = {k: 1e3 * t / max(seen, 1) for k, t in zip(("preprocess", "inference", "nms"), dt)}
-    if not stats:
-        res.maps = [0.0] * nc
-        return res
-    correct, conf, pred_cls, target_cls = (np.concatenate(x, 0) for x in zip(*stats))
-    nt = np.bincount(target_cls.astype(int), minlength=nc)
-    res.instances = int(nt.sum())
-    maps = np.zeros(nc)
-    if len(correct) and correct.any():
-        p, r, ap, ap_class = ap_per_class(correct, conf, pred_cls, target_cls)
-        ap50, ap = ap[:, 0], ap.mean(1)
-        res.precision, res.recall, res.map50, res.map50_95 = map(float, (p.mean(), r.mean(), ap50.mean(), ap.mean()))
-        maps += res.map50_95
-        img_count = _images_per_class(stats, nc)
-        for i, c in enumerate(ap_class):
-            maps[c] = ap[i]
-            res.per_class.append(
-                {
-                    "class": int(c),
-                    "name": names.get(int(c), str(c)),
-                    "images": int(img_count[c]),
-                    "instances": int(nt[c]),
-                    "p": float(p[i]),
-                    "r": float(r[i]),
-                    "map50": float(ap50[i]),
-                    "map50_95": float(ap[i]),
-                }
-            )
-    res.maps = maps.tolist()
-    return res
-
-
-def _images_per_class(stats, nc) -> np.ndarray:
-    counts = np.zeros(nc, int)
-    for s in stats:
-        for c in np.unique(s[3].astype(int)):
-            counts[c] += 1
-    return counts
-
-
 def format_table(res: ValResult, verbose: bool = False) -> str:
-    header = f"{'Class':>22}{'Images':>11}{'Instances':>11}{'P':>11}{'R':>11}{'mAP50':>11}{'mAP50-95':>11}"
+    """YOLOv5's metrics table: the 'all' row, then (verbose) one row per class."""
+    header = TABLE_HEADER
     row = "%22s%11i%11i%11.3g%11.3g%11.3g%11.3g"
     lines = [header, row % ("all", res.images, res.instances, res.precision, res.recall, res.map50, res.map50_95)]
     if res.instances == 0:
@@ -307,23 +258,11 @@ def format_table(res: ValResult, verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-def coco_evaluate(pred_json: Path, anno_json: Path, image_ids: list) -> dict:
-    """pycocotools evaluation of a predictions json; returns {'coco_map50_95', 'coco_map50'}."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    anno = COCO(str(anno_json))
-    pred = anno.loadRes(str(pred_json))
-    ev = COCOeval(anno, pred, "bbox")
-    ev.params.imgIds = image_ids
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
-    return {"coco_map50_95": float(ev.stats[0]), "coco_map50": float(ev.stats[1])}
-
-
 def write_json(obj, path: Path) -> Path:
     """Atomic JSON write (temporary file, then rename; see utils.files)."""
-    from utils import files
-
     return files.write_json(obj, path)
+
+
+def speed_ms(dt: list[float], seen: int) -> dict:
+    """Per-image milliseconds of the three timed stages from their summed seconds `dt`."""
+    return {k: 1e3 * t / max(seen, 1) for k, t in zip(("preprocess", "inference", "nms"), dt)}
