@@ -13,7 +13,7 @@ from pathlib import Path
 from utils.files import write_text
 
 TIME_KEYS = ("oracle_seconds", "prune_seconds", "finetune_seconds", "seconds")
-FLOPS_TOLERANCE = 0.02  # a landed FLOPs share farther than this from --target-flops is warned about (issue 17)
+FLOPS_TOLERANCE = 0.02  # a landed FLOPs share farther than this from --target-flops is warned about
 
 
 def rounding_warning(k: int, share: float, target: float, divisor: int) -> str:
@@ -144,7 +144,7 @@ def report_markdown(summary: dict, opt) -> str:
 
 
 def speedup_text(lat: dict, flops_ratio: float) -> str:
-    """The latency speedup next to the FLOPs factor it should approach (issue 7's yardstick)."""
+    """The latency speedup next to the FLOPs factor it should approach (the yardstick of a structured cut)."""
     if isinstance(lat.get("speedup"), (int, float)):
         return (f"; latency speedup x{lat['speedup']:.2f} = {lat['speedup'] * flops_ratio:.2f} of the FLOPs factor "
                 f"(onnxruntime CPU, batch 1, {lat['threads']} threads)")

@@ -32,10 +32,12 @@ def test_round_times_count_each_stage_once(tiny, shapes_yaml, tmp_path, monkeypa
     each validation 1 s. report.md and summary.json must add them up once (pruning was counted twice before)."""
     import engine.compressor
     import engine.trainer
+    import prune.methods.pagcp.method
     import prune.methods.pagcp.reference
 
     clock = [1000.0]
     monkeypatch.setattr(engine.compressor, "time", SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(prune.methods.pagcp.method, "time", SimpleNamespace(time=lambda: clock[0]))
 
     def advancing(fn, seconds):
         def wrapped(*a, **k):
@@ -46,7 +48,7 @@ def test_round_times_count_each_stage_once(tiny, shapes_yaml, tmp_path, monkeypa
 
     monkeypatch.setattr(prune.methods.pagcp.reference.PAGCP, "run", advancing(prune.methods.pagcp.reference.PAGCP.run, 7))
     monkeypatch.setattr(engine.compressor, "apply_removal", advancing(engine.compressor.apply_removal, 3))
-    monkeypatch.setattr(engine.trainer, "train", advancing(engine.trainer.train, 20))
+    monkeypatch.setattr(engine.compressor, "train", advancing(engine.compressor.train, 20))
     monkeypatch.setattr(engine.compressor.Evaluator, "__call__", advancing(engine.compressor.Evaluator.__call__, 1))
     s = _compress(["--weights", str(tiny), "--data", str(shapes_yaml), "--img", "64", "--batch", "8",
                    "--calib-images", "4", "--ratio-step", "0.45", "--initial_rate", "0.3", "--epochs", "1",

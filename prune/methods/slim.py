@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 
 from prune.groups import GroupSet
+from prune.methods.base import Plan, PlanContext
+from prune.methods.criteria import plan_by_scores
 from prune.surgery import keep_count
 
 
@@ -100,3 +102,21 @@ class SparsityPenalty:
         if not self.bns:
             return np.zeros(0)
         return torch.cat([bn.weight.detach().abs().flatten().cpu() for _, bn in self.bns]).numpy()
+
+
+def plan(model: nn.Module, groups: GroupSet, ctx: PlanContext) -> Plan:
+    """--method slim: BN |gamma| scores, cut below --slim-threshold, below the --slim-percent percentile, at the
+    threshold reaching the round's FLOPs target, or by --ratio / --pruning-params like a criterion.
+
+    Returns:
+        Plan (info empty)."""
+    s = ctx.settings
+    kw = dict(divisor=s.divisor, min_keep=s.min_channels)
+    scores = gamma_scores(model, groups)
+    if s.slim_threshold is not None or s.slim_percent is not None:
+        t = s.slim_threshold if s.slim_threshold is not None else percentile_threshold(scores, s.slim_percent)
+        ctx.log(f"slimming threshold |gamma| < {t:.4g}")
+        return Plan(plan_threshold(groups, scores, t, **kw))
+    if s.target_flops is not None:
+        return Plan(threshold_for_flops(groups, scores, s.target_flops, **kw)[1])
+    return plan_by_scores(groups, scores, ctx)
