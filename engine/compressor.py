@@ -31,15 +31,16 @@ from engine.report import (
     FLOPS_TOLERANCE,
     console_table,
     final_line,
+    head_line,
     report_markdown,
     round_seconds,
     rounding_warning,
     write_results,
 )
-from engine.safeguards import resolve_budget, run_warnings
+from engine.safeguards import FLOOR_GROUPS, floor_warning, groups_at_floor, resolve_budget, run_warnings
 from engine.trainer import _storable, train, train_options
 from engine.validation.common import ValResult, format_table, validate, write_json
-from models.loader import fuse_model, load_model, model_family
+from models.loader import fuse_model, load_model, model_family, reset_classes
 from models.loss import build_criterion
 from prune import build_groups
 from prune.methods import METHOD_NAMES, PlanContext, get_method
@@ -54,7 +55,7 @@ from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.config import defaults
 from utils.files import copy_file, write_text
 from utils.flops import count_params, gflops
-from utils.general import LOGGER, UsageError, increment_path
+from utils.general import LOGGER, UsageError, check_imgsz, increment_path
 from utils.plots import plot_channels, plot_rounds
 
 
@@ -144,6 +145,8 @@ def run(opt) -> dict:
     if model.nc != data["nc"] and not opt.single_cls:
         raise UsageError(f"{weights} predicts {model.nc} classes but {data['yaml_file']} has {data['nc']}: "
                          "pass the matching --data (or --single-cls)")
+    stride = int(max(model.stride.max(), 32))
+    opt.imgsz = check_imgsz(opt.imgsz, stride)  # once, before any graph trace or loader: every stage uses it
     if summary is None and (opt.ignore or opt.target_flops is not None):
         _check_reachable(model, opt)  # a bad --ignore pattern or an unreachable target: before any folder
     if save_dir is None:  # the inputs are usable: only now is a run folder created (by rank 0, for all)
@@ -152,7 +155,6 @@ def run(opt) -> dict:
             write_json(given, save_dir / "opt.json")  # what --resume restores
         save_dir = ddp.broadcast(save_dir)
     model.to(device).eval()
-    stride = int(max(model.stride.max(), 32))
     evaluate = Evaluator(data, opt.imgsz, opt.batch_size, device, opt.workers, stride) if ddp.is_main() else None
     base_channels = channel_table(model)
     if summary is None:
@@ -163,7 +165,8 @@ def run(opt) -> dict:
             write_json(summary, save_dir / "summary.json")
     summary = ddp.broadcast(summary)  # rank 0's measurements
     teacher = copy.deepcopy(model).eval() if opt.distill else None
-    run = SimpleNamespace(data=data, device=device, evaluate=evaluate, teacher=teacher, weights=str(weights))
+    run = SimpleNamespace(data=data, device=device, evaluate=evaluate, teacher=teacher, weights=str(weights),
+                          base_nc=int(model.nc))
 
     for k in range(opt.rounds):
         rdir = save_dir / f"round_{k}"
@@ -192,6 +195,8 @@ def run(opt) -> dict:
     write_text(save_dir / "report.md", report_markdown(summary, opt))
     LOGGER.info(console_table(summary))
     LOGGER.info(final_line(summary))
+    if summary.get("head_change"):
+        LOGGER.info(head_line(summary))
     for w in summary["warnings"]:
         LOGGER.warning(w)
     LOGGER.info(f"Results saved to {save_dir}: pruned.pt (final model), summary.json, results.csv, report.md, "
@@ -205,9 +210,16 @@ def _finish(summary: dict, model: nn.Module, opt, run, save_dir: Path, base_chan
     final = summary["rounds"][-1]
     summary["before"], summary["after"] = summary["base"], {k: final[k] for k in ("params", "gflops", "map50",
                                                                                   "map50_95", "precision", "recall")}
-    summary["flops_ratio"] = final["gflops"] / summary["base"]["gflops"] if summary["base"]["gflops"] else None
+    if int(model.nc) != run.base_nc:  # the head changed (--single-cls fine-tuning): compare like with like
+        base = reset_classes(load_model(run.weights, nc=run.data["nc"] if from_yaml else None,
+                                        trust=opt.trust_checkpoint), int(model.nc), getattr(model, "names", None))
+        summary["before"] = {**summary["base"], "params": count_params(base), "gflops": gflops(base, opt.imgsz)}
+        summary["head_change"] = {"base_nc": run.base_nc, "nc": int(model.nc), "single_cls": bool(opt.single_cls),
+                                  "base_params": summary["base"]["params"], "base_gflops": summary["base"]["gflops"]}
+    before = summary["before"]
+    summary["flops_ratio"] = final["gflops"] / before["gflops"] if before["gflops"] else None
     summary["warnings"] = run_warnings(summary, opt, defaults("compress"))
-    summary["params_ratio"] = final["params"] / summary["base"]["params"]
+    summary["params_ratio"] = final["params"] / before["params"]
     for key in ("image_forwards", "forward_equivalents"):
         summary[key] = sum(r.get(key) or 0 for r in summary["rounds"]) or None
     summary.update(round_seconds(summary["rounds"]))
@@ -348,6 +360,9 @@ def _prune(k: int, model: nn.Module, opt, run, rdir: Path, target: float | None)
     plan = get_method(opt.method)(model, groups, _plan_context(k, opt, run, rdir, target))
     removed = ddp.agree(plan.removed, "pruning plan")  # identical on every process by construction; rank 0's wins
     frac = estimate_flops(groups, removed)[1] / estimate_flops(groups, {})[0]
+    at_floor = groups_at_floor(groups, removed, opt.min_channels)
+    if at_floor > FLOOR_GROUPS:
+        LOGGER.warning(floor_warning(k, at_floor, len(groups.prunable), opt.min_channels))
     model.zero_grad(set_to_none=True)
     if opt.bias_compensation:
         batches = calibration_batches(data, opt.imgsz, opt.calib_images, min(opt.batch_size, 16), opt.seed, stride)
@@ -383,6 +398,7 @@ def _prune(k: int, model: nn.Module, opt, run, rdir: Path, target: float | None)
             **{key: plan.info.get(key) for key in ("oracle_seconds", "image_forwards", "forward_equivalents")},
             "pagcp": plan.info.get("pagcp"),
             "groups_pruned": len(removed), "channels_removed": int(sum(map(len, removed.values()))),
+            "groups_at_floor": at_floor,
             "groups": group_sizes(groups, removed)}
     if ddp.is_main():
         write_json(info, rdir / "pruned.json")  # marks the pruning stage done (for --resume)

@@ -64,6 +64,18 @@ def final_line(summary: dict) -> str:
     return text + (f"\n{hint}" if hint else "")
 
 
+def head_line(summary: dict) -> str:
+    """One line when the run changed the head's class set (--single-cls fine-tuning): the ratios compare the result
+    with the base given the same head, and the base as loaded is named ('' when the head did not change)."""
+    h = summary.get("head_change")
+    if not h:
+        return ""
+    why = " (--single-cls)" if h.get("single_cls") else ""
+    gf = f"{h['base_gflops']:.2f} GFLOPs, " if h.get("base_gflops") is not None else ""
+    return (f"head: {h['base_nc']} -> {h['nc']} class(es){why}; FLOPs and params compare with the base given the same "
+            f"{h['nc']}-class head (the base as loaded, {h['base_nc']} classes: {gf}{h['base_params']:,} params)")
+
+
 def round_seconds(rounds: list[dict]) -> dict:
     """Seconds summed over rounds, each stage once: `oracle_seconds` (PAGCP's greedy pass; None for other
     methods), `prune_seconds` (the whole pruning stage, the oracle included), `finetune_seconds` and `seconds`
@@ -129,7 +141,7 @@ def report_markdown(summary: dict, opt) -> str:
                  f"{ms('pruned')} |")
     ratio = summary["flops_ratio"]
     lines += ["", f"FLOPs x{ratio:.3f} (/{1 / ratio:.2f}), params x{summary['params_ratio']:.3f}" + speedup_text(lat, ratio), ""]
-    for extra in (divisor_text(summary), speed_hint(summary)):
+    for extra in (head_line(summary), divisor_text(summary), speed_hint(summary)):
         if extra:
             lines += [extra[0].upper() + extra[1:] if extra.startswith("divisor") else extra, ""]
     if summary.get("image_forwards"):

@@ -13,8 +13,24 @@
 
 from __future__ import annotations
 
+from prune.groups import GroupSet
 from prune.methods.pagcp.config import resolve_target
 from utils.general import UsageError
+
+FLOOR_GROUPS = 3  # more groups than this cut to --min-channels: the plan asked for more than the floor allowed
+
+
+def groups_at_floor(groups: GroupSet, removed: dict[int, list[int]], min_channels: int) -> int:
+    """How many prunable groups a plan cuts down to the --min-channels floor (groups no larger than it excluded)."""
+    floor = max(int(min_channels), 1)
+    return sum(1 for g in groups.prunable if len(g) > floor and len(g) - len(removed.get(g.id, ())) <= floor)
+
+
+def floor_warning(k: int, n: int, total: int, min_channels: int) -> str:
+    """The WARNING line for a round whose plan hit the --min-channels floor in n of its total groups."""
+    return (f"WARNING: round {k}: {n} of {total} prunable groups were cut to the --min-channels floor "
+            f"({min_channels} channel{'s' if min_channels != 1 else ''}): the plan asked for more than they have; "
+            "prune less, or raise --min-channels to keep layers usable")
 
 
 def resolve_budget(opt, d: dict) -> None:
@@ -47,6 +63,9 @@ def run_warnings(summary: dict, opt, d: dict) -> list[str]:
                    f"(warned below {share:.0%}, cfg warn_map_share): {hint}, prune less{target} or in several rounds "
                    "(--rounds 3 --epochs N)")
     for r in summary.get("rounds", []):
+        if (r.get("groups_at_floor") or 0) > FLOOR_GROUPS:
+            out.append(floor_warning(r["round"], r["groups_at_floor"], len(r.get("groups") or []) or r["groups_at_floor"],
+                                     opt.min_channels))
         p = r.get("pagcp") or {}
         if p.get("guard_stopped", -1) >= 0:
             out.append(f"WARNING: round {r['round']}: PAGCP's oracle loss passed its budget (--initial_thres "
