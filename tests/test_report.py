@@ -192,10 +192,10 @@ def test_single_cls_compares_like_with_like(tiny, shapes_yaml, tmp_path, capsys)
 
 
 def test_plan_at_the_min_channels_floor_is_warned(tiny, shapes_yaml, tmp_path, capsys):
-    """A plan that cuts more than a few groups down to --min-channels says how many, for every method (here
-    slimming at its 95th percentile), in the console and in report.md."""
+    """A plan that cuts more than a few groups down to --min-channels says how many, whatever the method (checked
+    on the Plan every method returns; here l1 at ratio 0.95), in the console and in report.md."""
     s = _compress(["--weights", str(tiny), "--data", str(shapes_yaml), "--img", "64", "--batch", "8", "--method",
-                   "slim", "--slim-percent", "0.95", "--epochs", "0", "--bn-recalib", "0"], tmp_path)
+                   "l1", "--ratio", "0.95", "--epochs", "0", "--bn-recalib", "0"], tmp_path)
     out = capsys.readouterr().out
     n = s["rounds"][0]["groups_at_floor"]
     total = len(s["rounds"][0]["groups"])
