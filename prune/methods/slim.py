@@ -14,6 +14,8 @@ import torch.nn as nn
 from prune.groups import GroupSet
 from prune.methods.base import Plan, PlanContext
 from prune.methods.criteria import plan_by_scores
+from prune.patterns import ModuleMatcher
+from prune.plans import solve_for_flops
 from prune.surgery import keep_count
 
 
@@ -57,8 +59,6 @@ def threshold_for_flops(groups: GroupSet, scores: dict[int, np.ndarray], target:
     """The gamma threshold whose plan keeps the share of base conv FLOPs closest to `target` (at or below it with
     divisor 1): bisection over the sorted gammas, rounding to `divisor` inside the search
     (prune.plans.solve_for_flops). Returns (threshold, removed, share)."""
-    from prune.plans import solve_for_flops
-
     allv = np.unique(np.concatenate([s[np.isfinite(s)] for s in scores.values()]))
 
     def threshold(x: float) -> float:  # x in [0, 1] -> just above the x-quantile gamma (every gamma at x = 1)
@@ -83,8 +83,6 @@ class SparsityPenalty:
                  nbs: int = 64):
         """`ignore`: module-name patterns (prune.patterns: a module covers its submodules); a pattern that
         matches no BatchNorm raises UsageError. `self.ignored` lists the BNs left unpenalized."""
-        from prune.patterns import ModuleMatcher
-
         self.sl = sl * images_per_step / nbs
         matcher = ModuleMatcher(ignore, "--sparsity-ignore", "BatchNorm layer")
         bns = [(n, m) for n, m in model.named_modules()
