@@ -19,20 +19,60 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import time
 from pathlib import Path
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
-from utils.config import HelpFormatter, defaults, explicit_flags
-from utils.general import UsageError
+import yaml
+
+from data.datasets import DataConfigError
+from engine.compressor import check_args, run
+from prune.importance import SEED_CRITERIA
+from prune.methods import METHOD_NAMES
+from prune.methods.fisher import FISHER_NORMS
+from prune.methods.pagcp.config import BUDGET_MODES, ORACLE_BN, SALIENCIES, SCHEDULES, SEARCHES, TRIPS, UNITS
+from train import add_train_args
+from utils import distributed as ddp
+from utils.checkpoint import CheckpointError
+from utils.config import ROOT, HelpFormatter, defaults, explicit_flags
+from utils.general import UsageError, interrupt_status, sigterm_as_interrupt
 
 
-def parse_opt(argv=None) -> argparse.Namespace:
-    from train import add_train_args
-
-    d = {**defaults("train"), **defaults("compress")}
+def build_parser(d: dict) -> argparse.ArgumentParser:
+    """compress.py's flags, defaults `d` (cfg/default.yaml's train: and compress: sections)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                 epilog="Defaults come from cfg/default.yaml (compress: and train: sections); a --cfg "
                                        "recipe overrides them and the command line overrides both.")
+    _add_data_args(p, d)
+    _add_method_args(p, d)
+    _add_pagcp_args(p, d)
+    g_fisher = p.add_argument_group("Group Fisher (--method fisher)")
+    g_fisher.add_argument("--fisher-norm", default=d["fisher_norm"], choices=FISHER_NORMS,
+                          help="--method fisher: importance per FLOP or per activation removed")
+    g_fisher.add_argument("--interval", type=int, default=d["interval"], help="--method fisher: steps between prunes")
+    g_fisher.add_argument("--channels-per-step", type=int, default=d["channels_per_step"],
+                          help="--method fisher: channels masked at each prune")
+    g_tune = p.add_argument_group("fine-tuning after each round (train.py's flags)")
+    g_tune.add_argument("--epochs", type=int, default=d["epochs"], help="fine-tuning epochs after each pruning round")
+    g_tune.add_argument("--distill", action="store_true", default=d["distill"],
+                        help="fine-tune with the unpruned model as output-distillation teacher")
+    add_train_args(g_tune, d)
+    g_base = p.add_argument_group("offline demo: the base model trained when no --weights is given")
+    g_base.add_argument("--base-cfg", default=d["base_cfg"], help="no --weights: model yaml of the base model to train")
+    g_base.add_argument("--base-epochs", type=int, default=d["base_epochs"], help="no --weights: base training epochs")
+    g_base.add_argument("--base-hyp", default=d["base_hyp"], help="no --weights: base training hyperparameters")
+    g_base.add_argument("--base-optimizer", default=d["base_optimizer"], help="no --weights: base training optimizer")
+    g_out = p.add_argument_group("output")
+    g_out.add_argument("--project", default=d["project"], help="save to project/name")
+    g_out.add_argument("--name", default=d["name"], help="save to project/name")
+    g_out.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
+    g_out.add_argument("--resume", nargs="?", const=True, default=False, help="continue the latest (or given) run")
+    g_out.add_argument("--no-latency", dest="latency", action="store_false", default=d["latency"],
+                       help="skip the base vs pruned onnxruntime latency measurement")
+    return p
+
+
+def _add_data_args(p: argparse.ArgumentParser, d: dict) -> None:
     g_data = p.add_argument_group("data and model")
     g_data.add_argument("--weights", type=str, default=None,
                         help="checkpoint (.pt) or model yaml (fresh model); none: the offline demo trains its own base model")
@@ -46,8 +86,11 @@ def parse_opt(argv=None) -> argparse.Namespace:
                         help="treat the data as single-class (validation, PAGCP's calibration set and fine-tuning)")
     g_data.add_argument("--trust-checkpoint", action="store_true", help="unpickle weights without the safety allowlist")
     g_data.add_argument("--cfg", default="", help="YAML recipe setting any of these flags (cfg/pagcp/*.yaml); the CLI wins")
+
+
+def _add_method_args(p: argparse.ArgumentParser, d: dict) -> None:
     g_method = p.add_argument_group("method (every method; criteria with --target-flops / --ratio / --pruning-params)")
-    g_method.add_argument("--method", default=d["method"],
+    g_method.add_argument("--method", default=d["method"], metavar="{" + ",".join(METHOD_NAMES) + "}",
                           help="pagcp (loss-oracle greedy, PAGCP flags below); fisher (Group Fisher, needs --target-flops); "
                                "a criterion with --target-flops, --ratio or --pruning-params: l1 l2 l1_largest l2_largest bn "
                                "bnl1 random taylor; slim (network slimming: --slim-threshold/--slim-percent)")
@@ -78,6 +121,9 @@ def parse_opt(argv=None) -> argparse.Namespace:
     g_method.add_argument("--show-groups", action="store_true",
                           help="print every channel group (the layer ids of --pruning-params) and why the fixed ones cannot be "
                                "pruned")
+
+
+def _add_pagcp_args(p: argparse.ArgumentParser, d: dict) -> None:
     g_pagcp = p.add_argument_group("PAGCP (--method pagcp, the default; the reference compress.py's names)")
     g_pagcp.add_argument("--initial_rate", type=float, default=d["initial_rate"],
                          help="PAGCP: the first unit's allowed relative growth of each task loss (0.05 = +5%%)")
@@ -86,24 +132,24 @@ def parse_opt(argv=None) -> argparse.Namespace:
     g_pagcp.add_argument("--topk", type=float, default=d["topk"], help="PAGCP: keep the best share of pruned units (1 = all)")
     g_pagcp.add_argument("--exp", action="store_true", help="PAGCP: thresholds decay so their product is initial_thres")
     g_pagcp.add_argument("--sequential", action="store_true", help="accepted for the reference's command (always sequential)")
-    g_pagcp.add_argument("--compression", default=d["compression"], choices=("global", "backbone"), help="PAGCP units")
-    g_pagcp.add_argument("--prunemethod", default=d["prunemethod"], choices=("L1", "L2", "fisher", "l1", "l2"),
+    g_pagcp.add_argument("--compression", default=d["compression"], choices=UNITS, help="PAGCP units")
+    g_pagcp.add_argument("--prunemethod", default=d["prunemethod"], choices=SALIENCIES + ("L1", "L2"),
                          help="PAGCP saliency inside a unit: filter L1/L2 norm, or the Fisher information of the "
                               "channel's mask on the calibration images (seeds 001/003's criterion)")
     g_pagcp.add_argument("--ratio-step", type=float, default=d["ratio_step"], help="PAGCP: ratio grid step (0.05 = reference)")
-    g_pagcp.add_argument("--ratio-search", default=d["ratio_search"], choices=("linear", "gallop"),
+    g_pagcp.add_argument("--ratio-search", default=d["ratio_search"], choices=SEARCHES,
                          help="PAGCP: every ratio up to the first trip (reference), or galloping + bisection (fewer calls)")
     g_pagcp.add_argument("--round", type=int, default=0, help="PAGCP round index (with --rate_slope/--thres_slope)")
     g_pagcp.add_argument("--rate_slope", type=float, default=0.0, help="PAGCP: initial_rate += round * rate_slope")
     g_pagcp.add_argument("--thres_slope", type=float, default=0.0, help="PAGCP: initial_thres += round * thres_slope")
     g_pagcp.add_argument("--prefix-cache", action=argparse.BooleanOptionalAction, default=d["prefix_cache"],
                          help="PAGCP oracle: start forwards at the unit's first layer, reusing earlier layers' outputs")
-    g_pagcp.add_argument("--oracle-bn", default=d["oracle_bn"], choices=("running", "batch"),
+    g_pagcp.add_argument("--oracle-bn", default=d["oracle_bn"], choices=ORACLE_BN,
                          help="PAGCP oracle: BN with running statistics, or each batch's (the loss after --bn-recalib)")
     # PAGCP to a FLOPs target (--target-flops; prune/methods/pagcp/budget.py), its trip rule, budget guards (engine/safeguards.py)
     g_pagcp.add_argument("--flops-tol", type=float, default=d["flops_tol"],
                          help="PAGCP --target-flops: end within target +- this FLOPs share")
-    g_pagcp.add_argument("--flops-budget", default=d["flops_budget"], choices=("greedy", "search"),
+    g_pagcp.add_argument("--flops-budget", default=d["flops_budget"], choices=BUDGET_MODES,
                          help="PAGCP --target-flops: budgeted greedy by loss per FLOP, or a search of the threshold scale")
     g_pagcp.add_argument("--search-images", type=int, default=d["search_images"],
                          help="PAGCP --target-flops: calibration images of the greedy's pricing / the cheap search passes")
@@ -112,39 +158,25 @@ def parse_opt(argv=None) -> argparse.Namespace:
     g_pagcp.add_argument("--pricing-cut", type=float, default=d["pricing_cut"],
                          help="PAGCP --target-flops (greedy): plan enough rounds that none removes more than this "
                               "share of the FLOPs left (0 < x < 1)")
-    g_pagcp.add_argument("--threshold-schedule", default=d["threshold_schedule"], choices=("reference", "flops"),
+    g_pagcp.add_argument("--threshold-schedule", default=d["threshold_schedule"], choices=SCHEDULES,
                          help="PAGCP: per-unit threshold rate*lambda^i (reference) or rate x FLOPs share the cut removes")
-    g_pagcp.add_argument("--trip", default=d["trip"], choices=("any", "mean"),
+    g_pagcp.add_argument("--trip", default=d["trip"], choices=TRIPS,
                          help="PAGCP: a cut trips when any task loss (reference) or their mean passes the threshold")
+    g_pagcp.add_argument("--reference-protocol", action="store_true", default=d.get("reference_protocol", False),
+                         help="PAGCP with the reference flags: the reference's oracle exactly (running BN, "
+                              "--prunemethod as given, any-task trip) instead of the improved one (cfg target_oracle)")
     g_pagcp.add_argument("--force", action="store_true", help="accept a --target-flops below min_target_flops (0.1)")
     g_pagcp.add_argument("--model", default=None, help="reference flag: model name (informational)")
     g_pagcp.add_argument("--dataset", default=None, choices=("COCO", "VOC"),
                          help="reference flag: sets --data to coco.yaml / VOC.yaml")
     g_pagcp.add_argument("--pruned", action="store_true", help="reference flag: --weights is already pruned (informational)")
     g_pagcp.add_argument("--pruned-model", default="", help="reference flag: pruned model path (used as --weights if set)")
-    g_fisher = p.add_argument_group("Group Fisher (--method fisher)")
-    g_fisher.add_argument("--fisher-norm", default=d["fisher_norm"], choices=("flops", "act", "none"),
-                          help="--method fisher: importance per FLOP or per activation removed")
-    g_fisher.add_argument("--interval", type=int, default=d["interval"], help="--method fisher: steps between prunes")
-    g_fisher.add_argument("--channels-per-step", type=int, default=d["channels_per_step"],
-                          help="--method fisher: channels masked at each prune")
-    g_tune = p.add_argument_group("fine-tuning after each round (train.py's flags)")
-    g_tune.add_argument("--epochs", type=int, default=d["epochs"], help="fine-tuning epochs after each pruning round")
-    g_tune.add_argument("--distill", action="store_true", default=d["distill"],
-                        help="fine-tune with the unpruned model as output-distillation teacher")
-    add_train_args(g_tune, d)
-    g_base = p.add_argument_group("offline demo: the base model trained when no --weights is given")
-    g_base.add_argument("--base-cfg", default=d["base_cfg"], help="no --weights: model yaml of the base model to train")
-    g_base.add_argument("--base-epochs", type=int, default=d["base_epochs"], help="no --weights: base training epochs")
-    g_base.add_argument("--base-hyp", default=d["base_hyp"], help="no --weights: base training hyperparameters")
-    g_base.add_argument("--base-optimizer", default=d["base_optimizer"], help="no --weights: base training optimizer")
-    g_out = p.add_argument_group("output")
-    g_out.add_argument("--project", default=d["project"], help="save to project/name")
-    g_out.add_argument("--name", default=d["name"], help="save to project/name")
-    g_out.add_argument("--exist-ok", action="store_true", help="existing project/name ok, do not increment")
-    g_out.add_argument("--resume", nargs="?", const=True, default=False, help="continue the latest (or given) run")
-    g_out.add_argument("--no-latency", dest="latency", action="store_false", default=d["latency"],
-                       help="skip the base vs pruned onnxruntime latency measurement")
+
+
+def parse_opt(argv=None) -> argparse.Namespace:
+    """compress.py's options: defaults < the demo profile (no --weights) < a --cfg recipe < the command line."""
+    d = {**defaults("train"), **defaults("compress")}
+    p = build_parser(d)
     argv = sys.argv[1:] if argv is None else list(argv)
     opt = p.parse_args(argv)
     given = explicit_flags(p, argv)
@@ -166,8 +198,6 @@ def parse_opt(argv=None) -> argparse.Namespace:
     if opt.dataset and "--data" not in " ".join(argv if argv is not None else sys.argv[1:]):
         opt.data = {"COCO": "coco.yaml", "VOC": "VOC.yaml"}[opt.dataset]
     if opt.criterion is not None:
-        from prune.importance import SEED_CRITERIA
-
         c = opt.criterion
         opt.method = SEED_CRITERIA.get(int(c), c) if str(c).isdigit() else c
     opt.method = opt.method.lower()
@@ -175,10 +205,6 @@ def parse_opt(argv=None) -> argparse.Namespace:
 
 
 def load_recipe(path: str) -> dict:
-    import yaml
-
-    from utils.config import ROOT
-
     for f in (Path(path), ROOT / path, ROOT / "cfg" / "pagcp" / path, ROOT / "cfg" / "pagcp" / f"{path}.yaml"):
         if f.is_file():
             d = yaml.safe_load(f.read_text()) or {}
@@ -201,20 +227,11 @@ def resume_hint(opt, since: float) -> str:
 
 
 def main(argv=None) -> int:
-    import time
-
-    from utils import distributed as ddp
-    from data.datasets import DataConfigError
-    from utils.checkpoint import CheckpointError
-    from utils.general import interrupt_status, sigterm_as_interrupt
-
     argv = sys.argv[1:] if argv is None else list(argv)
     opt, since = None, time.time() - 1  # file times may round down
     try:
         with sigterm_as_interrupt():
             opt = parse_opt(argv)
-            from engine.compressor import check_args, run
-
             if not opt.resume and len(ddp.device_ids(opt.device)) > 1:
                 check_args(copy.copy(opt))  # bad flags: one line here rather than one per process
             rc = ddp.relaunch(opt.device, __file__, argv, opt.batch_size)  # --device 0,1: one process per device

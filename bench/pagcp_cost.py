@@ -125,7 +125,7 @@ def same_state_agreement(model, groups, oracle, tasks, cfg, ref_decisions: list[
 def main(argv=None) -> int:
     from compress import parse_opt
     from data.shapes import ensure_shapes
-    from engine.compressor import ensure_base_model
+    from engine.demo import ensure_base_model
     from data.datasets import build_val_loader, check_dataset
     from models.loss import build_criterion
     from prune.methods.pagcp.oracle import CalibrationOracle, calibration_batches

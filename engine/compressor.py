@@ -18,34 +18,46 @@ import json
 import time
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 import torch.nn as nn
 
-from utils import distributed as ddp
 from data.datasets import build_val_loader, check_dataset
+from engine.demo import base_model_path, ensure_base_model
+from engine.latency import compress_latency
 from engine.report import (
     FLOPS_TOLERANCE,
     console_table,
     final_line,
+    head_line,
     report_markdown,
     round_seconds,
     rounding_warning,
     write_results,
 )
+from engine.safeguards import FLOOR_GROUPS, floor_warning, groups_at_floor, resolve_budget, run_warnings
+from engine.train_state import storable
+from engine.trainer import train, train_options
 from engine.validation import ValResult, format_table, validate, write_json
-from models.loader import fuse_model, load_model, model_family
+from models.loader import fuse_model, load_model, model_family, reset_classes
+from models.loss import build_criterion
 from prune import build_groups
-from prune.importance import get_criterion
-from prune.surgery import apply_removal, channel_table, estimate_flops, group_sizes
-from prune.plans import plan_global, plan_uniform, solve_ratio_for_flops
-from utils.checkpoint import save_checkpoint
+from prune.methods import METHOD_NAMES, PlanContext, get_method
+from prune.methods.pagcp import config as pagcp_config
+from prune.methods.pagcp.method import check_reachable as pagcp_reachable
+from prune.methods.pagcp.oracle import calibration_batches, recalibrate_bn_if_better
+from prune.plans import min_flops_share
+from prune.sensitivity import parse_pruning_params
+from prune.surgery import apply_removal, channel_table, compensate_biases, estimate_flops, group_sizes, input_means
+from utils import distributed as ddp
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.config import defaults
 from utils.files import copy_file, write_text
 from utils.flops import count_params, gflops
-from utils.general import LOGGER, UsageError, increment_path
-from utils.plots import plot_channels, plot_loss_curves, plot_rounds
-
-ONE_SHOT_METHODS = ("pagcp", "fisher", "l1", "l2", "l1_largest", "l2_largest", "bn", "bnl1", "random", "taylor", "slim")
+from utils.general import LOGGER, UsageError, check_imgsz, increment_path
+from utils.plots import plot_channels, plot_rounds
 
 
 class Evaluator:
@@ -63,24 +75,15 @@ class Evaluator:
 
 
 def check_args(opt) -> None:
-    from engine.safeguards import resolve_budget
-    from utils.config import defaults
-
-    if opt.method not in ONE_SHOT_METHODS:
-        raise UsageError(f"unknown --method '{opt.method}': choose from {', '.join(ONE_SHOT_METHODS)}")
+    """Refuse bad or conflicting flags in one line (UsageError) before anything runs; fills PAGCP's default
+    budget (engine/safeguards.py) and parses --pruning-params."""
+    if opt.method not in METHOD_NAMES:
+        raise UsageError(f"unknown --method '{opt.method}': choose from {', '.join(METHOD_NAMES)}")
     if opt.target_flops is not None and not 0 < opt.target_flops < 1:
         raise UsageError(f"--target-flops must be in (0, 1), got {opt.target_flops}")
     resolve_budget(opt, defaults("compress"))  # PAGCP's default target, absurd targets
     if opt.method == "pagcp":
-        if opt.pruning_params is not None:
-            raise UsageError("--pruning-params prunes by a criterion: add --criterion 0-6 (or --method l2, ...)")
-        if opt.initial_thres <= 1:
-            raise UsageError(f"--initial_thres must be > 1 (a cap on cumulative loss growth), got {opt.initial_thres}")
-        if not 0 < opt.initial_rate < (1 if opt.threshold_schedule == "reference" else float("inf")):
-            span = "(0, 1)" if opt.threshold_schedule == "reference" else "> 0"
-            raise UsageError(f"--initial_rate must be {'in ' if '(' in span else ''}{span}, got {opt.initial_rate}")
-        if not 0 < opt.topk <= 1:
-            raise UsageError(f"--topk must be in (0, 1], got {opt.topk}")
+        pagcp_config.check_options(opt)
         _check_common(opt)
         return
     if opt.method == "fisher" and (opt.target_flops is None or opt.ratio is not None or opt.pruning_params):
@@ -95,8 +98,6 @@ def check_args(opt) -> None:
         extra = ", --slim-threshold T, --slim-percent P" if opt.method == "slim" else ""
         raise UsageError(f"give exactly one of --target-flops F, --ratio R, --pruning-params P{extra}")
     if opt.pruning_params is not None:
-        from prune.sensitivity import parse_pruning_params
-
         try:
             opt.pruning_params = parse_pruning_params(opt.pruning_params)
         except (ValueError, SyntaxError) as e:
@@ -121,7 +122,7 @@ def _check_common(opt) -> None:
 def run(opt) -> dict:
     """compress.py: `--rounds` x (prune -> fine-tune `--epochs` -> validate), each round starting from the
     previous round's result; `--resume` continues an interrupted run at its last unfinished stage, with the
-    options the run was started with."""
+    options the run was started with. Returns the run's summary (summary.json's content and save_dir)."""
     t_run = time.time()
     save_dir, summary = _find_run(opt) if opt.resume else (None, None)
     given = {k: v for k, v in vars(opt).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
@@ -136,13 +137,17 @@ def run(opt) -> dict:
         data = check_dataset(opt.data, splits=("train", "val") if needs_train else ("val",))
     if opt.single_cls:  # every loader (validation, calibration, BN re-estimation) then reads class 0 only
         data = {**data, "single_cls": True}
-    if opt.weights is None:
-        opt.weights = str(ensure_base_model(opt, data))
-    from_yaml = Path(str(opt.weights)).suffix in (".yaml", ".yml")
-    model = load_model(opt.weights, nc=data["nc"] if from_yaml else None, trust=opt.trust_checkpoint)
+    weights, base_trained = opt.weights, False
+    if weights is None:  # the offline demo: its base model, trained once and cached
+        base_trained = not ddp.broadcast(base_model_path(opt, data).exists())
+        weights = str(ensure_base_model(opt, data))
+    from_yaml = Path(str(weights)).suffix in (".yaml", ".yml")
+    model = load_model(weights, nc=data["nc"] if from_yaml else None, trust=opt.trust_checkpoint)
     if model.nc != data["nc"] and not opt.single_cls:
-        raise UsageError(f"{opt.weights} predicts {model.nc} classes but {data['yaml_file']} has {data['nc']}: "
+        raise UsageError(f"{weights} predicts {model.nc} classes but {data['yaml_file']} has {data['nc']}: "
                          "pass the matching --data (or --single-cls)")
+    stride = int(max(model.stride.max(), 32))
+    opt.imgsz = check_imgsz(opt.imgsz, stride)  # once, before any graph trace or loader: every stage uses it
     if summary is None and (opt.ignore or opt.target_flops is not None):
         _check_reachable(model, opt)  # a bad --ignore pattern or an unreachable target: before any folder
     if save_dir is None:  # the inputs are usable: only now is a run folder created (by rank 0, for all)
@@ -151,17 +156,18 @@ def run(opt) -> dict:
             write_json(given, save_dir / "opt.json")  # what --resume restores
         save_dir = ddp.broadcast(save_dir)
     model.to(device).eval()
-    stride = int(max(model.stride.max(), 32))
     evaluate = Evaluator(data, opt.imgsz, opt.batch_size, device, opt.workers, stride) if ddp.is_main() else None
     base_channels = channel_table(model)
     if summary is None:
-        summary = {"method": opt.method, "family": model_family(model), "weights": str(opt.weights),
+        summary = {"method": opt.method, "family": model_family(model), "weights": str(weights),
                    "data": data["yaml_file"], "imgsz": opt.imgsz, "rounds_planned": opt.rounds, "epochs": opt.epochs,
                    "base": _measure(model, evaluate, opt.imgsz, "base"), "rounds": []}
         if ddp.is_main():
             write_json(summary, save_dir / "summary.json")
     summary = ddp.broadcast(summary)  # rank 0's measurements
     teacher = copy.deepcopy(model).eval() if opt.distill else None
+    run = SimpleNamespace(data=data, device=device, evaluate=evaluate, teacher=teacher, weights=str(weights),
+                          base_nc=int(model.nc))
 
     for k in range(opt.rounds):
         rdir = save_dir / f"round_{k}"
@@ -171,8 +177,8 @@ def run(opt) -> dict:
         # this round's FLOPs target, of its input: what is left of --target-flops over the rounds left, so that
         # rounds landing off their own target (within the band, or by --divisor rounding) do not compound
         done = float(np.prod([r.get("flops_share", 1.0) for r in summary["rounds"]]))
-        opt.round_target = round_target(opt.target_flops, opt.rounds - k, done)
-        model, entry = _round(k, model, data, opt, device, evaluate, rdir, teacher)
+        target = round_target(opt.target_flops, opt.rounds - k, done)
+        model, entry = _round(k, model, opt, run, rdir, target)
         ddp.barrier()  # rank 0 has saved the round's model
         # the next round starts from the saved file, as it does after --resume: same structure either way
         model = load_model(rdir / entry["model"]).to(device)
@@ -183,37 +189,15 @@ def run(opt) -> dict:
             plot_rounds(summary, save_dir / "rounds.png")
     if not ddp.is_main():  # the summary, report and final files are rank 0's
         return summary
-
-    final = summary["rounds"][-1]
-    summary["before"], summary["after"] = summary["base"], {k: final[k] for k in ("params", "gflops", "map50",
-                                                                                  "map50_95", "precision", "recall")}
-    summary["flops_ratio"] = final["gflops"] / summary["base"]["gflops"] if summary["base"]["gflops"] else None
-    from engine.safeguards import run_warnings
-    from utils.config import defaults
-
-    summary["warnings"] = run_warnings(summary, opt, defaults("compress"))
-    summary["params_ratio"] = final["params"] / summary["base"]["params"]
-    for key in ("image_forwards", "forward_equivalents"):
-        summary[key] = sum(r.get(key) or 0 for r in summary["rounds"]) or None
-    summary.update(round_seconds(summary["rounds"]))
-    summary["divisor"], summary["target_flops"] = opt.divisor, opt.target_flops
-    summary["flops_share"] = float(np.prod([r.get("flops_share", np.nan) for r in summary["rounds"]]))
-    summary["groups"] = final.get("groups")  # per group channels before/after, last round
-    if opt.latency:
-        from engine.latency import compress_latency
-
-        base_model = load_model(opt.weights, nc=data["nc"] if from_yaml else None, trust=opt.trust_checkpoint)
-        summary["latency"] = compress_latency(base_model, model, opt.imgsz, summary["flops_ratio"])
-    final_file = save_dir / f"round_{len(summary['rounds']) - 1}" / final["model"]
-    copy_file(final_file, save_dir / "pruned.pt")
-    write_json(channel_table(model), save_dir / "channels.json")
-    plot_channels(base_channels, channel_table(model), save_dir / "channels.png")
+    _finish(summary, model, opt, run, save_dir, base_channels, from_yaml)
     summary["run_seconds"] = time.time() - t_run  # this process (a resumed run: since the resume)
-    summary["base_trained"] = bool(getattr(opt, "base_trained", False))  # the demo's base model, in run_seconds
+    summary["base_trained"] = base_trained  # the demo's base model, in run_seconds
     write_json(summary, save_dir / "summary.json")
     write_text(save_dir / "report.md", report_markdown(summary, opt))
     LOGGER.info(console_table(summary))
     LOGGER.info(final_line(summary))
+    if summary.get("head_change"):
+        LOGGER.info(head_line(summary))
     for w in summary["warnings"]:
         LOGGER.warning(w)
     LOGGER.info(f"Results saved to {save_dir}: pruned.pt (final model), summary.json, results.csv, report.md, "
@@ -222,25 +206,47 @@ def run(opt) -> dict:
     return summary
 
 
+def _finish(summary: dict, model: nn.Module, opt, run, save_dir: Path, base_channels: dict, from_yaml: bool) -> None:
+    """The run's totals into `summary` (before/after, ratios, warnings, costs, latency) and its final files."""
+    final = summary["rounds"][-1]
+    summary["before"], summary["after"] = summary["base"], {k: final[k] for k in ("params", "gflops", "map50",
+                                                                                  "map50_95", "precision", "recall")}
+    if int(model.nc) != run.base_nc:  # the head changed (--single-cls fine-tuning): compare like with like
+        base = reset_classes(load_model(run.weights, nc=run.data["nc"] if from_yaml else None,
+                                        trust=opt.trust_checkpoint), int(model.nc), getattr(model, "names", None))
+        summary["before"] = {**summary["base"], "params": count_params(base), "gflops": gflops(base, opt.imgsz)}
+        summary["head_change"] = {"base_nc": run.base_nc, "nc": int(model.nc), "single_cls": bool(opt.single_cls),
+                                  "base_params": summary["base"]["params"], "base_gflops": summary["base"]["gflops"]}
+    before = summary["before"]
+    summary["flops_ratio"] = final["gflops"] / before["gflops"] if before["gflops"] else None
+    summary["warnings"] = run_warnings(summary, opt, defaults("compress"))
+    summary["params_ratio"] = final["params"] / before["params"]
+    for key in ("image_forwards", "forward_equivalents"):
+        summary[key] = sum(r.get(key) or 0 for r in summary["rounds"]) or None
+    summary.update(round_seconds(summary["rounds"]))
+    summary["divisor"], summary["target_flops"] = opt.divisor, opt.target_flops
+    summary["flops_share"] = float(np.prod([r.get("flops_share", np.nan) for r in summary["rounds"]]))
+    summary["groups"] = final.get("groups")  # per group channels before/after, last round
+    if opt.latency:
+        base_model = load_model(run.weights, nc=run.data["nc"] if from_yaml else None, trust=opt.trust_checkpoint)
+        summary["latency"] = compress_latency(base_model, model, opt.imgsz, summary["flops_ratio"])
+    final_file = save_dir / f"round_{len(summary['rounds']) - 1}" / final["model"]
+    copy_file(final_file, save_dir / "pruned.pt")
+    write_json(channel_table(model), save_dir / "channels.json")
+    plot_channels(base_channels, channel_table(model), save_dir / "channels.png")
+
+
 run_one_shot = run  # the name earlier code used
 
 
 def _check_reachable(model: nn.Module, opt) -> None:
     """Refuse --ignore patterns that match no prunable layer and a --target-flops that no plan can reach,
     before anything is written."""
-    from prune.plans import min_flops_share
-
     groups = build_groups(model, imgsz=opt.imgsz, ignore=opt.ignore)  # raises on a pattern that matches nothing
     if opt.target_flops is None:
         return
-    if opt.method == "pagcp":  # per round, the grid's largest ratio in every unit
-        from prune.methods.pagcp.budget import least_share
-
-        least = least_share(groups, opt.ratio_step, opt.divisor, opt.min_channels) ** max(opt.rounds, 1)
-        if least > opt.target_flops + opt.flops_tol:
-            raise UsageError(f"--target-flops {opt.target_flops} cannot be reached by PAGCP: its largest ratio in every "
-                             f"group (--ratio-step grid, --divisor {opt.divisor}, --min-channels {opt.min_channels}) "
-                             f"leaves {least:.3f} of the base FLOPs")
+    if opt.method == "pagcp":
+        pagcp_reachable(groups, pagcp_config.PAGCPOptions.from_namespace(opt), opt.rounds)
         return
     least = min_flops_share(groups, opt.divisor, opt.min_channels)
     if least > opt.target_flops:
@@ -286,10 +292,11 @@ def _find_run(opt) -> tuple[Path, dict | None]:
     return save_dir, summary
 
 
-def _round(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluator, rdir: Path,
-           teacher: nn.Module | None) -> tuple[nn.Module, dict]:
-    """One round: prune (or reuse this round's pruned.pt after an interruption), fine-tune, validate."""
+def _round(k: int, model: nn.Module, opt, run, rdir: Path, target: float | None) -> tuple[nn.Module, dict]:
+    """One round: prune (or reuse this round's pruned.pt after an interruption), fine-tune, validate.
+    run: the run's data, device, evaluate, teacher and weights; target: the round's FLOPs share of its input."""
     t0 = time.time()
+    device = run.device
     if ddp.is_main():
         rdir.mkdir(parents=True, exist_ok=True)
     stage = rdir / "pruned.json"
@@ -299,13 +306,11 @@ def _round(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
         model = load_model(rdir / "pruned.pt").to(device)
         LOGGER.info(f"round {k}: reusing {rdir / 'pruned.pt'}")
     else:
-        pruned = _prune(k, model, data, opt, device, evaluate, rdir)
+        pruned = _prune(k, model, opt, run, rdir, target)
     entry = {"round": k, **pruned, "finetune_seconds": 0.0}
     ddp.check_same(channel_table(model), f"round {k}: the pruned structure (channel table)")
     if opt.epochs > 0:
         t1 = time.time()
-        from engine.trainer import train
-
         last = rdir / "weights" / "last.pt"
         resume = bool(opt.resume) and last.exists() and _has_train_state(last)
         done = bool(opt.resume) and (rdir / "weights" / "best.pt").exists() and not resume
@@ -314,10 +319,10 @@ def _round(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
         else:
             kw = {} if resume else dict(_train_kwargs(opt), save_dir=str(rdir))
             res = train(model=None if resume else model, resume=str(last) if resume else False,
-                        teacher_model=teacher, **kw)
+                        teacher_model=run.teacher, **kw)
             model = (res.model if res.model is not None else model).to(device)  # only rank 0 has the EMA's best
         entry["finetune_seconds"] = time.time() - t1  # training with its per-epoch validation (this process)
-        after = _measure(model, evaluate, opt.imgsz, f"round {k} after fine-tuning")
+        after = _measure(model, run.evaluate, opt.imgsz, f"round {k} after fine-tuning")
         entry.update(after, model="weights/best.pt")
     else:
         entry.update({k2: pruned["pruned_metrics"][k2] for k2 in ("params", "gflops", "map50", "map50_95",
@@ -328,8 +333,20 @@ def _round(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
     return model, entry
 
 
-def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluator, rdir: Path) -> dict:
+def _plan_context(k: int, opt, run, rdir: Path, target: float | None) -> PlanContext:
+    def train_phase(model: nn.Module, callbacks: dict, **overrides):  # Group Fisher's masked training phase
+        return train(model=model, callbacks=callbacks, **{**_train_kwargs(opt), **overrides})
+
+    return PlanContext(settings=SimpleNamespace(**vars(opt)), data=run.data, device=run.device, run_dir=rdir,
+                       round_index=k, round_target=target, resume=bool(opt.resume), is_main=ddp.is_main(),
+                       train=train_phase, log=LOGGER.info)
+
+
+def _prune(k: int, model: nn.Module, opt, run, rdir: Path, target: float | None) -> dict:
+    """The round's pruning stage: groups, the method's plan, the cut (with bias compensation / BN re-estimation
+    when asked), pruned.pt; returns the stage's record (pruned.json, which marks the stage done for --resume)."""
     t0 = time.time()
+    data, device = run.data, run.device
     groups = build_groups(model, imgsz=opt.imgsz, ignore=opt.ignore)
     if ddp.is_main():
         write_text(rdir / "groups.txt", groups.dump())
@@ -341,30 +358,19 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
     if not groups.prunable:
         raise UsageError("no prunable channel groups in this model (see groups.txt for the reasons)")
     stride = int(max(model.stride.max(), 32))
-    if opt.method == "taylor":
-        _accumulate_gradients(model, data, opt, device)
-    opt.image_forwards = opt.forward_equivalents = opt.oracle_seconds = opt.pagcp_info = None
-    if opt.method == "pagcp":
-        removed = _plan_pagcp(model, groups, opt, data, device, rdir, round_index=opt.round + k)
-    elif opt.method == "fisher":
-        removed = _plan_fisher(model, groups, opt, rdir)
-    else:
-        removed = _plan(model, groups, opt)
-    removed = ddp.agree(removed, "pruning plan")  # identical on every process by construction; rank 0's wins
+    plan = get_method(opt.method)(model, groups, _plan_context(k, opt, run, rdir, target))
+    removed = ddp.agree(plan.removed, "pruning plan")  # identical on every process by construction; rank 0's wins
     frac = estimate_flops(groups, removed)[1] / estimate_flops(groups, {})[0]
+    at_floor = groups_at_floor(groups, removed, opt.min_channels)
+    if at_floor > FLOOR_GROUPS:
+        LOGGER.warning(floor_warning(k, at_floor, len(groups.prunable), opt.min_channels))
     model.zero_grad(set_to_none=True)
     if opt.bias_compensation:
-        from prune.methods.pagcp.oracle import calibration_batches
-        from prune.surgery import compensate_biases, input_means
-
         batches = calibration_batches(data, opt.imgsz, opt.calib_images, min(opt.batch_size, 16), opt.seed, stride)
         images = (b["img"].to(device).float() / 255 for b in batches)
         compensate_biases(model, groups, removed, input_means(model, groups, removed, images))
     apply_removal(model, groups, removed)
     if opt.bn_recalib > 0 and removed:
-        from models.loss import build_criterion
-        from prune.methods.pagcp.oracle import calibration_batches, recalibrate_bn_if_better
-
         bs = min(opt.batch_size, 16)
         recal = calibration_batches(data, opt.imgsz, opt.bn_recalib, bs, opt.seed + 1, stride)
         check = calibration_batches(data, opt.imgsz, min(opt.calib_images, opt.bn_recalib), bs, opt.seed + 2, stride)
@@ -373,29 +379,27 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
         LOGGER.info(f"BN statistics re-estimated on {opt.bn_recalib} images: calibration loss {before:.4f} -> "
                     f"{after:.4f}, {'kept' if kept else 'discarded (the original statistics are better)'}")
     prune_seconds = time.time() - t0
-    target = opt.round_target
     LOGGER.info(f"round {k}: pruned {sum(map(len, removed.values()))} channels in {len(removed)} groups: "
                 f"conv FLOPs x{frac:.3f} ({prune_seconds:.1f}s)")
     if target is not None and abs(frac - target) > FLOPS_TOLERANCE:
         LOGGER.warning(rounding_warning(k, frac, target, opt.divisor))
-    from engine.train_state import storable as _storable
-
     if ddp.is_main():
         ckpt = {
-            "model": _storable(model).half(),  # ultralytics' loss args as a dict: loadable by the allowlisted loader
+            "model": storable(model).half(),  # ultralytics' loss args as a dict: loadable by the allowlisted loader
             "epoch": -1,
             "date": datetime.datetime.now().isoformat(),
             "pruning": {"method": opt.method, "round": k, "global": opt.global_ranking, "removed": removed,
-                        "source": str(opt.weights)},
+                        "source": run.weights},
             "channels": channel_table(model),
         }
         save_checkpoint(ckpt, rdir / "pruned.pt")
         write_json(channel_table(model), rdir / "channels.json")
-    info = {"pruned_metrics": _measure(model, evaluate, opt.imgsz, f"round {k} pruned"),
-            "flops_share": frac, "target_share": target, "divisor": opt.divisor,
-            "prune_seconds": prune_seconds, "oracle_seconds": opt.oracle_seconds, "image_forwards": opt.image_forwards,
-            "forward_equivalents": opt.forward_equivalents, "pagcp": opt.pagcp_info,
+    info = {"pruned_metrics": _measure(model, run.evaluate, opt.imgsz, f"round {k} pruned"),
+            "flops_share": frac, "target_share": target, "divisor": opt.divisor, "prune_seconds": prune_seconds,
+            **{key: plan.info.get(key) for key in ("oracle_seconds", "image_forwards", "forward_equivalents")},
+            "pagcp": plan.info.get("pagcp"),
             "groups_pruned": len(removed), "channels_removed": int(sum(map(len, removed.values()))),
+            "groups_at_floor": at_floor,
             "groups": group_sizes(groups, removed)}
     if ddp.is_main():
         write_json(info, rdir / "pruned.json")  # marks the pruning stage done (for --resume)
@@ -403,8 +407,6 @@ def _prune(k: int, model: nn.Module, data: dict, opt, device, evaluate: Evaluato
 
 
 def _has_train_state(path: Path) -> bool:
-    from utils.checkpoint import load_checkpoint
-
     try:
         return load_checkpoint(path).get("optimizer") is not None
     except Exception:  # an unreadable last.pt: fine-tune again from pruned.pt
@@ -413,184 +415,11 @@ def _has_train_state(path: Path) -> bool:
 
 def _train_kwargs(opt) -> dict:
     """compress.py's fine-tuning options, in train.py's names."""
-    from engine.trainer import train_options
-
     keys = set(vars(train_options())) - {"weights", "cfg", "resume", "save_dir", "name", "project", "exist_ok",
                                          "teacher"}
     kw = {k: getattr(opt, k) for k in keys if hasattr(opt, k)}
     kw["teacher"] = opt.teacher
     return kw
-
-
-def ensure_base_model(opt, data: dict) -> Path:
-    """No --weights: a small base model trained from scratch on --data, cached for reuse (the README's demo)."""
-    from data.shapes import shapes_root
-    from engine.trainer import train
-
-    tag = f"{Path(data['yaml_file']).parent.name}-{opt.base_cfg.replace('.yaml', '')}-{opt.imgsz}-{opt.base_epochs}"
-    path = shapes_root() / "base" / f"{tag}.pt"
-    if ddp.broadcast(path.exists()):
-        LOGGER.info(f"base model: {path} (cached)")
-        return path
-    LOGGER.info(f"no --weights: training a base {opt.base_cfg} on {data['yaml_file']} for {opt.base_epochs} epochs "
-                f"(cached at {path} for later runs)")
-    res = train(cfg=opt.base_cfg, data=opt.data, epochs=opt.base_epochs, imgsz=opt.imgsz, batch_size=opt.batch_size,
-                device=opt.device, workers=opt.workers, hyp=opt.base_hyp, optimizer=opt.base_optimizer,
-                seed=opt.seed, save_dir=str(path.parent / f".{tag}-run"), exist_ok=True)
-    if ddp.is_main():
-        copy_file(res.best, path)
-    ddp.barrier()
-    opt.base_trained = True
-    return path
-
-
-def _plan_pagcp(model: nn.Module, groups, opt, data: dict, device, save_dir: Path,
-                round_index: int = 0) -> dict[int, list[int]]:
-    """PAGCP: greedy sequential pruning of the engine's groups under the per-task loss oracle, evaluated on a
-    seeded calibration subset of training images with masks (see prune/methods/pagcp/reference.py for departures)."""
-    from models.loss import build_criterion
-    from prune.methods.pagcp.oracle import CalibrationOracle, calibration_batches
-    from prune.methods.pagcp.reference import PAGCP, PAGCPConfig, loss_ratios
-
-    rate = opt.initial_rate + round_index * opt.rate_slope
-    thres = opt.initial_thres + round_index * opt.thres_slope
-    cfg = PAGCPConfig(initial_rate=rate, initial_thres=thres, exp=opt.exp, topk=opt.topk, step=opt.ratio_step,
-                      criterion=opt.prunemethod.lower(), divisor=opt.divisor, min_keep=opt.min_channels,
-                      search=opt.ratio_search, schedule=opt.threshold_schedule, trip=opt.trip)
-    units = groups.prunable
-    if opt.compression == "backbone":
-        n_backbone = len((getattr(model, "yaml", None) or {}).get("backbone", [])) or len(model.model)
-        units = [g for g in units if all(int(p.split(".")[1]) < n_backbone for p in g.producers if p.startswith("model."))]
-    stride = int(max(model.stride.max(), 32))
-    batches = calibration_batches(data, opt.imgsz, opt.calib_images, min(opt.batch_size, 16), opt.seed, stride)
-    criterion = build_criterion(model, None, opt.imgsz)
-    tasks = list(criterion.names)
-    oracles = [CalibrationOracle(model, batches, criterion, tasks, device, bn=opt.oracle_bn,
-                                 prefix_cache=opt.prefix_cache, shard=True)]  # DDP: batches split, losses all-reduced
-    t = time.time()
-    journal = save_dir / "units_progress.json"  # decisions so far: --resume continues after the last finished unit
-    if not opt.resume and ddp.is_main():
-        journal.unlink(missing_ok=True)  # another run's (--exist-ok)
-        journal.with_name("flops_search.json").unlink(missing_ok=True)
-    if opt.target_flops is not None:  # the threshold scale is searched (prune/methods/pagcp/budget.py)
-        from prune.methods.pagcp.budget import FlopsBudget, first_images, pass_line, prune_to_flops
-
-        def make_oracle(cheap: bool):
-            if not cheap:
-                return oracles[0]
-            oracles.append(CalibrationOracle(model, first_images(batches, opt.search_images), criterion, tasks, device,
-                                             bn=opt.oracle_bn, prefix_cache=opt.prefix_cache, shard=True))
-            return oracles[-1]
-
-        target = opt.round_target
-        budget = FlopsBudget(target, opt.flops_tol, opt.search_images, mode=opt.flops_budget, rounds=opt.pricing_rounds,
-                             round_cut=opt.pricing_cut)
-        res = prune_to_flops(model, groups, make_oracle, tasks, cfg, budget, units=units, progress=ddp.is_main(),
-                             journal=journal if opt.resume or ddp.is_main() else None, write_journal=ddp.is_main(),
-                             log=LOGGER.info)
-        removed, decisions, policy = res.removed, res.decisions, res.policy
-        calls, forwards = res.oracle_calls, res.image_forwards
-        head = (f"PAGCP to FLOPs x{target:.3f} +- {opt.flops_tol} ({opt.flops_budget}): reached x{res.share:.3f}\n"
-                + "".join(f"  {pass_line(p)}\n" for p in res.passes))
-    else:
-        policy = PAGCP(model, groups, oracles[0], tasks, cfg, units=units, progress=ddp.is_main(),
-                       journal=journal if opt.resume or ddp.is_main() else None, write_journal=ddp.is_main())
-        removed, decisions = policy.run()
-        calls = policy.oracle_calls  # including the calls made before an interruption
-        forwards = calls * oracles[0].images
-        head = ""
-    opt.oracle_seconds = time.time() - t  # the greedy pass(es): every oracle call and mask change (this process)
-    growth = float(max(loss_ratios(policy.final_losses, policy.original_losses)))
-    opt.pagcp_info = {"target": opt.target_flops and target, "units": len(units), "loss_growth": growth,
-                      "guard_stopped": policy.guard_stopped if cfg.guard and opt.target_flops is None else -1,
-                      "passes": res.passes if opt.target_flops is not None else None}
-    equivalents = sum(o.flop_forwards for o in oracles)
-    rows = [d.row(tasks) for d in decisions]
-    opt.image_forwards = forwards
-    opt.forward_equivalents = round(equivalents)  # this run's calls only (a resumed pass replayed some)
-    if not ddp.is_main():
-        return removed
-    write_text(save_dir / "units.txt",
-               f"PAGCP rate {rate} thres {thres} exp {opt.exp} lambda {policy.lam:.5f} topk {opt.topk}\n{head}"
-               f"oracle calls {calls}, image-forwards {forwards} ({equivalents:,.0f} full-model equivalents "
-               f"by FLOPs: the prefix cache runs only the layers a unit can change), {opt.oracle_seconds:.1f}s; "
-               f"largest task loss x{growth:.3f} of the unpruned model's\n"
-               "unit  ch -> kept  ratio  threshold  tripped-by  accepted loss/base  producers\n" + "\n".join(rows) + "\n")
-    write_json([vars(d) for d in decisions], save_dir / "units.json")
-    plot_loss_curves([vars(d) for d in decisions], tasks, save_dir / "loss_curves.png")
-    resumed = f", {policy.resumed_units} units replayed from {journal.name}" if policy.resumed_units else ""
-    LOGGER.info(f"PAGCP: {len(removed)} of {len(units)} units pruned, {calls} oracle calls, "
-                f"{forwards} image-forwards ({opt.oracle_seconds:.1f}s{resumed}); decisions in units.txt")
-    return removed
-
-
-def _plan_fisher(model: nn.Module, groups, opt, rdir: Path) -> dict[int, list[int]]:
-    """Group Fisher (seeds 001/003): train with per-sample channel masks, accumulate the Fisher information
-    of every channel class, and mask the globally least important one(s) every --interval steps until the
-    FLOPs target is reached. The fine-tuning (--epochs) runs after this phase, on the materialized model."""
-    from engine.trainer import train
-    from prune.methods.fisher import GroupFisher
-
-    target = opt.round_target
-    gf = GroupFisher(model, groups, target_flops=target, norm=opt.fisher_norm, interval=opt.interval,
-                     channels_per_step=opt.channels_per_step, min_keep=opt.min_channels,
-                     reduce=ddp.all_reduce_sum).attach()  # DDP: accumulators summed over the processes
-
-    def before(trainer):
-        gf.before_forward(trainer.batch_images, device=next(model.parameters()).device)
-
-    phase = {}
-
-    def after(trainer):
-        gf.after_backward()
-        phase["nb"] = trainer.nb
-        if gf.done:
-            trainer.stop = True
-
-    t = time.time()
-    try:
-        kw = dict(_train_kwargs(opt), epochs=10_000, noval=True, nosave=True, patience=10_000,
-                  save_dir=str(rdir / "fisher"))
-        train(model=model, callbacks={"on_train_batch_start": [before], "on_after_backward": [after]}, **kw)
-    finally:
-        gf.detach()
-    removed = gf.removed()
-    epochs = gf.steps / phase["nb"] if phase.get("nb") else None  # the phase trains: a comparison's budget counts it
-    if ddp.is_main():
-        write_json({"steps": gf.steps, "epochs": epochs, "flops_share": gf.flops_share, "history": gf.history},
-                   rdir / "fisher.json")
-    LOGGER.info(f"Group Fisher: {len(gf.history)} channels masked in {gf.steps} training batches"
-                f"{f' ({epochs:.1f} epochs)' if epochs else ''} ({time.time() - t:.0f}s), "
-                f"FLOPs share {gf.flops_share:.3f}")
-    model.eval()
-    return removed
-
-
-def _plan(model: nn.Module, groups, opt) -> dict[int, list[int]]:
-    """Which channels go: criterion scores + a budget (FLOPs target, ratio, per-layer rates or BN threshold)."""
-    kw = dict(divisor=opt.divisor, min_keep=opt.min_channels)
-    if opt.method == "slim":
-        from prune.methods import slim
-
-        scores = slim.gamma_scores(model, groups)
-        if opt.slim_threshold is not None or opt.slim_percent is not None:
-            t = opt.slim_threshold if opt.slim_threshold is not None else slim.percentile_threshold(scores, opt.slim_percent)
-            LOGGER.info(f"slimming threshold |gamma| < {t:.4g}")
-            return slim.plan_threshold(groups, scores, t, **kw)
-        if opt.target_flops is not None:
-            return slim.threshold_for_flops(groups, scores, opt.target_flops, **kw)[1]
-    else:
-        crit = get_criterion(opt.method)
-        scores = {g.id: crit(model, g, seed=opt.seed) for g in groups.prunable}
-    if opt.pruning_params is not None:
-        from prune.sensitivity import layer_plan
-
-        return layer_plan(groups, scores, opt.pruning_params, **kw)
-    planner = plan_global if opt.global_ranking else plan_uniform
-    if opt.target_flops is not None:  # over several rounds, each round takes an equal share of the reduction
-        target = opt.round_target
-        return solve_ratio_for_flops(groups, planner, target, scores=scores, **kw)[0]
-    return planner(groups, scores=scores, ratio=opt.ratio, **kw)
 
 
 def _measure(model: nn.Module, evaluate: Evaluator | None, imgsz: int, tag: str) -> dict:
@@ -607,25 +436,3 @@ def _measure(model: nn.Module, evaluate: Evaluator | None, imgsz: int, tag: str)
         "precision": res.precision,
         "recall": res.recall,
     }
-
-
-def _accumulate_gradients(model, data, opt, device) -> None:
-    """Gradients of the detection loss over --calib-images training images (for the taylor criterion)."""
-    try:
-        from models.loss import build_criterion
-    except ImportError as e:
-        raise UsageError("--method taylor needs the training loss (models/loss.py), not available") from e
-    with ddp.zero_first():  # the label cache
-        loader = build_val_loader(data, "train", opt.imgsz, min(opt.batch_size, 16), 32, opt.workers)
-    criterion = build_criterion(model, None, opt.imgsz)
-    model.train()
-    model.zero_grad(set_to_none=True)
-    seen = 0
-    for batch in loader:
-        img = batch["img"].to(device).float() / 255
-        loss, _ = criterion(model(img), batch)
-        loss.backward()
-        seen += img.shape[0]
-        if seen >= opt.calib_images:
-            break
-    model.eval()

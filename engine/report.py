@@ -13,7 +13,7 @@ from pathlib import Path
 from utils.files import write_text
 
 TIME_KEYS = ("oracle_seconds", "prune_seconds", "finetune_seconds", "seconds")
-FLOPS_TOLERANCE = 0.02  # a landed FLOPs share farther than this from --target-flops is warned about (issue 17)
+FLOPS_TOLERANCE = 0.02  # a landed FLOPs share farther than this from --target-flops is warned about
 
 
 def rounding_warning(k: int, share: float, target: float, divisor: int) -> str:
@@ -62,6 +62,18 @@ def final_line(summary: dict) -> str:
             + speedup_text(summary.get("latency") or {}, ratio))
     hint = speed_hint(summary)
     return text + (f"\n{hint}" if hint else "")
+
+
+def head_line(summary: dict) -> str:
+    """One line when the run changed the head's class set (--single-cls fine-tuning): the ratios compare the result
+    with the base given the same head, and the base as loaded is named ('' when the head did not change)."""
+    h = summary.get("head_change")
+    if not h:
+        return ""
+    why = " (--single-cls)" if h.get("single_cls") else ""
+    gf = f"{h['base_gflops']:.2f} GFLOPs, " if h.get("base_gflops") is not None else ""
+    return (f"head: {h['base_nc']} -> {h['nc']} class(es){why}; FLOPs and params compare with the base given the same "
+            f"{h['nc']}-class head (the base as loaded, {h['base_nc']} classes: {gf}{h['base_params']:,} params)")
 
 
 def round_seconds(rounds: list[dict]) -> dict:
@@ -129,7 +141,7 @@ def report_markdown(summary: dict, opt) -> str:
                  f"{ms('pruned')} |")
     ratio = summary["flops_ratio"]
     lines += ["", f"FLOPs x{ratio:.3f} (/{1 / ratio:.2f}), params x{summary['params_ratio']:.3f}" + speedup_text(lat, ratio), ""]
-    for extra in (divisor_text(summary), speed_hint(summary)):
+    for extra in (head_line(summary), divisor_text(summary), speed_hint(summary)):
         if extra:
             lines += [extra[0].upper() + extra[1:] if extra.startswith("divisor") else extra, ""]
     if summary.get("image_forwards"):
@@ -144,7 +156,7 @@ def report_markdown(summary: dict, opt) -> str:
 
 
 def speedup_text(lat: dict, flops_ratio: float) -> str:
-    """The latency speedup next to the FLOPs factor it should approach (issue 7's yardstick)."""
+    """The latency speedup next to the FLOPs factor it should approach (the yardstick of a structured cut)."""
     if isinstance(lat.get("speedup"), (int, float)):
         return (f"; latency speedup x{lat['speedup']:.2f} = {lat['speedup'] * flops_ratio:.2f} of the FLOPs factor "
                 f"(onnxruntime CPU, batch 1, {lat['threads']} threads)")

@@ -1,12 +1,10 @@
 # AGPL-3.0 License
-"""Budgets that cannot surprise: PAGCP's default FLOPs target, absurd targets, and warnings when a run collapses.
+"""Budgets that cannot surprise: absurd FLOPs targets refused, and warnings when a run collapses.
 
-* PAGCP without a target and without the reference flags (`--initial_rate`, `--initial_thres`, on the command line,
-  in a `--cfg` recipe or in the demo profile) prunes to `pagcp_target` of the base FLOPs (cfg/default.yaml): the
-  reference defaults (rate 0.05, thres 5) left the official yolov5n at mAP50-95 0.009 (x0.726) and pruned an
-  ultralytics YOLOv9t to x0.142 with mAP 0. With the reference flags PAGCP keeps the reference's behaviour.
-* `--target-flops` below `min_target_flops` (0.1) is refused unless `--force`: a 10x cut leaves a detector with
-  next to nothing (l1 to 0.01 left yolov5n 5,410 parameters and mAP50-95 6.6e-06).
+* PAGCP's own budget rules (its default FLOPs target without the reference flags, the oracle settings used with a
+  target, its flag checks) live in prune/methods/pagcp/config.py; `resolve_budget` applies them.
+* `--target-flops` below `min_target_flops` (cfg/default.yaml) is refused unless `--force`: a cut that deep leaves
+  a detector with next to nothing (docs/benchmarks/pagcp.md).
 * After a run: a WARNING line (console and report.md) when the final mAP50-95 is below `warn_map_share` of the
   base model's, or when PAGCP's oracle loss passed its budget (`--initial_thres` x the unpruned loss: with the
   reference flags the cumulative guard then stops the pass; with a FLOPs target the pass goes on to the target),
@@ -15,35 +13,34 @@
 
 from __future__ import annotations
 
+from prune.groups import GroupSet
+from prune.methods.pagcp.config import resolve_target
 from utils.general import UsageError
 
-REFERENCE_FLAGS = ("initial_rate", "initial_thres")
+FLOOR_GROUPS = 3  # more groups than this cut to --min-channels: the plan asked for more than the floor allowed
+
+
+def groups_at_floor(groups: GroupSet, removed: dict[int, list[int]], min_channels: int) -> int:
+    """How many prunable groups a plan cuts down to the --min-channels floor (groups no larger than it excluded)."""
+    floor = max(int(min_channels), 1)
+    return sum(1 for g in groups.prunable if len(g) > floor and len(g) - len(removed.get(g.id, ())) <= floor)
+
+
+def floor_warning(k: int, n: int, total: int, min_channels: int) -> str:
+    """The WARNING line for a round whose plan hit the --min-channels floor in n of its total groups."""
+    return (f"WARNING: round {k}: {n} of {total} prunable groups were cut to the --min-channels floor "
+            f"({min_channels} channel{'s' if min_channels != 1 else ''}): the plan asked for more than they have; "
+            "prune less, or raise --min-channels to keep layers usable")
 
 
 def resolve_budget(opt, d: dict) -> None:
-    """Fill opt.target_flops for PAGCP when no budget was given, and refuse absurd or conflicting budgets.
+    """Fill opt.target_flops for PAGCP when no budget was given (prune.methods.pagcp.config.resolve_target), and
+    refuse absurd targets.
 
     opt.explicit: option names set by the user (command line, recipe, demo profile). d: compress defaults.
     Raises UsageError (one line) before anything is written."""
-    explicit = set(getattr(opt, "explicit", None) or ())
     if opt.method == "pagcp":
-        if opt.target_flops is None and not any(k in explicit for k in REFERENCE_FLAGS):
-            opt.target_flops = d.get("pagcp_target")
-        if opt.target_flops is not None:  # the oracle settings measured best to a target, unless given
-            for k, v in (d.get("target_oracle") or {}).items():
-                if k not in explicit:
-                    setattr(opt, k, v)
-        if opt.target_flops is not None and opt.pricing_rounds < 1:
-            raise UsageError(f"--pricing-rounds must be >= 1, got {opt.pricing_rounds}")
-        if opt.target_flops is not None and not 0 < opt.pricing_cut < 1:
-            raise UsageError(f"--pricing-cut must be in (0, 1) (the largest share of the FLOPs left one pricing round "
-                             f"removes), got {opt.pricing_cut}")
-        if opt.target_flops is not None and 0 < opt.topk < 1:  # out-of-range values: check_args says so
-            raise UsageError("--topk drops units after the pass and would miss --target-flops: use one or the other")
-        if opt.target_flops is not None and not 0 < opt.flops_tol < 0.5:
-            raise UsageError(f"--flops-tol must be in (0, 0.5), got {opt.flops_tol}")
-        if opt.target_flops is not None and opt.search_images < 1:
-            raise UsageError(f"--search-images must be >= 1, got {opt.search_images}")
+        resolve_target(opt, set(getattr(opt, "explicit", None) or ()), d)
     least = float(d.get("min_target_flops", 0.1))
     if opt.target_flops is not None and 0 < opt.target_flops < least and not opt.force:
         raise UsageError(f"--target-flops {opt.target_flops} keeps under {least:g} of the base FLOPs, where a detector "
@@ -66,6 +63,9 @@ def run_warnings(summary: dict, opt, d: dict) -> list[str]:
                    f"(warned below {share:.0%}, cfg warn_map_share): {hint}, prune less{target} or in several rounds "
                    "(--rounds 3 --epochs N)")
     for r in summary.get("rounds", []):
+        if (r.get("groups_at_floor") or 0) > FLOOR_GROUPS:
+            out.append(floor_warning(r["round"], r["groups_at_floor"], len(r.get("groups") or []) or r["groups_at_floor"],
+                                     opt.min_channels))
         p = r.get("pagcp") or {}
         if p.get("guard_stopped", -1) >= 0:
             out.append(f"WARNING: round {r['round']}: PAGCP's oracle loss passed its budget (--initial_thres "

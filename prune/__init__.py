@@ -16,13 +16,12 @@ import torch.nn as nn
 from prune.groups import Group, GroupSet
 from prune.masks import ChannelMasks
 from prune.surgery import apply_removal, channel_table, estimate_flops
+from prune.verify import verify_groups
 
 
 def build_groups(model: nn.Module, imgsz: int = 64, ignore: list[str] | None = None, verify: bool = True) -> GroupSet:
     """Trace `model` on a blank image of imgsz (a multiple of its max stride) and build its groups; verify: cut one
     channel of every group on a copy and make unprunable the groups whose cut breaks the model (prune.verify)."""
-    from prune.verify import verify_groups
-
     stride = int(max(getattr(model, "stride", torch.tensor([32])).max(), 32))
     s = max(stride, (imgsz + stride - 1) // stride * stride)
     p = next(model.parameters())

@@ -96,11 +96,10 @@ def solve_for_flops(groups: GroupSet, raw_plan, target: float, scores: dict[int,
     x grows; the bisection stops when the knob is known within `xtol` or the share is within `tol` below target.
     divisor 1: the largest-FLOPs plan at or below the target (bisection on x).
     divisor > 1: rounding every group's kept count up (prune.surgery.keep_count) moves the share far from the
-    target, because groups of one size cross a multiple together (yolov5n, uniform L1, 0.6 with divisor 16 landed
-    at 0.512). So each x's plan rounds every group to its nearest multiple, x is bisected on that plan's share,
+    target, because groups of one size cross a multiple together. So each x's plan rounds every group to its nearest multiple, x is bisected on that plan's share,
     and between the plans just above and just below the target the groups that differ are moved one at a time,
     largest FLOPs step first that does not pass below the target; whichever plan lands closest to the target,
-    from either side, is returned (issue 17). The removed channels are the lowest-scored of each group."""
+    from either side, is returned. The removed channels are the lowest-scored of each group."""
     base, _ = estimate_flops(groups, {})
 
     def share(plan) -> float:

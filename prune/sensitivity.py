@@ -25,10 +25,15 @@ from typing import Callable
 import numpy as np
 import torch.nn as nn
 
+from models.common import Conv, RepConv
+from models.yolo import Detect
+from prune import apply_removal, build_groups
 from prune.groups import GroupSet
+from prune.importance import get_criterion
 from prune.masks import ChannelMasks
 from prune.surgery import estimate_flops, keep_count
 from utils.files import save_figure, write_json, write_text
+from utils.flops import count_params, gflops
 
 DEFAULT_STEM = "output"  # the seed's --prune-output output.txt -> output_{rate}.txt
 
@@ -88,9 +93,6 @@ def prune_layers(model: nn.Module, params, criterion, imgsz: int = 64, divisor: 
     Returns {'removed': {layer id: [positions]}, 'channels': removed count, 'layers': pruned layer count,
     'params': (before, after), 'gflops': (before, after) at imgsz}. Raises ValueError for an unknown
     criterion or a layer id that is not prunable."""
-    from prune import apply_removal, build_groups
-    from prune.importance import get_criterion
-    from utils.flops import count_params, gflops
 
     score = get_criterion(criterion)
     params = parse_pruning_params(params)
@@ -108,9 +110,6 @@ def seed_conv_indices(model: nn.Module) -> dict[str, int]:
     """Conv weight name -> the layer index seed 002's scripts use for it: the position of its conv block in
     the model's module order, counting every Conv and RepConv block and each Detect/IDetect output conv
     (the seed's get_conv_layers). RepConv's two branch convs share one index."""
-    from models.common import Conv, RepConv
-    from models.yolo import Detect
-
     convs: tuple[type, ...] = (Conv,)
     try:  # ultralytics' Conv blocks count the same way (their heads are not the seed's Detect)
         from ultralytics.nn.modules.conv import Conv as UConv

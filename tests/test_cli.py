@@ -24,7 +24,7 @@ def _help(module, capsys) -> str:
 
 
 def test_compress_help(capsys):
-    from engine.compressor import ONE_SHOT_METHODS
+    from prune.methods import METHOD_NAMES as ONE_SHOT_METHODS
 
     text = _help(compress, capsys)
     flat = " ".join(text.split())  # argparse wraps lines

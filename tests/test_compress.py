@@ -186,3 +186,15 @@ def test_recipe_sets_flags_cli_wins(tmp_path):
         compress.parse_opt(["--cfg", str(y), "--weights", "w.pt"])
     demo = compress.parse_opt([])  # the README's main command: the demo profile
     assert demo.weights is None and demo.imgsz == 160 and demo.method == "pagcp" and demo.epochs > 0
+
+
+def test_imgsz_off_the_stride_is_rounded_once_for_every_stage(shapes_yaml, tmp_path, caplog):
+    """--imgsz 70 (not a multiple of the stride) used to end in a Concat size mismatch in PAGCP's calibration
+    forward; the compressor rounds it once, says so, and every stage (trace, oracle, validation) uses it."""
+    with caplog.at_level("WARNING"):
+        rc = _run(["--weights", "yolov5n.yaml", "--data", str(shapes_yaml), "--img", "70", "--batch", "8",
+                   "--calib-images", "4", "--ratio-step", "0.45", "--initial_rate", "0.3"], tmp_path)
+    assert rc == 0
+    s = json.loads((tmp_path / "runs" / "exp" / "summary.json").read_text())
+    assert s["imgsz"] == 96
+    assert sum("--imgsz 70" in r.getMessage() for r in caplog.records) == 1

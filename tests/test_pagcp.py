@@ -122,3 +122,22 @@ def test_loss_ratio_of_a_task_without_signal_is_neutral():
     np.testing.assert_allclose(rel, [1.2, 1.0, 1.0])
     assert rel.mean() > 1  # the cut costs loss: its price stays positive
     assert loss_ratios(np.array([0.1]), np.array([0.0]))[0] > 1e6  # a loss appearing from nothing still counts
+
+
+def test_journal_of_an_older_version_is_refused_in_one_line(tmp_path):
+    """A resume journal written before the format was versioned (or by another version) is refused with a
+    UsageError naming the problem and the remedy, not half-read."""
+    import json
+
+    from prune.methods.pagcp.journal import FORMAT, Journal
+    from utils.general import UsageError
+
+    f = tmp_path / "units_progress.json"
+    f.write_text(json.dumps({"config": {}, "decisions": []}))  # the pre-versioned layout
+    with pytest.raises(UsageError, match="written by an older version of compress.py .* start the run again without "
+                                         "--resume") as e:
+        Journal(f).load()
+    assert "\n" not in str(e.value)
+    Journal(f).save({"decisions": []})
+    assert Journal(f).load() == {"format": FORMAT, "decisions": []}
+    assert Journal(tmp_path / "none.json").load() is None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,6 +18,7 @@ from models.loader import load_model
 from prune import build_groups, estimate_flops
 from prune.methods.pagcp.reference import PAGCP, PAGCPConfig
 from prune.methods.pagcp.budget import FlopsBudget, least_share, prune_to_flops
+from prune.methods.pagcp.journal import Journal
 
 TASKS = ["box", "obj", "cls"]
 
@@ -83,8 +85,8 @@ def test_greedy_planned_rounds_bound_the_oracle_calls(tiny, rounds, target):
     model, groups = tiny
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     cfg = PAGCPConfig(step=0.05, trip="mean")
-    pol = BudgetedGreedy(model, groups, _distortion_oracle(model, x), TASKS, cfg, target, tol=0.01, rounds=rounds,
-                         progress=False)
+    pol = BudgetedGreedy(model, groups, _distortion_oracle(model, x), TASKS, cfg,
+                         FlopsBudget(target, tol=0.01, rounds=rounds, round_cut=None), progress=False)
     removed, decisions = pol.run()
     assert abs(_share(groups, removed) - target) <= 0.01
     assert rounds <= pol.rounds <= rounds + 2
@@ -122,17 +124,18 @@ def test_greedy_journal_replays_and_refuses_other_settings(tiny, tmp_path):
 
     model, groups = tiny
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
-    cfg, journal = PAGCPConfig(step=0.1, trip="mean"), tmp_path / "units_progress.json"
-    first = BudgetedGreedy(model, groups, _distortion_oracle(model, x), TASKS, cfg, 0.8, rounds=2, progress=False,
+    cfg, journal = PAGCPConfig(step=0.1, trip="mean"), Journal(tmp_path / "units_progress.json")
+    budget = FlopsBudget(0.8, rounds=2, round_cut=None)
+    first = BudgetedGreedy(model, groups, _distortion_oracle(model, x), TASKS, cfg, budget, progress=False,
                            journal=journal)
     removed, _ = first.run()
-    again = BudgetedGreedy(model, groups, _distortion_oracle(model, x), TASKS, cfg, 0.8, rounds=2, progress=False,
+    again = BudgetedGreedy(model, groups, _distortion_oracle(model, x), TASKS, cfg, budget, progress=False,
                            journal=journal)
     assert again.run()[0] == removed and again.resumed_units == len(removed)
     assert again.oracle_calls == first.oracle_calls  # the journal's count: nothing priced again
     with pytest.raises(ValueError, match="written by a PAGCP pass with other settings"):
-        BudgetedGreedy(model, groups, _distortion_oracle(model, x), TASKS, cfg, 0.7, rounds=2, progress=False,
-                       journal=journal).run()
+        BudgetedGreedy(model, groups, _distortion_oracle(model, x), TASKS, cfg, replace(budget, target=0.7),
+                       progress=False, journal=journal).run()
 
 
 def test_floor_and_top_up_never_undershoot(tiny):
@@ -222,8 +225,9 @@ def test_default_target_and_reference_flags():
 
 
 def test_target_mode_oracle_defaults_yield_to_given_flags():
-    """With a FLOPs target PAGCP's oracle takes cfg target_oracle (batch BN, L2 saliency, mean trip) unless a
-    flag sets it; without a target (the reference flags) the reference settings stay."""
+    """PAGCP's oracle takes cfg target_oracle (batch BN, Fisher saliency, mean trip) unless a flag sets it, with a
+    FLOPs target and with the reference flags (the paper's command) alike; --reference-protocol keeps the
+    reference settings."""
     from engine.compressor import check_args
     from utils.config import defaults
 
@@ -235,11 +239,19 @@ def test_target_mode_oracle_defaults_yield_to_given_flags():
                               "--trip", "any"])
     check_args(opt)
     assert (opt.oracle_bn, opt.trip, opt.prunemethod) == ("running", "any", profile["prunemethod"])
-    opt = compress.parse_opt(["--weights", "w.pt", "--data", "d.yaml", "--initial_rate", "0.06", "--initial_thres", "6"])
+    paper = ["--weights", "w.pt", "--data", "d.yaml", "--initial_rate", "0.06", "--initial_thres", "6", "--topk", "0.8",
+             "--exp", "--sequential"]
+    opt = compress.parse_opt(paper)  # the paper's command gets the improved oracle too
+    check_args(opt)
+    assert opt.target_flops is None and all(getattr(opt, k) == v for k, v in profile.items())
+    opt = compress.parse_opt(paper + ["--reference-protocol"])  # the reference's oracle, exactly
     check_args(opt)
     d = defaults("compress")
     assert opt.target_flops is None and (opt.oracle_bn, opt.trip, opt.prunemethod) == (d["oracle_bn"], d["trip"],
                                                                                      d["prunemethod"])
+    opt = compress.parse_opt(paper + ["--prunemethod", "L2"])  # a given flag still wins
+    check_args(opt)
+    assert opt.prunemethod == "L2" and opt.oracle_bn == profile["oracle_bn"]
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -68,9 +68,11 @@ def _ultralytics_log_stream():
 def _no_plots(monkeypatch):
     """compress.py's figures are not what these tests check, and drawing them takes seconds."""
     import engine.compressor
+    import prune.methods.pagcp.method
 
-    for name in ("plot_channels", "plot_loss_curves", "plot_rounds"):
+    for name in ("plot_channels", "plot_rounds"):
         monkeypatch.setattr(engine.compressor, name, lambda *a, **k: None)
+    monkeypatch.setattr(prune.methods.pagcp.method, "plot_loss_curves", lambda *a, **k: None)
 
 
 def _one_line(capsys) -> str:

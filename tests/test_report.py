@@ -32,10 +32,12 @@ def test_round_times_count_each_stage_once(tiny, shapes_yaml, tmp_path, monkeypa
     each validation 1 s. report.md and summary.json must add them up once (pruning was counted twice before)."""
     import engine.compressor
     import engine.trainer
+    import prune.methods.pagcp.method
     import prune.methods.pagcp.reference
 
     clock = [1000.0]
     monkeypatch.setattr(engine.compressor, "time", SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.setattr(prune.methods.pagcp.method, "time", SimpleNamespace(time=lambda: clock[0]))
 
     def advancing(fn, seconds):
         def wrapped(*a, **k):
@@ -46,7 +48,7 @@ def test_round_times_count_each_stage_once(tiny, shapes_yaml, tmp_path, monkeypa
 
     monkeypatch.setattr(prune.methods.pagcp.reference.PAGCP, "run", advancing(prune.methods.pagcp.reference.PAGCP.run, 7))
     monkeypatch.setattr(engine.compressor, "apply_removal", advancing(engine.compressor.apply_removal, 3))
-    monkeypatch.setattr(engine.trainer, "train", advancing(engine.trainer.train, 20))
+    monkeypatch.setattr(engine.compressor, "train", advancing(engine.compressor.train, 20))
     monkeypatch.setattr(engine.compressor.Evaluator, "__call__", advancing(engine.compressor.Evaluator.__call__, 1))
     s = _compress(["--weights", str(tiny), "--data", str(shapes_yaml), "--img", "64", "--batch", "8",
                    "--calib-images", "4", "--ratio-step", "0.45", "--initial_rate", "0.3", "--epochs", "1",
@@ -164,3 +166,43 @@ def test_results_png_has_validation_losses_and_no_empty_panel(tiny, shapes_yaml,
                       "val/box_loss", "val/obj_loss", "val/cls_loss", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95"]
     assert all(ax.lines and ax.get_xlabel() == "epoch" for ax in fig.axes)
     assert (tmp_path / "t" / "results.png").exists()
+
+
+def test_single_cls_compares_like_with_like(tiny, shapes_yaml, tmp_path, capsys):
+    """--single-cls fine-tunes a 1-class head: the ratios compare the result with the base given that head (not the
+    base's own multi-class head), and the change is said on its own line, in the console and in report.md."""
+    import torch
+
+    from models.loader import load_model, reset_classes
+    from utils.flops import count_params
+
+    s = _compress(["--weights", str(tiny), "--data", str(shapes_yaml), "--img", "64", "--batch", "8", "--method", "l1",
+                   "--ratio", "0.3", "--epochs", "1", "--hyp", "scratch-low", "--single-cls", "--bn-recalib", "0"],
+                  tmp_path)
+    out = capsys.readouterr().out
+    h = s["head_change"]
+    assert h["base_nc"] > 1 and h["nc"] == 1 and h["base_params"] == s["base"]["params"]
+    torch.manual_seed(0)
+    one = count_params(reset_classes(load_model(str(tiny), nc=h["base_nc"]), 1))
+    assert s["before"]["params"] == one < s["base"]["params"]
+    assert s["params_ratio"] == pytest.approx(s["after"]["params"] / one)
+    assert s["flops_ratio"] == pytest.approx(s["after"]["gflops"] / s["before"]["gflops"])
+    line = f"head: {h['base_nc']} -> 1 class(es) (--single-cls)"
+    assert any(x.strip().startswith(line) for x in out.splitlines())
+    assert line in (s["dir"] / "report.md").read_text()
+
+
+def test_plan_at_the_min_channels_floor_is_warned(tiny, shapes_yaml, tmp_path, capsys):
+    """A plan that cuts more than a few groups down to --min-channels says how many, whatever the method (checked
+    on the Plan every method returns; here l1 at ratio 0.95), in the console and in report.md."""
+    s = _compress(["--weights", str(tiny), "--data", str(shapes_yaml), "--img", "64", "--batch", "8", "--method",
+                   "l1", "--ratio", "0.95", "--epochs", "0", "--bn-recalib", "0"], tmp_path)
+    out = capsys.readouterr().out
+    n = s["rounds"][0]["groups_at_floor"]
+    total = len(s["rounds"][0]["groups"])
+    assert n > 3
+    line = f"WARNING: round 0: {n} of {total} prunable groups were cut to the --min-channels floor (1 channel)"
+    assert line in out and line in (s["dir"] / "report.md").read_text()
+    s = _compress(["--weights", str(tiny), "--data", str(shapes_yaml), "--img", "64", "--batch", "8", "--method",
+                   "l1", "--ratio", "0.2", "--epochs", "0", "--bn-recalib", "0"], tmp_path)
+    assert s["rounds"][0]["groups_at_floor"] == 0 and "--min-channels floor" not in capsys.readouterr().out

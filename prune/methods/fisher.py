@@ -24,7 +24,8 @@ accumulators over the processes before a channel is chosen, so every process mas
 
 from __future__ import annotations
 
-from typing import Callable
+import time
+from typing import Callable, Literal, get_args
 
 import numpy as np
 import torch
@@ -32,15 +33,21 @@ import torch.nn as nn
 
 from prune.groups import GroupSet
 from prune.masks import ChannelMasks
-from prune.surgery import estimate_flops
+from prune.methods.base import Plan, PlanContext
 from prune.plans import min_flops_share
+from prune.surgery import estimate_flops
+from utils import distributed as ddp
+from utils.files import write_json
+
+FisherNorm = Literal["flops", "act", "none"]
+FISHER_NORMS: tuple[str, ...] = get_args(FisherNorm)
 
 
 class GroupFisher:
     def __init__(self, model: nn.Module, groups: GroupSet, target_flops: float = 0.5, norm: str = "flops",
                  interval: int = 10, channels_per_step: int = 1, min_keep: int = 1,
                  reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        if norm not in ("flops", "act", "none"):
+        if norm not in FISHER_NORMS:
             raise ValueError(f"--fisher-norm must be flops, act or none, got '{norm}'")
         if not 0 < target_flops < 1:
             raise ValueError(f"--target-flops must be in (0, 1), got {target_flops}")
@@ -127,3 +134,45 @@ class GroupFisher:
 
     def removed(self) -> dict[int, list[int]]:
         return self.masks.removed()
+
+
+def plan(model: nn.Module, groups: GroupSet, ctx: PlanContext) -> Plan:
+    """--method fisher: train with per-sample channel masks (ctx.train, the run's training options), accumulate
+    the Fisher information of every channel class, and mask the globally least important one(s) every
+    --interval steps until ctx.round_target is reached. The fine-tuning (--epochs) runs after this phase, on the
+    materialized model. Writes fisher.json in ctx.run_dir (rank 0).
+
+    Returns:
+        Plan whose info holds fisher_epochs (training epochs the phase took, None when unknown)."""
+    s = ctx.settings
+    gf = GroupFisher(model, groups, target_flops=ctx.round_target, norm=s.fisher_norm, interval=s.interval,
+                     channels_per_step=s.channels_per_step, min_keep=s.min_channels,
+                     reduce=ddp.all_reduce_sum).attach()  # DDP: accumulators summed over the processes
+
+    def before(trainer):
+        gf.before_forward(trainer.batch_images, device=next(model.parameters()).device)
+
+    phase = {}
+
+    def after(trainer):
+        gf.after_backward()
+        phase["nb"] = trainer.nb
+        if gf.done:
+            trainer.stop = True
+
+    t = time.time()
+    try:
+        ctx.train(model, {"on_train_batch_start": [before], "on_after_backward": [after]}, epochs=10_000,
+                  noval=True, nosave=True, patience=10_000, save_dir=str(ctx.run_dir / "fisher"))
+    finally:
+        gf.detach()
+    removed = gf.removed()
+    epochs = gf.steps / phase["nb"] if phase.get("nb") else None  # the phase trains: a comparison's budget counts it
+    if ctx.is_main:
+        write_json({"steps": gf.steps, "epochs": epochs, "flops_share": gf.flops_share, "history": gf.history},
+                   ctx.run_dir / "fisher.json")
+    ctx.log(f"Group Fisher: {len(gf.history)} channels masked in {gf.steps} training batches"
+            f"{f' ({epochs:.1f} epochs)' if epochs else ''} ({time.time() - t:.0f}s), "
+            f"FLOPs share {gf.flops_share:.3f}")
+    model.eval()
+    return Plan(removed, {"fisher_epochs": epochs})

@@ -12,6 +12,10 @@ import torch
 import torch.nn as nn
 
 from prune.groups import GroupSet
+from prune.methods.base import Plan, PlanContext
+from prune.methods.criteria import plan_by_scores
+from prune.patterns import ModuleMatcher
+from prune.plans import solve_for_flops
 from prune.surgery import keep_count
 
 
@@ -55,8 +59,6 @@ def threshold_for_flops(groups: GroupSet, scores: dict[int, np.ndarray], target:
     """The gamma threshold whose plan keeps the share of base conv FLOPs closest to `target` (at or below it with
     divisor 1): bisection over the sorted gammas, rounding to `divisor` inside the search
     (prune.plans.solve_for_flops). Returns (threshold, removed, share)."""
-    from prune.plans import solve_for_flops
-
     allv = np.unique(np.concatenate([s[np.isfinite(s)] for s in scores.values()]))
 
     def threshold(x: float) -> float:  # x in [0, 1] -> just above the x-quantile gamma (every gamma at x = 1)
@@ -81,8 +83,6 @@ class SparsityPenalty:
                  nbs: int = 64):
         """`ignore`: module-name patterns (prune.patterns: a module covers its submodules); a pattern that
         matches no BatchNorm raises UsageError. `self.ignored` lists the BNs left unpenalized."""
-        from prune.patterns import ModuleMatcher
-
         self.sl = sl * images_per_step / nbs
         matcher = ModuleMatcher(ignore, "--sparsity-ignore", "BatchNorm layer")
         bns = [(n, m) for n, m in model.named_modules()
@@ -100,3 +100,21 @@ class SparsityPenalty:
         if not self.bns:
             return np.zeros(0)
         return torch.cat([bn.weight.detach().abs().flatten().cpu() for _, bn in self.bns]).numpy()
+
+
+def plan(model: nn.Module, groups: GroupSet, ctx: PlanContext) -> Plan:
+    """--method slim: BN |gamma| scores, cut below --slim-threshold, below the --slim-percent percentile, at the
+    threshold reaching the round's FLOPs target, or by --ratio / --pruning-params like a criterion.
+
+    Returns:
+        Plan (info empty)."""
+    s = ctx.settings
+    kw = dict(divisor=s.divisor, min_keep=s.min_channels)
+    scores = gamma_scores(model, groups)
+    if s.slim_threshold is not None or s.slim_percent is not None:
+        t = s.slim_threshold if s.slim_threshold is not None else percentile_threshold(scores, s.slim_percent)
+        ctx.log(f"slimming threshold |gamma| < {t:.4g}")
+        return Plan(plan_threshold(groups, scores, t, **kw))
+    if s.target_flops is not None:
+        return Plan(threshold_for_flops(groups, scores, s.target_flops, **kw)[1])
+    return plan_by_scores(groups, scores, ctx)

@@ -2,13 +2,13 @@
 """PAGCP to a FLOPs target (`compress.py --target-flops F`): the threshold scale is found by search.
 
 The reference PAGCP flags bound the *loss growth* and the FLOPs a pass ends at are whatever those bounds
-allow (the README's settings 0.01:1.2 ... 0.03:2 span x0.97 ... x0.89 on yolov5n). Users think in FLOPs. The
+allow (docs/benchmarks/pagcp.md). Users think in FLOPs. The
 policy (prune/methods/pagcp/reference.py) is unchanged here: every per-unit threshold is proportional to `initial_rate`, so
 `initial_rate` is one scale that moves the end point, and the pass's FLOPs fall as it grows. This module
 searches that scale:
 
 1. Search passes, cheap: the same pass with the oracle on the first `search_images` calibration images
-   (default 16 of 64), bisecting log(rate). A search pass stops as soon as its outcome is known: when its FLOPs
+   (`--search-images`), bisecting log(rate). A search pass stops as soon as its outcome is known: when its FLOPs
    share falls below F - tol (FLOPs only fall during a pass: too aggressive), or when the units not visited yet,
    even all cut to the grid's largest ratio, can no longer bring it to F + tol (too timid). A pass that is not
    stopped has therefore ended inside the band. From the starting rate the scale is multiplied or divided by 4
@@ -19,7 +19,7 @@ searches that scale:
 3. Top-up: when the final pass ends above F + tol (its full-size oracle judged more strictly than the cheap
    one), further passes start from its result with the rate doubled each time, only removing more channels,
    with the same floor, until the share is in the band (at most `max_topups`). No undo step is needed: the floor
-   keeps every pass at or above F - tol. tol defaults to 0.01 (issue 15 asks for +- 0.02).
+   keeps every pass at or above F - tol.
 
 The kept-channel rounding (`--divisor`, `--min-channels`) is applied to every cut tried, so the share reached is
 the share after rounding. Shares are of the conv/linear FLOPs at the traced image size (prune.surgery.estimate_flops),
@@ -27,34 +27,21 @@ which is what the band is about; the whole model's GFLOPs share that compress.py
 (BN, activations and the head's decode are not pruned).
 
 Cost: reported as oracle calls per pass; in image-forwards, search-pass calls x search_images + final and top-up
-calls x calibration images (see README, Compress, for measurements).
+calls x calibration images (measurements: docs/benchmarks/pagcp.md).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Callable
 
 from prune.groups import Group, GroupSet
-from prune.methods.pagcp.reference import PAGCP, PAGCPConfig, UnitDecision
-
-
-@dataclass
-class FlopsBudget:
-    target: float  # FLOPs share to end at (of the conv FLOPs of the model the pass starts from)
-    tol: float = 0.01  # the pass ends within target +- tol (issue 15 asks for +- 0.02: half of it is margin)
-    search_images: int = 16  # calibration images of the search passes
-    max_passes: int = 8  # search passes at most
-    max_topups: int = 3  # top-up passes at most after the final pass
-    factor: float = 4.0  # bracketing step of the scale
-    mode: str = "greedy"  # greedy: prune/methods/pagcp/greedy.py; search: cheap passes find the threshold scale
-    commit: float = 0.2  # greedy: a round prices steps worth 1/commit of the FLOPs it needs to remove
-    rounds: int = 3  # greedy: pricing rounds planned at least (one oracle call per unit each)
-    round_cut: float | None = 0.08  # greedy: ... and enough that no round removes more than this share of the FLOPs left
-    greedy_cheap: bool = True  # greedy: price the steps with the search passes' oracle (search_images)
+from prune.methods.pagcp.config import FlopsBudget, PAGCPConfig
+from prune.methods.pagcp.greedy import BudgetedGreedy
+from prune.methods.pagcp.journal import Journal
+from prune.methods.pagcp.reference import PAGCP, UnitDecision
+from prune.surgery import estimate_flops, keep_count
 
 
 @dataclass
@@ -88,14 +75,12 @@ def first_images(batches: list[dict], n: int) -> list[dict]:
 
 def prune_to_flops(model, groups: GroupSet, make_oracle: Callable[[bool], Callable], tasks: list[str],
                    cfg: PAGCPConfig, budget: FlopsBudget, units: list[Group] | None = None, progress: bool = True,
-                   journal: str | Path | None = None, log: Callable[[str], None] = print,
-                   write_journal: bool = True) -> BudgetResult:
+                   journal: Journal | None = None, log: Callable[[str], None] = print) -> BudgetResult:
     """PAGCP whose threshold scale is searched so that the pass ends at budget.target +- budget.tol.
 
     make_oracle(cheap) returns the oracle of the search passes (cheap=True) or of the final pass; oracles that
     count `images` per call are accounted for in BudgetResult.passes. journal: the final pass's progress file
     (prune.methods.pagcp.reference.PAGCP); the search passes are recorded beside it (flops_search.json) and replayed on resume.
-    write_journal: whether this process writes those files (only rank 0 of a DDP run does; all read them).
     Raises ValueError when no pass can reach the band (every unit cut to the grid's largest ratio stays above it).
     """
     f, half = budget.target, budget.tol
@@ -111,19 +96,16 @@ def prune_to_flops(model, groups: GroupSet, make_oracle: Callable[[bool], Callab
                          f"{cfg.ratios()[-1]:.2f} (--divisor {cfg.divisor}, --min-channels {cfg.min_keep}) leaves "
                          f"{least:.3f} of the FLOPs")
     if budget.mode == "greedy":
-        from prune.methods.pagcp.greedy import BudgetedGreedy, plan_rounds
-
         oracle = make_oracle(budget.greedy_cheap)
-        rounds = plan_rounds(f, budget.rounds, budget.round_cut)
-        pol = BudgetedGreedy(model, groups, oracle, tasks, cfg, f, half, budget.commit, rounds, units=units,
-                             progress=progress, journal=journal, write_journal=write_journal)
+        pol = BudgetedGreedy(model, groups, oracle, tasks, cfg, budget, units=units, progress=progress,
+                             journal=journal)
         removed, decisions = pol.run()
         share = _share(groups, removed)
         p = {"kind": "greedy", "rate": None, "share": share, "outcome": _outcome(share, f, half),
              "calls": pol.oracle_calls, "images": int(getattr(oracle, "images", 0)), "rounds": pol.rounds}
         log(f"PAGCP budgeted {pass_line(p)}")
         return BudgetResult(removed, decisions, share, float("nan"), [p], pol)
-    search_file = Path(journal).with_name("flops_search.json") if journal else None
+    search_file = journal.sibling("flops_search.json") if journal else None
     fingerprint = {"budget": asdict(budget), "config": {**asdict(cfg), "initial_rate": None}, "tasks": list(tasks),
                    "units": [[g.id, len(g)] for g in units]}
     passes: list[dict] = _load_search(search_file, fingerprint)
@@ -155,8 +137,7 @@ def prune_to_flops(model, groups: GroupSet, make_oracle: Callable[[bool], Callab
             rate = _next_rate(lo, hi, budget.factor)
         p = search_pass(rate)
         passes.append(p)
-        if write_journal:
-            _save_search(search_file, fingerprint, passes)
+        _save_search(search_file, fingerprint, passes)
         log(f"PAGCP FLOPs {pass_line(p)} (pass {len(passes)})")
         lo, hi = _bracket(p, lo, hi)
         if p["outcome"] == "in band":
@@ -171,7 +152,7 @@ def prune_to_flops(model, groups: GroupSet, make_oracle: Callable[[bool], Callab
 
     def full_pass(kind: str, rate: float, start: dict | None) -> tuple[PAGCP, dict, list, float]:
         pol = PAGCP(model, groups, full, tasks, replace(cfg, initial_rate=rate, guard=False), units=units,
-                    progress=progress, journal=None if start else journal, write_journal=write_journal,
+                    progress=progress, journal=None if start else journal,
                     floor=f - half, start=start)
         removed, decisions = pol.run()
         share = _share(groups, removed)
@@ -193,8 +174,6 @@ def prune_to_flops(model, groups: GroupSet, make_oracle: Callable[[bool], Callab
 def least_share(groups: GroupSet, step: float = 0.05, divisor: int = 1, min_keep: int = 1,
                 units: list[Group] | None = None) -> float:
     """The least conv FLOPs share one PAGCP pass can reach: every unit cut to the grid's largest ratio."""
-    from prune.surgery import keep_count
-
     top = PAGCPConfig(step=step).ratios()[-1]
     removed = {}
     for g in units if units is not None else groups.prunable:
@@ -213,8 +192,6 @@ def pass_line(p: dict) -> str:
 
 
 def _share(groups: GroupSet, removed: dict[int, list[int]]) -> float:
-    from prune.surgery import estimate_flops
-
     before, after = estimate_flops(groups, removed)
     return after / before
 
@@ -240,20 +217,14 @@ def _next_rate(lo: float | None, hi: float | None, factor: float) -> float:
     return lo * factor if hi is None else hi / factor
 
 
-def _load_search(path: Path | None, fingerprint: dict) -> list[dict]:
-    if path is None or not path.exists():
-        return []
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError):
+def _load_search(journal: Journal | None, fingerprint: dict) -> list[dict]:
+    saved = journal.load() if journal is not None else None
+    if saved is None:
         return []
     return [p for p in saved.get("passes", []) if p.get("kind") == "search"] \
         if saved.get("fingerprint") == fingerprint else []
 
 
-def _save_search(path: Path | None, fingerprint: dict, passes: list[dict]) -> None:
-    if path is None:
-        return
-    from utils.files import write_json
-
-    write_json({"fingerprint": fingerprint, "passes": [p for p in passes if p.get("kind") == "search"]}, path)
+def _save_search(journal: Journal | None, fingerprint: dict, passes: list[dict]) -> None:
+    if journal is not None:
+        journal.save({"fingerprint": fingerprint, "passes": [p for p in passes if p.get("kind") == "search"]})

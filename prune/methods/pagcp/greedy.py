@@ -6,11 +6,9 @@ where it ends in FLOPs depends on those thresholds, and a unit visited early is 
 cuts have not touched yet. Here every decision is a price comparison on the model as it is now, in pricing
 rounds whose goals fall geometrically from the current share to the target. How many are planned:
 `plan_rounds` = at least `rounds` (default 3) and enough that no round removes more than `max_cut` (default
-0.08) of the FLOPs left. Why: with 3 rounds to x0.5 the first round must remove 21% of the FLOPs, so its priced
-steps (5x that) are cuts of most of every unit's channels, priced far outside the range where the loss ratio of
-one step predicts anything; measured on the custom-data benchmark's base (yolov5n on raccoon, x0.5, 4 fine-tune
-epochs, README, PAGCP to a FLOPs target): 3 rounds left the stem conv 1 of 16 channels and mAP50-95 0.031 after
-the cut / 0.121 after fine-tuning; 8 rounds 0.129 / 0.320; 16 rounds 0.133 / 0.305; 32 rounds 0.071 / 0.275.
+0.08) of the FLOPs left. Why: with few rounds to a deep target the first round's priced steps are cuts of most of
+every unit's channels, priced far outside the range where the loss ratio of one step predicts anything, and the
+pruned model recovers worse after fine-tuning (docs/benchmarks/pagcp.md has the measurements).
 
     round r (of R planned), goal = share x (target / share)^(1 / (R - r)):
         step = the smallest multiple of the ratio grid step such that every unit cut by `step` more of its
@@ -28,7 +26,7 @@ the cut / 0.121 after fine-tuning; 8 rounds 0.129 / 0.320; 16 rounds 0.133 / 0.3
 "Mean over tasks" is the trip rule `mean` (`any` uses the largest task ratio instead). A step whose losses fall
 costs less than nothing and goes first. The run ends inside the band unless every unit is cut to the grid's
 largest ratio. Cost: one oracle call per unit that can still be cut per round, plus one per round (about
-R x (units + 1) calls; README, Compress, has measurements).
+R x (units + 1) calls; docs/benchmarks/pagcp.md).
 
 With a `journal` path the run survives a kill: after every round the committed cuts, the current losses and the
 round count are written atomically; a later run with the same settings re-applies them without oracle calls and
@@ -39,13 +37,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from prune.groups import Group, GroupSet
-from prune.methods.pagcp.reference import PAGCP, PAGCPConfig, UnitDecision, loss_ratios
+from prune.methods.pagcp.config import FlopsBudget, PAGCPConfig
+from prune.methods.pagcp.journal import Journal
+from prune.methods.pagcp.reference import PAGCP, UnitDecision, loss_ratios
 from prune.surgery import estimate_flops, keep_count
 
 
@@ -66,19 +65,19 @@ class BudgetedGreedy(PAGCP):
     """PAGCP's units, saliency, masks and oracle, committed by loss increase per FLOP to a FLOPs target."""
 
     def __init__(self, model, groups: GroupSet, task_losses: Callable[[], np.ndarray], tasks: list[str],
-                 cfg: PAGCPConfig, target: float, tol: float = 0.01, commit: float = 0.2, rounds: int = 3,
-                 units: list[Group] | None = None, progress: bool = True, journal: str | Path | None = None,
-                 write_journal: bool = True):
-        """target: conv FLOPs share to end at (within +- tol); rounds: pricing rounds planned (each costs one oracle
-        call per unit); commit: the share of the priced steps a round needs (smaller = a wider choice per round,
-        bigger steps priced)."""
-        super().__init__(model, groups, task_losses, tasks, cfg, units=units, progress=progress, journal=journal,
-                         write_journal=write_journal)
-        if not 0 < commit <= 1:
-            raise ValueError(f"commit share must be in (0, 1], got {commit}")
+                 cfg: PAGCPConfig, budget: FlopsBudget, units: list[Group] | None = None, progress: bool = True,
+                 journal: Journal | None = None):
+        """budget: target (conv FLOPs share to end at, within +- tol), the pricing rounds planned (`plan_rounds` of
+        budget.rounds and budget.round_cut; each costs one oracle call per unit) and commit (the share of the priced
+        steps a round needs: smaller = a wider choice per round, bigger steps priced)."""
+        super().__init__(model, groups, task_losses, tasks, cfg, units=units, progress=progress, journal=journal)
+        if not 0 < budget.commit <= 1:
+            raise ValueError(f"commit share must be in (0, 1], got {budget.commit}")
+        rounds = plan_rounds(budget.target, budget.rounds, budget.round_cut)
         if rounds < 1:
             raise ValueError(f"pricing rounds must be >= 1, got {rounds}")
-        self.target, self.tol, self.commit, self.planned, self.rounds_asked = target, tol, commit, rounds, rounds
+        self.target, self.tol, self.commit, self.planned, self.rounds_asked = \
+            budget.target, budget.tol, budget.commit, rounds, rounds
         self.rounds = 0
         self.lam = 1.0
 
@@ -217,11 +216,9 @@ class BudgetedGreedy(PAGCP):
                 "rounds": self.rounds_asked, "tasks": list(self.tasks), "units": [[g.id, len(g)] for g in units]}
 
     def _save_state(self, units, cut, original, base, step, decisions) -> None:
-        if self.journal is None or not self.write_journal:
-            return
-        from utils.files import write_json
-
-        write_json({**self._fingerprint(units), "original": original.tolist(), "base": np.asarray(base).tolist(),
-                    "step": step, "rounds": self.rounds, "oracle_calls": self.oracle_calls,
-                    "cut": {str(k): [int(c) for c in v] for k, v in cut.items()},
-                    "decisions": [asdict(d) for d in decisions.values()]}, self.journal, indent=None)
+        if self.journal is not None:
+            self.journal.save({**self._fingerprint(units), "original": original.tolist(),
+                               "base": np.asarray(base).tolist(), "step": step, "rounds": self.rounds,
+                               "oracle_calls": self.oracle_calls,
+                               "cut": {str(k): [int(c) for c in v] for k, v in cut.items()},
+                               "decisions": [asdict(d) for d in decisions.values()]})

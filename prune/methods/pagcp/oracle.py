@@ -18,6 +18,13 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils.data import DataLoader, Subset
+
+from data.datasets import build_val_loader
+from prune.masks import top_layer
+from prune.surgery import conv_flops
+from utils.distributed import all_reduce_sum, zero_first
+from utils.distributed import shard as my_share
 
 
 def sequential_layers(model: nn.Module) -> bool:
@@ -85,8 +92,6 @@ class CalibrationOracle:
         self.device = torch.device(device)
         self.calls = 0
         self.images = sum(int(b["img"].shape[0]) for b in batches)  # all processes' images
-        from utils.distributed import shard as my_share
-
         self._own = my_share(len(batches)) if shard else range(len(batches))
         self._sharded = len(self._own) < len(batches)
         if self._sharded:  # other processes' images are never needed here
@@ -174,8 +179,6 @@ class CalibrationOracle:
                 rows[k] = items.detach().float().cpu().numpy() * img.shape[0]  # float32, exact in float64
         rows[-1, 0] = self.flop_forwards - flops_before
         if self._sharded:
-            from utils.distributed import all_reduce_sum
-
             rows = all_reduce_sum(rows)  # every row comes from one process, zeros elsewhere: the sum is exact
         self.flop_forwards = flops_before + float(rows[-1, 0])
         total = np.zeros(len(self.tasks), np.float32)
@@ -192,8 +195,6 @@ class CalibrationOracle:
         Pruning for Practical Network Compression", ICML 2021), here ranking channels inside a PAGCP unit.
         Full forwards (the prefix cache is neither used nor changed) with gradients on the masks only: model .grad
         buffers are not touched. Raises RuntimeError when the model's loss does not depend on the masks."""
-        from utils.distributed import all_reduce_sum
-
         total = torch.zeros(len(masks.values), dtype=torch.float64)  # plain forwards: a prefix cache stays valid
         with self._bn_mode(), torch.enable_grad():
             for k in self._own:
@@ -256,9 +257,6 @@ def _cache_budget(device: torch.device) -> int:
 
 def _layer_share_from(groups, start: int) -> float:
     """Share of the model's conv/linear FLOPs (at the traced size) in layers >= start."""
-    from prune.masks import top_layer
-    from prune.surgery import conv_flops
-
     convs = [(top_layer(mod), conv_flops(ci)) for mod, ci in groups.graph.conv_info.items() if ci.kind in ("conv", "linear")]
     total = sum(f for _, f in convs)
     return sum(f for layer, f in convs if layer is None or layer >= start) / total if total else 1.0
@@ -268,11 +266,6 @@ def calibration_batches(data: dict, imgsz: int, n_images: int, batch_size: int, 
                         split: str = "train") -> list[dict]:
     """A seeded random subset of a split, letterboxed to imgsz squares, loaded once. Under DDP every process
     calls it (local rank 0 first: it may write the split's label cache)."""
-    from torch.utils.data import DataLoader, Subset
-
-    from data.datasets import build_val_loader
-    from utils.distributed import zero_first
-
     with zero_first():
         ds = build_val_loader(data, split, imgsz, batch_size, stride, workers=0, rect=False).dataset
     rng = np.random.default_rng(seed)
@@ -286,8 +279,8 @@ def recalibrate_bn(model: nn.Module, batches: list[dict], device: torch.device |
     """Re-estimate every BatchNorm's running mean/var on `batches` (cumulative average, no weight changes).
 
     Pruning removes channels whose outputs fed later layers; their BN statistics are stale until
-    re-estimated (adaptive BN, as in EagleEye). On the official YOLOv5n cut to 90% FLOPs by L1 this
-    lifts coco128 mAP50-95 from 0.034 to 0.113 with 32 images. Returns the number of BN layers reset.
+    re-estimated (adaptive BN, as in EagleEye); docs/benchmarks/pagcp.md measures what it recovers.
+    Returns the number of BN layers reset.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns or not batches:
@@ -311,10 +304,9 @@ def recalibrate_bn_if_better(model: nn.Module, recal_batches: list[dict], check_
     """Re-estimate BN statistics on recal_batches, keeping them only if the summed task loss on check_batches
     (other images) falls. Returns (kept, loss before, loss after).
 
-    Re-estimation rescues a badly cut model (uniform L1 to 90% FLOPs on official yolov5n: mAP50-95 0.034 ->
-    0.113) but estimates from a few images are worse than a release model's own statistics when little was
-    cut: re-estimating the uncut yolov5n on 64 coco128 images drops mAP50-95 0.291 -> 0.246, and its
-    calibration losses rise 5-9% (bench/bn_recalib.py), which is what this check sees.
+    Re-estimation rescues a badly cut model, but estimates from a few images are worse than a release model's
+    own statistics when little was cut, and then its calibration losses rise (bench/bn_recalib.py,
+    docs/benchmarks/pagcp.md), which is what this check sees.
     """
     tasks = list(getattr(criterion, "names", ["loss"]))
     check = CalibrationOracle(model, check_batches, criterion, tasks, device)

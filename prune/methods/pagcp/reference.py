@@ -24,10 +24,7 @@ the next unit, so it ends exactly where an uninterrupted pass would.
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -36,28 +33,9 @@ import torch.nn as nn
 
 from prune.groups import Group, GroupSet
 from prune.masks import ChannelMasks
+from prune.methods.pagcp.config import PAGCPConfig
+from prune.methods.pagcp.journal import Journal
 from prune.surgery import estimate_flops, keep_count
-
-
-@dataclass
-class PAGCPConfig:
-    initial_rate: float = 0.05  # allowed relative growth of each task loss for the first unit
-    initial_thres: float = 5.0  # cap of the cumulative growth (with --exp)
-    exp: bool = False  # per-unit threshold decays by lambda solving prod(1 + rate*lambda^i) = thres
-    topk: float = 1.0  # keep the best int(N*topk) units' ratios (by loss increase per FLOP removed)
-    step: float = 0.05  # ratio grid: step, 2*step, ... <= max_ratio
-    max_ratio: float = 0.95
-    criterion: str = "l1"  # l1 | l2 | fisher saliency inside a unit, recomputed on the pruned model
-    divisor: int = 1
-    min_keep: int = 1
-    search: str = "linear"  # linear: every ratio up to the first trip (the reference); gallop: see _search_gallop
-    schedule: str = "reference"  # reference: thres_i = rate * lambda^i per unit; flops: rate x FLOPs share the cut removes
-    trip: str = "any"  # any: a cut trips when any task loss exceeds (1 + thres) x its base (reference); mean: their mean
-    guard: bool = True  # stop the pass once a task loss exceeds initial_thres x its original value
-
-    def ratios(self) -> list[float]:
-        n = int(math.floor(self.max_ratio / self.step + 1e-9))
-        return [round(self.step * (i + 1), 6) for i in range(n)]
 
 
 @dataclass
@@ -113,10 +91,10 @@ def solve_lambda(rate: float, thres: float, n_units: int) -> float:
 class PAGCP:
     def __init__(self, model: nn.Module, groups: GroupSet, task_losses: Callable[[], np.ndarray],
                  tasks: list[str], cfg: PAGCPConfig, units: list[Group] | None = None, progress: bool = True,
-                 journal: str | Path | None = None, write_journal: bool = True, floor: float | None = None,
+                 journal: Journal | None = None, floor: float | None = None,
                  start: dict[int, list[int]] | None = None, monitor: Callable[[float, float], bool] | None = None):
-        """journal: progress file read at the start and, with write_journal (only one process of a DDP run
-        writes), rewritten after every unit.
+        """journal: progress file read at the start and rewritten after every unit (by the processes whose
+        journal writes: one of a DDP run).
         floor: no cut may take the conv FLOPs below this share of the unpruned model's (a FLOPs budget);
         start: channels already removed (group id -> positions): the pass only removes more (a top-up pass);
         monitor(share, least share still reachable) after each unit: True ends the pass there (a search pass
@@ -127,16 +105,13 @@ class PAGCP:
         self.oracle_calls = 0
         self.resumed_units = 0  # units replayed from the journal
         self.progress = progress
-        self.journal = Path(journal) if journal else None
-        self.write_journal = write_journal
+        self.journal = journal
         self.floor, self.start, self.monitor = floor, dict(start or {}), monitor
         self.aborted = False  # the monitor ended the pass
         self.guard_stopped = -1  # index of the unit after which the cumulative guard stopped the pass (-1: never)
         self.original_losses = self.final_losses = None
         self._in_cols = self._input_columns()
         self._focus = getattr(task_losses, "focus", None)  # oracles that cache per unit are told which one
-        if cfg.criterion not in ("l1", "l2", "fisher"):
-            raise ValueError(f"PAGCP saliency must be l1, l2 or fisher, got '{cfg.criterion}'")
         self._mask_fisher = getattr(task_losses, "mask_fisher", None)
         if cfg.criterion == "fisher" and self._mask_fisher is None:
             raise ValueError("PAGCP fisher saliency needs an oracle with gradients (prune.methods.pagcp.oracle.CalibrationOracle)")
@@ -365,30 +340,18 @@ class PAGCP:
                 "units": [[g.id, len(g)] for g in units]}
 
     def _save_journal(self, units, decisions, original, base, thres, stopped) -> None:
-        if self.journal is None or not self.write_journal:
-            return
-        from utils.files import write_json
-
-        write_json({**self._fingerprint(units), "original": original.tolist(), "base": base.tolist(),
-                    "thres": thres, "stopped": stopped, "oracle_calls": self.oracle_calls,
-                    "decisions": [asdict(d) for d in decisions]}, self.journal, indent=None)
+        if self.journal is not None:
+            self.journal.save({**self._fingerprint(units), "original": original.tolist(), "base": base.tolist(),
+                               "thres": thres, "stopped": stopped, "oracle_calls": self.oracle_calls,
+                               "decisions": [asdict(d) for d in decisions]})
 
     def _load_journal(self, units: list[Group], original: np.ndarray) -> dict | None:
         """The journal's state if it belongs to this pass (same settings, units and unpruned losses), else None
-        when there is none; refuses one written for other settings or another model."""
-        if self.journal is None or not self.journal.exists():
+        when there is none; refuses one written for other settings, another model or by another version."""
+        state = self.journal.load() if self.journal is not None else None
+        if state is None:
             return None
-        try:
-            state = json.loads(self.journal.read_text())
-        except (OSError, ValueError):
-            return None  # damaged or edited by hand: redo the pass rather than trust it
-        hint = "resume with the same flags, or delete it to redo this round's pruning"
-        fingerprint = json.loads(json.dumps(self._fingerprint(units)))  # as stored: lists, not tuples
-        if {k: state.get(k) for k in fingerprint} != fingerprint:
-            raise ValueError(f"{self.journal} was written by a PAGCP pass with other settings or another model; {hint}")
-        if not np.allclose(state["original"], original, rtol=1e-3, atol=1e-6):
-            raise ValueError(f"{self.journal}: the unpruned losses differ from this model's on the calibration "
-                             f"images (another model or dataset?); {hint}")
+        self.journal.check(state, self._fingerprint(units), original)
         self.oracle_calls += state.get("oracle_calls", 0) - 1  # the first call was repeated above
         return state
 
