@@ -1,5 +1,5 @@
 # AGPL-3.0 License
-"""The recovery recipe: fine-tuning defaults for a pruned model (README "Recovery recipe").
+"""The recovery recipe: fine-tuning defaults for a pruned model (docs/guides/recovery.md).
 
 YOLOv5's train.py defaults (hyp.scratch-low: lr0 0.01, warmup of max(3 epochs, 100 iterations), nominal batch 64)
 are made for training from scratch: a fine-tune of a few epochs on a small dataset runs entirely inside that warmup,
@@ -85,5 +85,5 @@ def apply_recipe(opt: Namespace, given: set[str]) -> dict:
         LOGGER.info(f"recovery recipe: {opt.weights} is a pruned model ({why}): fine-tuning with "
                     + (", ".join(f"--{k.replace('_', '-')} {v}" for k, v in changed.items()) or "nothing changed")
                     + (f" ({', '.join(kept)} as given)" if kept else "")
-                    + " (README 'Recovery recipe'; give --hyp/--nbs to choose your own)")
+                    + " (docs/guides/recovery.md; give --hyp/--nbs to choose your own)")
     return changed
