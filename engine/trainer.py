@@ -28,11 +28,11 @@ import torch.distributed as dist
 import torch.nn as nn
 import yaml
 from ultralytics.cfg import get_cfg
-from ultralytics.data.build import build_dataloader, build_yolo_dataset
+from ultralytics.data.build import build_dataloader
 from ultralytics.utils import TQDM
 from ultralytics.utils.torch_utils import ModelEMA, torch_distributed_zero_first
 
-from data.datasets import build_val_loader, check_dataset, checked_dataset
+from data.datasets import build_train_dataset, build_val_loader, check_dataset, checked_dataset
 from engine.distill import OutputDistiller
 from engine.optim import build_optimizer, freeze_layers, lr_factor
 from engine.train_config import check_options, load_hyp, resume_options, seed_everything, train_options
@@ -43,6 +43,7 @@ from engine.validation import ValResult, format_table, validate
 from models.loader import class_rows_kept, finalize, fuse_model, load_model, reset_classes
 from models.loss import build_criterion
 from prune.methods.slim import SparsityPenalty
+from prune.widths import is_yaml_pruned, mark_yaml_pruned
 from utils.checkpoint import save_checkpoint
 from utils.distributed import setup as setup_distributed
 from utils.files import write_text
@@ -114,6 +115,8 @@ class Trainer:
             model = self._given_model
         elif opt.weights and Path(str(opt.weights)).suffix not in (".yaml", ".yml"):
             model = load_model(opt.weights, trust=opt.trust_checkpoint)
+            if is_yaml_pruned(getattr(model, "yaml", None)):  # an older mark gets today's (refused by YOLOv5/v7 too)
+                mark_yaml_pruned(model)
             if opt.cfg:
                 LOGGER.warning("both --weights and --cfg given: training the checkpoint's own structure "
                                "(a checkpoint, pruned or not, is never rebuilt from a yaml)")
@@ -135,8 +138,8 @@ class Trainer:
         self.data_cfg = get_cfg(overrides={"imgsz": self.opt.imgsz, "task": "detect", "single_cls": self.opt.single_cls,
                                            "cache": False, "fraction": 1.0, "rect": False, **aug})
         with torch_distributed_zero_first(self.local_rank):  # rank 0 writes the label cache first
-            dataset = checked_dataset(lambda: build_yolo_dataset(self.data_cfg, data["train"], batch,
-                                                                 {**data, "channels": 3}, mode="train", stride=stride),
+            dataset = checked_dataset(lambda: build_train_dataset(self.data_cfg, data["train"], batch,
+                                                                  {**data, "channels": 3}, stride=stride),
                                       f"{data['yaml_file']} 'train'")
         workers = min(self.opt.workers, os.cpu_count() or 1)
         # ultralytics seeds the loader's generator (shuffling, its workers' augmentation) from torch's seed

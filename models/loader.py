@@ -47,7 +47,7 @@ def _names_dict(names: Any, nc: int) -> dict[int, str]:
     return {i: f"class{i}" for i in range(nc)}
 
 
-def _finalize(model: nn.Module, names: Any = None) -> nn.Module:
+def finalize(model: nn.Module, names: Any = None) -> nn.Module:
     """Common post-load fixes: float32, eval, names as a dict, nc, compatibility attributes."""
     model = model.float().eval()
     head = detection_head(model)
@@ -108,7 +108,7 @@ def load_model(weights: str | Path, nc: int | None = None, trust: bool = False, 
     """
     weights = Path(weights)
     if weights.suffix in (".yaml", ".yml"):
-        model = _finalize(_from_yaml(weights, nc))
+        model = finalize(_from_yaml(weights, nc))
     else:
         ckpt = load_checkpoint(weights, trust=trust)
         if isinstance(ckpt, nn.Module):
@@ -125,7 +125,7 @@ def load_model(weights: str | Path, nc: int | None = None, trust: bool = False, 
             )
         if not hasattr(model, "model") or not isinstance(getattr(model, "model", None), nn.Sequential):
             raise CheckpointError(f"{weights}: the pickled model ({type(model).__name__}) is not a YOLO detector")
-        model = _finalize(model)
+        model = finalize(model)
     return fuse_model(model) if fuse else model
 
 
@@ -255,4 +255,3 @@ def _reset_ultralytics_head(head: nn.Module, nc: int, same: dict[int, int]) -> N
             new.bias[new_rows] = last.bias[old_rows]
 
 
-finalize = _finalize  # public name (engine.trainer resumes a checkpoint's model with it)

@@ -29,7 +29,7 @@ def test_compress_help(capsys):
     text = _help(compress, capsys)
     flat = " ".join(text.split())  # argparse wraps lines
     assert "With no arguments, compress.py runs the offline demo" in flat
-    method = flat.rsplit("--method METHOD", 1)[1].split("--criterion", 1)[0]  # the option's entry, not the usage
+    method = flat.rsplit("--method {", 1)[1].split("--criterion", 1)[0]  # the option's entry, not the usage
     assert all(m in method.split() or f"{m}," in method or f"{m};" in method or f"({m}" in method
                for m in ONE_SHOT_METHODS), method
     assert "(default: pagcp)" in method and "(default: 64)" in flat.rsplit("--calib-images CALIB_IMAGES", 1)[1][:300]

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 import compress
 import export
+from prune.methods.pagcp.journal import Journal
 import train
 import val
 
@@ -483,7 +484,7 @@ def test_pagcp_journal_replays_trips_and_refuses_another_pass(tiny, tmp_path):
             return scale * np.array([1 + 2 * r, 1 + 0.5 * r + 2 * r0, 1 + r**2])
 
         policy = PAGCP(model, groups, oracle, ["box", "obj", "cls"], cfg or PAGCPConfig(0.1, 1.25, step=0.1),
-                       progress=False, journal=journal)
+                       progress=False, journal=journal and Journal(journal))
         removed, decisions = policy.run()
         return removed, [asdict(d) for d in decisions], len(calls)
 

@@ -26,7 +26,6 @@ def default_cfg() -> dict:
     return yaml.safe_load(DEFAULT_CFG.read_text())
 
 
-_defaults = default_cfg  # former private name, kept until every caller imports default_cfg
 
 
 def defaults(script: str | None = None) -> dict:
