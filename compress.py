@@ -162,9 +162,6 @@ def _add_pagcp_args(p: argparse.ArgumentParser, d: dict) -> None:
                          help="PAGCP: per-unit threshold rate*lambda^i (reference) or rate x FLOPs share the cut removes")
     g_pagcp.add_argument("--trip", default=d["trip"], choices=TRIPS,
                          help="PAGCP: a cut trips when any task loss (reference) or their mean passes the threshold")
-    g_pagcp.add_argument("--reference-protocol", action="store_true", default=d.get("reference_protocol", False),
-                         help="PAGCP with the reference flags: the reference's oracle exactly (running BN, "
-                              "--prunemethod as given, any-task trip) instead of the improved one (cfg target_oracle)")
     g_pagcp.add_argument("--force", action="store_true", help="accept a --target-flops below min_target_flops (0.1)")
     g_pagcp.add_argument("--model", default=None, help="reference flag: model name (informational)")
     g_pagcp.add_argument("--dataset", default=None, choices=("COCO", "VOC"),

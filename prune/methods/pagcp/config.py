@@ -158,15 +158,13 @@ def check_options(opt) -> None:
 
 def resolve_target(opt, explicit: set[str], d: dict) -> None:
     """PAGCP's budget when none was given: `pagcp_target` of the base FLOPs unless the reference flags
-    (REFERENCE_FLAGS) were set. The improved oracle (`target_oracle`: BN statistics of each trial's batch,
-    mask-Fisher saliency, the mean trip) is used unless a flag sets it, with a FLOPs target and with the
-    reference flags alike; `--reference-protocol` (threshold mode) keeps the reference's oracle exactly.
+    (REFERENCE_FLAGS) were set; with a target, the oracle settings of `target_oracle` unless given.
 
     opt: the run's options (filled in place: settings, before anything runs); explicit: option names the user
     set (command line, recipe, demo profile); d: compress defaults (cfg/default.yaml)."""
     if opt.target_flops is None and not any(k in explicit for k in REFERENCE_FLAGS):
         opt.target_flops = d.get("pagcp_target")
-    if opt.target_flops is not None or not getattr(opt, "reference_protocol", False):
+    if opt.target_flops is not None:
         for k, v in (d.get("target_oracle") or {}).items():
             if k not in explicit:
                 setattr(opt, k, v)
