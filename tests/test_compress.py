@@ -42,7 +42,7 @@ def test_one_shot_writes_outputs(cfg, shapes_yaml, tmp_path):
         (["--ratio", "0.3", "--target-flops", "0.5"], "give exactly one of"),
         ([], "give exactly one of"),
         (["--ratio", "0.3", "--method", "magic"], "unknown --method 'magic'"),
-        (["--target-flops", "0.0001"], "keeps under 0.1 of the base FLOPs"),  # issue 15: refused unless --force
+        (["--target-flops", "0.0001"], "keeps under 0.1 of the base FLOPs"),  # refused unless --force
         (["--target-flops", "0.0001", "--force"], "cannot be reached"),
     ],
 )
@@ -101,7 +101,7 @@ def test_pagcp_reference_command_shape(shapes_yaml, tmp_path):
     assert 0 < s["rounds"][0]["forward_equivalents"] < s["rounds"][0]["image_forwards"]  # the prefix cache saves
     for f in ("pruned.pt", "channels.json", "channels.png", "rounds.png", "results.csv", "report.md", "opt.json",
               "round_0/pruned.pt", "round_0/channels.json", "round_0/units.txt", "round_0/loss_curves.png"):
-        assert (out / f).exists(), f  # every output issue 5 lists (weights/best.pt needs --epochs > 0)
+        assert (out / f).exists(), f  # every output a run promises (weights/best.pt needs --epochs > 0)
     keys = {"params", "gflops", "map50", "map50_95", "map50_95_before_finetune", "image_forwards", "seconds"}
     assert keys <= set(s["rounds"][0]) and keys - {"map50_95_before_finetune", "image_forwards", "seconds"} <= set(s["base"])
 

@@ -1,5 +1,5 @@
 # AGPL-3.0 License
-"""Every method of the source documents from the CLI on yaml-built YOLOv8n and YOLOv7-tiny (issue 6): PAGCP,
+"""Every method of the source documents from the CLI on yaml-built YOLOv8n and YOLOv7-tiny: PAGCP,
 Group Fisher, network slimming, global L1, and seed 002's analyse -> select -> prune sequence."""
 
 from __future__ import annotations

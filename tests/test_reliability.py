@@ -536,7 +536,7 @@ def test_train_killed_and_resumed(tiny_pt, shapes_yaml, tmp_path):
     assert _sha(tiny_pt) == before and _files(tiny_pt.parent) == {tiny_pt.name}
 
 
-# ---------------------------------------------------------------- SIGTERM behaves like Ctrl-C (issue 17 item 8)
+# ---------------------------------------------------------------- SIGTERM behaves like Ctrl-C
 def _terminate_when(cmd: list[str], ready, timeout: float = 300) -> tuple[int, str]:
     """Run cmd, send SIGTERM once ready() is true; (return code, stderr). Skips if it finished first."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
