@@ -41,7 +41,7 @@ from engine.safeguards import FLOOR_GROUPS, floor_warning, groups_at_floor, reso
 from engine.train_state import storable
 from engine.trainer import train, train_options
 from engine.validation import ValResult, format_table, validate, write_json
-from models.loader import fuse_model, load_model, model_family, reset_classes
+from models.loader import finalize, fuse_model, load_model, model_family, reset_classes
 from models.loss import build_criterion
 from prune import build_groups
 from prune.methods import METHOD_NAMES, PlanContext, get_method
@@ -143,6 +143,8 @@ def run(opt) -> dict:
         weights = str(ensure_base_model(opt, data))
     from_yaml = Path(str(weights)).suffix in (".yaml", ".yml")
     model = load_model(weights, nc=data["nc"] if from_yaml else None, trust=opt.trust_checkpoint)
+    if from_yaml:  # a yaml build has placeholder names ('0', '1', ...): the data's are the model's own
+        model = finalize(model, data["names"])
     if model.nc != data["nc"] and not opt.single_cls:
         raise UsageError(f"{weights} predicts {model.nc} classes but {data['yaml_file']} has {data['nc']}: "
                          "pass the matching --data (or --single-cls)")

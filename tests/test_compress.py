@@ -30,6 +30,7 @@ def test_one_shot_writes_outputs(cfg, shapes_yaml, tmp_path):
     for key in ("params", "gflops", "map50", "map50_95"):
         assert key in s["before"] and key in s["after"]
     model = load_model(out / "pruned.pt")
+    assert model.names == {0: "circle", 1: "square", 2: "triangle", 3: "cross"}  # --data's, not '0', '1', ...
     channels = json.loads((out / "channels.json").read_text())
     conv = dict(model.named_modules())["model.0.conv"]
     assert channels["model.0.conv"]["out"] == conv.out_channels < 16 and conv.out_channels % 4 == 0
