@@ -162,6 +162,9 @@ def _add_pagcp_args(p: argparse.ArgumentParser, d: dict) -> None:
                          help="PAGCP: per-unit threshold rate*lambda^i (reference) or rate x FLOPs share the cut removes")
     g_pagcp.add_argument("--trip", default=d["trip"], choices=TRIPS,
                          help="PAGCP: a cut trips when any task loss (reference) or their mean passes the threshold")
+    g_pagcp.add_argument("--reference-protocol", action="store_true", default=d["reference_protocol"],
+                         help="PAGCP with --initial_rate/--initial_thres: keep the reference pass's cut (else that pass "
+                              "sets the FLOPs share and the improved oracle of --target-flops reaches it)")
     g_pagcp.add_argument("--force", action="store_true", help="accept a --target-flops below min_target_flops (0.1)")
     g_pagcp.add_argument("--model", default=None, help="reference flag: model name (informational)")
     g_pagcp.add_argument("--dataset", default=None, choices=("COCO", "VOC"),

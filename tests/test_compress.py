@@ -88,13 +88,24 @@ def test_slim_and_pruning_params(shapes_yaml, tmp_path):
     assert sorted(g["group"] for g in changed) == [3, 10] and s["method"] == "l2"
 
 
-def test_pagcp_reference_command_shape(shapes_yaml, tmp_path):
-    """The seed README's flags are accepted; one PAGCP round writes its decision table."""
+@pytest.mark.parametrize("protocol", [[], ["--reference-protocol"]])
+def test_pagcp_reference_command_shape(protocol, shapes_yaml, tmp_path):
+    """The seed README's flags are accepted; one PAGCP round writes its decision table. Their pass sets the FLOPs
+    share that the improved oracle then reaches, unless --reference-protocol keeps the reference pass's cut."""
     rc = _run(["--model", "yolov5n", "--data", str(shapes_yaml), "--batch", "8", "--weights", "yolov5n.yaml",
                "--initial_rate", "0.06", "--initial_thres", "6.", "--topk", "0.8", "--exp", "--sequential",
-               "--device", "cpu", "--method", "pagcp", "--img", "64", "--calib-images", "4", "--ratio-step", "0.3"], tmp_path)
+               "--device", "cpu", "--method", "pagcp", "--img", "64", "--calib-images", "4", "--ratio-step", "0.3",
+               *protocol], tmp_path)
     assert rc == 0
     out = tmp_path / "runs" / "exp"
+    head = (out / "round_0" / "units.txt").read_text().splitlines()[:3]
+    if protocol:
+        assert not any("reference pass" in line for line in head), head
+    else:  # "reference pass: ... FLOPs x0.8xx" then "PAGCP to FLOPs x0.8xx +- 0.01 (greedy): reached x0.8yy"
+        share = float(head[1].rsplit("x", 1)[1])
+        assert head[1].startswith("reference pass:") and share < 1, head
+        assert head[2].startswith(f"PAGCP to FLOPs x{share:.3f}"), head
+        assert abs(float(head[2].rsplit("reached x", 1)[1]) - share) <= 0.02, head
     units = json.loads((out / "round_0" / "units.json").read_text())
     assert units and all({"group", "ratio", "tripped_by", "loss_ratios"} <= set(u) for u in units)
     s = json.loads((out / "summary.json").read_text())

@@ -243,6 +243,15 @@ def test_target_mode_oracle_defaults_yield_to_given_flags():
     d = defaults("compress")
     assert opt.target_flops is None and (opt.oracle_bn, opt.trip, opt.prunemethod) == (d["oracle_bn"], d["trip"],
                                                                                      d["prunemethod"])
+    assert opt.reference_budget == profile  # the second pass's oracle: the reference pass only sets the FLOPs
+    opt = compress.parse_opt(["--weights", "w.pt", "--data", "d.yaml", "--initial_rate", "0.06", "--initial_thres", "6",
+                              "--trip", "any"])
+    check_args(opt)
+    assert opt.reference_budget == {k: v for k, v in profile.items() if k != "trip"}  # a given flag wins
+    for extra in (["--reference-protocol"], ["--target-flops", "0.7"]):
+        opt = compress.parse_opt(["--weights", "w.pt", "--data", "d.yaml", "--initial_rate", "0.06", *extra])
+        check_args(opt)
+        assert opt.reference_budget is None
 
 
 @pytest.mark.parametrize("extra, message", [

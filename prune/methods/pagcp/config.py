@@ -158,12 +158,19 @@ def check_options(opt) -> None:
 
 def resolve_target(opt, explicit: set[str], d: dict) -> None:
     """PAGCP's budget when none was given: `pagcp_target` of the base FLOPs unless the reference flags
-    (REFERENCE_FLAGS) were set; with a target, the oracle settings of `target_oracle` unless given.
+    (REFERENCE_FLAGS) were set; with a target, the oracle settings of `target_oracle` unless given. With the
+    reference flags and no `--reference-protocol`, `opt.reference_budget` holds the `target_oracle` settings the
+    second pass uses (the first, the reference's, only sets its FLOPs share); None otherwise.
 
     opt: the run's options (filled in place: settings, before anything runs); explicit: option names the user
     set (command line, recipe, demo profile); d: compress defaults (cfg/default.yaml)."""
-    if opt.target_flops is None and not any(k in explicit for k in REFERENCE_FLAGS):
+    paper = opt.target_flops is None and any(k in explicit for k in REFERENCE_FLAGS)
+    if opt.target_flops is None and not paper:
         opt.target_flops = d.get("pagcp_target")
+    # the reference flags without --reference-protocol: their pass sets the FLOPs share, the improved oracle
+    # (these settings) reaches it (prune/methods/pagcp/method.py)
+    opt.reference_budget = ({k: v for k, v in (d.get("target_oracle") or {}).items() if k not in explicit}
+                            if paper and not getattr(opt, "reference_protocol", False) else None)
     if opt.target_flops is not None:
         for k, v in (d.get("target_oracle") or {}).items():
             if k not in explicit:
