@@ -5,6 +5,10 @@ Families:
   'yolov5'      anchor-based YOLOv5 (v5.0 and v6+ releases), models.yolo.Model with a Detect head
   'yolov7'      anchor-based YOLOv7, models.yolo.Model with an IDetect head
   'ultralytics' YOLOv5u / YOLOv8 / YOLOv9 / YOLO11 ... through ultralytics.nn.tasks.DetectionModel
+
+Other model kinds (ultralytics segment / pose / OBB / classify, RT-DETR, YOLO-World, YOLOE, or any head this
+toolkit does not know) are refused by `check_supported` in one line, before anything is built or written: every
+tool loads its model here, so none of them can prune, train, validate or export such a model half-way.
 """
 
 from __future__ import annotations
@@ -18,8 +22,39 @@ import torch.nn as nn
 from models.common import ImplicitM
 from models.yolo import MODELS_DIR, Detect, IDetect, Model, init_head_bias
 from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.general import UsageError
 
 FAMILIES = ("yolov5", "yolov7", "ultralytics")
+# the detection heads supported end to end (prune, fine-tune, validate, export), by family
+YOLO_HEADS = ("Detect", "IDetect")  # models.yolo
+ULTRALYTICS_HEADS = ("Detect", "v10Detect")  # ultralytics.nn.modules.head; YOLO26 detectors use Detect
+SUPPORTED = ("detection models only: YOLOv5/YOLOv7 (Detect, IDetect heads) and ultralytics Detect, v10-style and "
+             "YOLO26 heads")
+# head class name (prefix) -> the kind of model a user knows it as
+_TASKS = (("YOLOESegment", "a YOLOE segmentation"), ("Segment", "a segmentation"), ("SemanticSegment", "a segmentation"),
+          ("Pose", "a pose"), ("OBB", "an oriented-box (OBB)"), ("Classify", "a classification"),
+          ("RTDETRDecoder", "an RT-DETR"), ("WorldDetect", "a YOLO-World"), ("YOLOEDetect", "a YOLOE"))
+
+
+def check_supported(head: nn.Module | str, source: Any, ultralytics: bool = True) -> None:
+    """Refuse a model whose head (a module or, for a yaml, the head's class name) is not a supported detection
+    head: raises UsageError with one line naming the task and what is supported. `ultralytics`: whether a head
+    given by name comes from an ultralytics yaml (else a YOLOv5/YOLOv7 yaml of models/)."""
+    if isinstance(head, str):
+        name, ok = head, head in (ULTRALYTICS_HEADS if ultralytics else YOLO_HEADS)
+    else:
+        name, cls = type(head).__name__, type(head)
+        if cls.__module__.startswith("ultralytics."):
+            from ultralytics.nn.modules import head as ul_heads
+
+            ok = cls in tuple(getattr(ul_heads, n) for n in ULTRALYTICS_HEADS)
+        else:
+            ok = cls in (Detect, IDetect)
+    if ok:
+        return
+    task = next((t for prefix, t in _TASKS if name.startswith(prefix)), None)
+    what = f"{task} model ({name} head)" if task else f"a model with a head this toolkit does not know ({name})"
+    raise UsageError(f"{source}: {what} is not supported; this toolkit supports {SUPPORTED}: pass a detection model")
 
 
 def model_family(model: nn.Module) -> str:
@@ -76,8 +111,6 @@ def _from_ultralytics_checkpoint(ckpt: dict, path: Path) -> nn.Module:
     model.args = {**DEFAULT_CFG_DICT, **(ckpt.get("train_args") or {})}
     model.pt_path = str(path)
     model.task = getattr(model, "task", None) or guess_model_task(model)
-    if model.task != "detect":
-        raise CheckpointError(f"{path}: an ultralytics '{model.task}' model; this toolkit compresses detectors only")
     return model
 
 
@@ -89,6 +122,7 @@ def _from_yaml(cfg: str | Path, nc: int | None) -> nn.Module:
 
         d = yaml.safe_load((ours if ours.exists() else next(MODELS_DIR.rglob(p.name))).read_text())
         if "backbone" in d and "anchors" in d:  # YOLOv5 / YOLOv7 anchor-based yaml
+            check_supported(_yaml_head(d), cfg, ultralytics=False)
             return Model(ours if ours.exists() else p.name, nc=nc)
     from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
@@ -98,7 +132,15 @@ def _from_yaml(cfg: str | Path, nc: int | None) -> nn.Module:
         raise FileNotFoundError(
             f"model yaml '{cfg}' not found in ./, {MODELS_DIR} or the ultralytics package: {e}"
         ) from None
+    check_supported(_yaml_head(d), cfg)  # before building: some heads (YOLO-World, YOLOE) fail to build here
     return DetectionModel(d, nc=nc, verbose=False)
+
+
+def _yaml_head(d: dict) -> str:
+    """The class name of a model yaml's last layer (its head), '?' when the yaml does not say."""
+    layers = d.get("head") or d.get("backbone") or [[]]
+    last = layers[-1] if isinstance(layers, list) and layers else []
+    return str(last[2]).split(".")[-1] if isinstance(last, list) and len(last) > 2 else "?"
 
 
 def load_model(weights: str | Path, nc: int | None = None, trust: bool = False, fuse: bool = False) -> nn.Module:
@@ -115,8 +157,6 @@ def load_model(weights: str | Path, nc: int | None = None, trust: bool = False, 
             model = ckpt
         elif isinstance(ckpt, dict) and isinstance(ckpt.get("ema") or ckpt.get("model"), nn.Module):
             model = ckpt.get("ema") or ckpt["model"]
-            if not isinstance(model, Model):
-                model = _from_ultralytics_checkpoint(ckpt, weights)
         else:
             keys = list(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
             raise CheckpointError(
@@ -125,6 +165,9 @@ def load_model(weights: str | Path, nc: int | None = None, trust: bool = False, 
             )
         if not hasattr(model, "model") or not isinstance(getattr(model, "model", None), nn.Sequential):
             raise CheckpointError(f"{weights}: the pickled model ({type(model).__name__}) is not a YOLO detector")
+        check_supported(detection_head(model), weights)
+        if isinstance(ckpt, dict) and not isinstance(model, Model):
+            model = _from_ultralytics_checkpoint(ckpt, weights)
         model = finalize(model)
     return fuse_model(model) if fuse else model
 
