@@ -62,6 +62,8 @@ def build_parser(d: dict) -> argparse.ArgumentParser:
     g_base.add_argument("--base-epochs", type=int, default=d["base_epochs"], help="no --weights: base training epochs")
     g_base.add_argument("--base-hyp", default=d["base_hyp"], help="no --weights: base training hyperparameters")
     g_base.add_argument("--base-optimizer", default=d["base_optimizer"], help="no --weights: base training optimizer")
+    g_base.add_argument("--base-workers", type=int, default=d["base_workers"],
+                        help="no --weights: base training dataloader workers (0: the same base on any CPU count)")
     g_out = p.add_argument_group("output")
     g_out.add_argument("--project", default=d["project"], help="save to project/name")
     g_out.add_argument("--name", default=d["name"], help="save to project/name")

@@ -15,13 +15,14 @@ from utils.general import LOGGER
 
 def base_model_path(opt, data: dict) -> Path:
     """Where the demo's base model for these options is cached."""
-    tag = f"{Path(data['yaml_file']).parent.name}-{opt.base_cfg.replace('.yaml', '')}-{opt.imgsz}-{opt.base_epochs}"
+    tag = (f"{Path(data['yaml_file']).parent.name}-{opt.base_cfg.replace('.yaml', '')}-{opt.imgsz}-{opt.base_epochs}"
+           f"-w{opt.base_workers}")
     return shapes_root() / "base" / f"{tag}.pt"
 
 
 def ensure_base_model(opt, data: dict) -> Path:
-    """No --weights: a small base model (--base-cfg, --base-epochs, --base-hyp, --base-optimizer) trained from
-    scratch on --data once (all processes of a DDP run agree), cached at `base_model_path` for reuse.
+    """No --weights: a small base model (--base-cfg, --base-epochs, --base-hyp, --base-optimizer, --base-workers)
+    trained from scratch on --data once (all processes of a DDP run agree), cached at `base_model_path` for reuse.
 
     Returns:
         the base checkpoint's path."""
@@ -33,7 +34,7 @@ def ensure_base_model(opt, data: dict) -> Path:
     LOGGER.info(f"no --weights: training a base {opt.base_cfg} on {data['yaml_file']} for {opt.base_epochs} epochs "
                 f"(cached at {path} for later runs)")
     res = train(cfg=opt.base_cfg, data=opt.data, epochs=opt.base_epochs, imgsz=opt.imgsz, batch_size=opt.batch_size,
-                device=opt.device, workers=opt.workers, hyp=opt.base_hyp, optimizer=opt.base_optimizer,
+                device=opt.device, workers=opt.base_workers, hyp=opt.base_hyp, optimizer=opt.base_optimizer,
                 seed=opt.seed, save_dir=str(path.parent / f".{tag}-run"), exist_ok=True)
     if ddp.is_main():
         copy_file(res.best, path)

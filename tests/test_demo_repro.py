@@ -1,11 +1,11 @@
 # AGPL-3.0 License
 """The offline demo's base training (`python compress.py` without --weights) is reproducible: the same seed in two
-separate processes (no random state carried between them) gives bit-identical weights and the same metrics.
+separate processes (no random state carried between them) that see different CPU counts gives bit-identical weights
+and the same metrics.
 
-On a CPU this holds while the trainer seeds torch (model init, the loader's generator, hence every worker's
-augmentation); it does not hold across worker counts (each worker draws its own augmentation stream), which is why
-the demo's base can differ between machines with different CPU counts. cuDNN's deterministic mode matters on CUDA
-only and is not exercised here."""
+Dataloader workers each draw their own augmentation stream and their number follows the CPU count, so the demo's
+base trains in the main process (--base-workers 0); with workers (any count the CPU count caps) two machines trained
+different bases. cuDNN's deterministic mode matters on CUDA only and is not exercised here."""
 
 from __future__ import annotations
 
@@ -22,7 +22,10 @@ from conftest import ROOT
 # the demo's own path: compress.py's options (demo profile, then these flags) -> ensure_base_model, as
 # engine.compressor.run calls it when --weights is not given; workers stay at the demo's default
 SCRIPT = """
+import os
 import sys
+if os.environ.get("TEST_CPU_COUNT"):  # a machine with this many cores
+    os.cpu_count = lambda: int(os.environ["TEST_CPU_COUNT"])
 import compress
 from data.datasets import check_dataset
 from engine.demo import ensure_base_model
@@ -32,10 +35,11 @@ print(ensure_base_model(opt, check_dataset(opt.data, splits=("train", "val"))))
 """
 
 
-def _train_base(data: Path, cache: Path) -> tuple[Path, Path]:
-    """One base training in a fresh process with its own cache (nothing reused); returns (checkpoint, run folder)."""
+def _train_base(data: Path, cache: Path, cpus: int) -> tuple[Path, Path]:
+    """One base training in a fresh process that sees `cpus` cores, with its own cache (nothing reused); returns
+    (checkpoint, run folder)."""
     cache.mkdir()
-    env = {**os.environ, "YOLOC_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "YOLOC_CACHE": str(cache), "PYTHONPATH": str(ROOT), "TEST_CPU_COUNT": str(cpus)}
     argv = ["--data", str(data), "--imgsz", "64", "--batch-size", "8", "--base-epochs", "1"]
     p = subprocess.run([sys.executable, "-c", SCRIPT, *argv], cwd=cache, env=env, capture_output=True, text=True,
                        timeout=600)
@@ -62,10 +66,10 @@ def _metrics(run: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_demo_base_training_is_reproducible(shapes_yaml, tmp_path):
-    (a, run_a), (b, run_b) = (_train_base(shapes_yaml, tmp_path / name) for name in ("a", "b"))
+    (a, run_a), (b, run_b) = (_train_base(shapes_yaml, tmp_path / name, cpus) for name, cpus in (("a", 1), ("b", 4)))
     sa, sb = _state(a), _state(b)
     assert sa.keys() == sb.keys()
     assert any(v.numel() for v in sa.values())
     differ = [k for k in sa if not torch.equal(sa[k], sb[k])]
-    assert not differ, f"{len(differ)} of {len(sa)} tensors differ between two runs with one seed, e.g. {differ[:5]}"
+    assert not differ, f"{len(differ)} of {len(sa)} tensors differ between two runs with one seed on 1 and 4 cores, e.g. {differ[:5]}"
     assert _metrics(run_a) == _metrics(run_b)
