@@ -40,7 +40,8 @@ from engine.train_checks import TrainingWatch
 from engine.train_plots import plot_gammas, plot_results
 from engine.train_state import METRIC_KEYS, as_random_state, plain, read_csv, storable, strip_checkpoint, write_csv
 from engine.validation import ValResult, format_table, validate
-from models.loader import class_rows_kept, finalize, fuse_model, load_model, reset_classes
+from models.loader import (check_supported, class_rows_kept, detection_head, finalize, fuse_model, load_model,
+                           reset_classes)
 from models.loss import build_criterion
 from prune.methods.slim import SparsityPenalty
 from prune.widths import is_yaml_pruned, mark_yaml_pruned
@@ -113,6 +114,7 @@ class Trainer:
             return finalize(ckpt["model"]).float()
         if self._given_model is not None:
             model = self._given_model
+            check_supported(detection_head(model), type(model).__name__)  # as load_model does for files
         elif opt.weights and Path(str(opt.weights)).suffix not in (".yaml", ".yml"):
             model = load_model(opt.weights, trust=opt.trust_checkpoint)
             if is_yaml_pruned(getattr(model, "yaml", None)):  # an older mark gets today's (refused by YOLOv5/v7 too)
