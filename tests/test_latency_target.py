@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import builtins
+import json
 import tempfile
 from pathlib import Path
 
@@ -151,3 +152,39 @@ def test_runtime_call_runs_a_layer_on_each_installed_runtime():
         res = rt.runtime_call("openvino", f, 1, x)()
         # OpenVINO's CPU plugin may compute in a lower precision by default (as deployed): close, not equal
         assert np.allclose(np.asarray(res[0]), np.asarray(out[0]), rtol=5e-3, atol=2e-2)
+
+
+def _compress(args, tmp_path):
+    return compress.main(["--weights", "yolov5n.yaml", "--img", "128", "--batch", "8", "--epochs", "0",
+                          "--calib-images", "8", "--search-images", "4", "--bn-recalib", "0", "--runtime-threads", "1",
+                          "--project", str(tmp_path / "runs"), "--workers", "0"] + args)
+
+
+@pytest.mark.slow
+def test_compress_to_a_measured_speedup_then_from_the_cache(shapes_yaml, tmp_path, monkeypatch, capsys):
+    """End to end on the built-in data: the run measures base and pruned on the runtime and reports them
+    (summary.json, report.md); a second run on the same model reads the cached table; a target the base already
+    meets and one no plan reaches are refused in one line."""
+    monkeypatch.setenv("YOLOC_CACHE", str(tmp_path / "cache"))
+    assert _compress(["--data", str(shapes_yaml), "--target-speedup", "1.3", "--name", "a"], tmp_path) == 0
+    s = json.loads((tmp_path / "runs" / "a" / "summary.json").read_text())
+    lat = s["latency_target"]
+    assert lat["runtime"] == "onnxruntime" and lat["threads"] == 1 and not lat["table"]["cached"]
+    assert Path(lat["table"]["file"]).exists() and tmp_path / "cache" in Path(lat["table"]["file"]).parents
+    assert lat["speedup"] == pytest.approx(lat["base_ms"] / lat["pruned_ms"])
+    assert lat["target_ms"] == pytest.approx(lat["base_ms_alone"] / 1.3)
+    assert lat["met"] == (lat["pruned_ms"] <= lat["target_ms"] * (1 + lat["tolerance"]))
+    assert len(lat["rounds"]) == len(s["rounds"]) and all("latency" in r for r in s["rounds"])
+    assert lat["met"] or len(s["rounds"]) == 1 + 2  # a miss gets the top-up rounds (cfg latency_topups)
+    assert "## Latency target" in (tmp_path / "runs" / "a" / "report.md").read_text()
+    assert s["rounds"][0]["channels_removed"] > 0
+    target = lat["base_ms_alone"] / 1.2
+    assert _compress(["--data", str(shapes_yaml), "--target-latency", f"{target:.4f}", "--name", "b"], tmp_path) == 0
+    s2 = json.loads((tmp_path / "runs" / "b" / "summary.json").read_text())
+    assert s2["latency_target"]["table"]["cached"] and s2["latency_target"]["table"]["file"] == lat["table"]["file"]
+    capsys.readouterr()
+    assert _compress(["--data", str(shapes_yaml), "--target-latency", "10000", "--name", "c"], tmp_path) == 2
+    assert "already runs at" in capsys.readouterr().err
+    assert _compress(["--data", str(shapes_yaml), "--target-speedup", "1000", "--name", "d"], tmp_path) == 2
+    assert "cannot be reached" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "c").exists() and not (tmp_path / "runs" / "d").exists()
