@@ -88,6 +88,7 @@ class LatencyGoal:
     repeats: int
     divisor: int = 1
     asked: str = ""
+    speedup: float | None = None  # --target-speedup (None: --target-latency)
     measured: list[dict] = field(default_factory=list)  # after each round: base_ms, pruned_ms, speedup
     folder: tempfile.TemporaryDirectory | None = None
 
@@ -104,6 +105,7 @@ class LatencyGoal:
         goal.base_ms = median_ms(base, warmup=5, repeats=goal.repeats) / goal.batch
         if opt.target_speedup is not None:
             goal.target_ms, goal.asked = goal.base_ms / opt.target_speedup, f"--target-speedup {opt.target_speedup:g}"
+            goal.speedup = float(opt.target_speedup)
         else:
             goal.target_ms, goal.asked = float(opt.target_latency), f"--target-latency {opt.target_latency:g}"
         LOGGER.info(f"latency target: base {goal.base_ms:.2f} ms per image on {goal.where()}, target "
@@ -128,16 +130,21 @@ class LatencyGoal:
         export_onnx(prepare(model, "cpu"), x, f, opset=17)  # prepare: a fused copy
         return runtime_call(self.runtime, f, self.threads, x.numpy())
 
-    def current_ms(self) -> float:
-        return self.measured[-1]["pruned_ms"] if self.measured else self.base_ms
+    def goal_ms(self) -> float:
+        """The latency to reach, in the last measurement's terms: --target-speedup divides the base as measured
+        beside the pruned model (drift of the machine hits both), --target-latency is absolute."""
+        if self.speedup and self.measured:
+            return self.measured[-1]["base_ms"] / self.speedup
+        return self.target_ms
 
     def met(self) -> bool:
-        return bool(self.measured) and self.measured[-1]["pruned_ms"] <= self.target_ms * (1 + self.tol)
+        return bool(self.measured) and self.measured[-1]["pruned_ms"] <= self.goal_ms() * (1 + self.tol)
 
     def round_share(self, rounds_left: int) -> float:
         """The predicted latency share (of the round's input model) the round aims at: what the last measurement
         leaves to do, spread over the rounds left."""
-        return min(1.0, (self.target_ms / self.current_ms()) ** (1 / max(rounds_left, 1)))
+        now = self.measured[-1]["pruned_ms"] if self.measured else self.base_ms
+        return min(1.0, (self.goal_ms() / now) ** (1 / max(rounds_left, 1)))
 
     def settings(self, groups: GroupSet) -> dict:
         """The plan's settings for PAGCP (prune.methods.pagcp.config.PAGCPOptions): the table's cost and the kept
@@ -154,7 +161,7 @@ class LatencyGoal:
         row = {"round": k, "base_ms": b, "pruned_ms": p, "speedup": b / p}
         self.measured.append(row)
         LOGGER.info(f"round {k}: measured on {self.where()}: base {b:.2f} ms, pruned {p:.2f} ms, x{b / p:.2f} "
-                    f"(target {self.target_ms:.2f} ms{'' if self.met() else ', not met'})")
+                    f"(target {self.goal_ms():.2f} ms{'' if self.met() else ', not met'})")
         return row
 
     def summary(self, flops_ratio: float | None = None) -> dict:
@@ -164,7 +171,7 @@ class LatencyGoal:
         speedup = base / pruned if base and pruned else None
         return {"runtime": self.runtime, "backend": self.runtime, "device": "cpu", "batch": self.batch,
                 "imgsz": self.imgsz, "threads": self.threads, "repeats": self.repeats, "asked": self.asked,
-                "target_ms": self.target_ms, "base_ms": base, "pruned_ms": pruned, "speedup": speedup,
+                "target_ms": self.target_ms, "goal_ms": self.goal_ms(), "base_ms": base, "pruned_ms": pruned, "speedup": speedup,
                 "met": self.met(), "tolerance": self.tol, "base_ms_alone": self.base_ms, "rounds": self.measured,
                 "flops_factor": factor, "speedup_over_flops_factor": speedup / factor if speedup and factor else None,
                 "table": {**self.table_info, "overhead_ms": self.table.meta.get("overhead_ms")}}
@@ -178,7 +185,7 @@ class LatencyGoal:
                                           f"x{s['speedup']:.2f}")
         table = "cached" if self.table_info["cached"] else f"built in {self.table_info['seconds']:.0f}s"
         return (f"latency on {self.where()}: base {s['base_ms']:.2f} ms -> pruned {s['pruned_ms']:.2f} ms, speedup "
-                f"x{s['speedup']:.2f} (measured interleaved; target {self.target_ms:.2f} ms from {self.asked}: "
+                f"x{s['speedup']:.2f} (measured interleaved; target {self.goal_ms():.2f} ms from {self.asked}: "
                 f"{verdict}; latency table {table})")
 
     def markdown(self) -> str:
