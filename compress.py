@@ -8,6 +8,7 @@ for later runs), prunes it with PAGCP and fine-tunes it (cfg/default.yaml's demo
     python compress.py --weights yolov5n.pt --data coco128.yaml --img 320 --initial_rate 0.02 --epochs 5
     python compress.py --model yolov5m --dataset COCO --data coco.yaml --batch 64 --weights W \
         --initial_rate 0.06 --initial_thres 6. --topk 0.8 --exp --sequential --device 0     # the PAGCP paper's command
+    python compress.py --weights yolov5n.pt --data coco128.yaml --target-speedup 1.6 --runtime onnxruntime
     python compress.py --method l1 --target-flops 0.7 --epochs 0 --weights yolov5n.pt --data coco128.yaml
     python compress.py --resume runs/compress/exp3         # continue an interrupted run
     python compress.py --device 0,1,2,3 ...                # one process per GPU (DDP fine-tuning); or:
@@ -27,6 +28,7 @@ import yaml
 
 from data.datasets import DataConfigError
 from engine.compressor import check_args, run
+from utils.runtimes import RUNTIMES
 from prune.importance import SEED_CRITERIA
 from prune.methods import METHOD_NAMES
 from prune.methods.fisher import FISHER_NORMS
@@ -99,6 +101,16 @@ def _add_method_args(p: argparse.ArgumentParser, d: dict) -> None:
     g_method.add_argument("--criterion", default=None, help="alias of --method; seed 002's 0-6 are accepted")
     g_method.add_argument("--target-flops", type=float, default=d["target_flops"],
                           help="keep this share of the base conv FLOPs, e.g. 0.7 (with --divisor: the closest plan)")
+    g_method.add_argument("--target-speedup", type=float, default=d["target_speedup"],
+                          help="PAGCP: prune until base/pruned latency measured on --runtime reaches this factor (> 1)")
+    g_method.add_argument("--target-latency", type=float, default=d["target_latency"],
+                          help="PAGCP: prune until the latency measured on --runtime is this many ms per image")
+    g_method.add_argument("--runtime", default=d["runtime"], choices=RUNTIMES,
+                          help="--target-speedup/--target-latency: the runtime timed (CPU)")
+    g_method.add_argument("--runtime-threads", type=int, default=d["runtime_threads"],
+                          help="--runtime's intra-op threads as deployed (default: this machine's CPU cores)")
+    g_method.add_argument("--runtime-batch", type=int, default=d["runtime_batch"],
+                          help="--runtime's batch size as deployed")
     g_method.add_argument("--ratio", type=float, default=d["ratio"], help="share of channels to remove per group")
     g_method.add_argument("--pruning-params", default=None,
                           help="seed 002: a rate for every layer, or \"[(layer, rate), ...]\" (layers: --show-groups)")

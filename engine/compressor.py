@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from data.datasets import build_val_loader, check_dataset
+from engine import latency_target
 from engine.demo import base_model_path, ensure_base_model
 from engine.latency import compress_latency
 from engine.report import (
@@ -81,6 +82,7 @@ def check_args(opt) -> None:
         raise UsageError(f"unknown --method '{opt.method}': choose from {', '.join(METHOD_NAMES)}")
     if opt.target_flops is not None and not 0 < opt.target_flops < 1:
         raise UsageError(f"--target-flops must be in (0, 1), got {opt.target_flops}")
+    latency_target.check_options(opt)  # --target-speedup / --target-latency on --runtime
     resolve_budget(opt, defaults("compress"))  # PAGCP's default target, absurd targets
     if opt.method == "pagcp":
         pagcp_config.check_options(opt)
@@ -152,6 +154,7 @@ def run(opt) -> dict:
     opt.imgsz = check_imgsz(opt.imgsz, stride)  # once, before any graph trace or loader: every stage uses it
     if summary is None and (opt.ignore or opt.target_flops is not None):
         _check_reachable(model, opt)  # a bad --ignore pattern or an unreachable target: before any folder
+    goal = latency_target.LatencyGoal.create(opt, model, defaults("compress")) if latency_target.wanted(opt) else None
     if save_dir is None:  # the inputs are usable: only now is a run folder created (by rank 0, for all)
         if ddp.is_main():
             save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok)
@@ -169,9 +172,11 @@ def run(opt) -> dict:
     summary = ddp.broadcast(summary)  # rank 0's measurements
     teacher = copy.deepcopy(model).eval() if opt.distill else None
     run = SimpleNamespace(data=data, device=device, evaluate=evaluate, teacher=teacher, weights=str(weights),
-                          base_nc=int(model.nc))
+                          base_nc=int(model.nc), goal=goal, base=copy.deepcopy(model) if goal else None)
 
-    for k in range(opt.rounds):
+    for k in range(opt.rounds + (goal.topups if goal else 0)):  # a latency target: top-up rounds while missed
+        if k >= opt.rounds and goal.met():
+            break
         rdir = save_dir / f"round_{k}"
         if k < len(summary["rounds"]):  # finished before an interruption
             model = load_model(rdir / summary["rounds"][k]["model"]).to(device)
@@ -179,11 +184,13 @@ def run(opt) -> dict:
         # this round's FLOPs target, of its input: what is left of --target-flops over the rounds left, so that
         # rounds landing off their own target (within the band, or by --divisor rounding) do not compound
         done = float(np.prod([r.get("flops_share", 1.0) for r in summary["rounds"]]))
-        target = round_target(opt.target_flops, opt.rounds - k, done)
+        target = goal.round_share(opt.rounds - k) if goal else round_target(opt.target_flops, opt.rounds - k, done)
         model, entry = _round(k, model, opt, run, rdir, target)
         ddp.barrier()  # rank 0 has saved the round's model
         # the next round starts from the saved file, as it does after --resume: same structure either way
         model = load_model(rdir / entry["model"]).to(device)
+        if goal:
+            entry["latency"] = ddp.broadcast(goal.measure(run.base, model, k))
         summary["rounds"].append(entry)
         if ddp.is_main():
             write_json(summary, save_dir / "summary.json")
@@ -195,7 +202,7 @@ def run(opt) -> dict:
     summary["run_seconds"] = time.time() - t_run  # this process (a resumed run: since the resume)
     summary["base_trained"] = base_trained  # the demo's base model, in run_seconds
     write_json(summary, save_dir / "summary.json")
-    write_text(save_dir / "report.md", report_markdown(summary, opt))
+    write_text(save_dir / "report.md", report_markdown(summary, opt) + (goal.markdown() if goal else ""))
     LOGGER.info(console_table(summary))
     LOGGER.info(final_line(summary))
     if summary.get("head_change"):
@@ -204,6 +211,8 @@ def run(opt) -> dict:
         LOGGER.warning(w)
     LOGGER.info(f"Results saved to {save_dir}: pruned.pt (final model), summary.json, results.csv, report.md, "
                 f"round_*/")
+    if goal:
+        LOGGER.info(goal.line())
     summary["save_dir"] = str(save_dir)
     return summary
 
@@ -229,7 +238,9 @@ def _finish(summary: dict, model: nn.Module, opt, run, save_dir: Path, base_chan
     summary["divisor"], summary["target_flops"] = opt.divisor, opt.target_flops
     summary["flops_share"] = float(np.prod([r.get("flops_share", np.nan) for r in summary["rounds"]]))
     summary["groups"] = final.get("groups")  # per group channels before/after, last round
-    if opt.latency:
+    if run.goal:  # the latency target's own measurement, on its runtime
+        summary["latency"] = summary["latency_target"] = run.goal.summary(summary["flops_ratio"])
+    elif opt.latency:
         base_model = load_model(run.weights, nc=run.data["nc"] if from_yaml else None, trust=opt.trust_checkpoint)
         summary["latency"] = compress_latency(base_model, model, opt.imgsz, summary["flops_ratio"])
     final_file = save_dir / f"round_{len(summary['rounds']) - 1}" / final["model"]
@@ -335,11 +346,12 @@ def _round(k: int, model: nn.Module, opt, run, rdir: Path, target: float | None)
     return model, entry
 
 
-def _plan_context(k: int, opt, run, rdir: Path, target: float | None) -> PlanContext:
+def _plan_context(k: int, opt, run, rdir: Path, target: float | None, groups) -> PlanContext:
     def train_phase(model: nn.Module, callbacks: dict, **overrides):  # Group Fisher's masked training phase
         return train(model=model, callbacks=callbacks, **{**_train_kwargs(opt), **overrides})
 
-    return PlanContext(settings=SimpleNamespace(**vars(opt)), data=run.data, device=run.device, run_dir=rdir,
+    latency = dict(run.goal.settings(groups), target_flops=target) if run.goal else {}  # a share of predicted ms
+    return PlanContext(settings=SimpleNamespace(**{**vars(opt), **latency}), data=run.data, device=run.device, run_dir=rdir,
                        round_index=k, round_target=target, resume=bool(opt.resume), is_main=ddp.is_main(),
                        train=train_phase, log=LOGGER.info)
 
@@ -360,7 +372,7 @@ def _prune(k: int, model: nn.Module, opt, run, rdir: Path, target: float | None)
     if not groups.prunable:
         raise UsageError("no prunable channel groups in this model (see groups.txt for the reasons)")
     stride = int(max(model.stride.max(), 32))
-    plan = get_method(opt.method)(model, groups, _plan_context(k, opt, run, rdir, target))
+    plan = get_method(opt.method)(model, groups, _plan_context(k, opt, run, rdir, target, groups))
     removed = ddp.agree(plan.removed, "pruning plan")  # identical on every process by construction; rank 0's wins
     frac = estimate_flops(groups, removed)[1] / estimate_flops(groups, {})[0]
     at_floor = groups_at_floor(groups, removed, opt.min_channels)
@@ -383,7 +395,7 @@ def _prune(k: int, model: nn.Module, opt, run, rdir: Path, target: float | None)
     prune_seconds = time.time() - t0
     LOGGER.info(f"round {k}: pruned {sum(map(len, removed.values()))} channels in {len(removed)} groups: "
                 f"conv FLOPs x{frac:.3f} ({prune_seconds:.1f}s)")
-    if target is not None and abs(frac - target) > FLOPS_TOLERANCE:
+    if target is not None and abs(frac - target) > FLOPS_TOLERANCE and not run.goal:
         LOGGER.warning(rounding_warning(k, frac, target, opt.divisor))
     if ddp.is_main():
         ckpt = {

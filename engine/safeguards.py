@@ -40,7 +40,8 @@ def resolve_budget(opt, d: dict) -> None:
     opt.explicit: option names set by the user (command line, recipe, demo profile). d: compress defaults.
     Raises UsageError (one line) before anything is written."""
     if opt.method == "pagcp":
-        resolve_target(opt, set(getattr(opt, "explicit", None) or ()), d)
+        other = getattr(opt, "target_speedup", None) is not None or getattr(opt, "target_latency", None) is not None
+        resolve_target(opt, set(getattr(opt, "explicit", None) or ()), d, other)
     least = float(d.get("min_target_flops", 0.1))
     if opt.target_flops is not None and 0 < opt.target_flops < least and not opt.force:
         raise UsageError(f"--target-flops {opt.target_flops} keeps under {least:g} of the base FLOPs, where a detector "

@@ -90,17 +90,20 @@ def prune_to_flops(model, groups: GroupSet, make_oracle: Callable[[bool], Callab
         raise ValueError("--topk drops units after the pass and would leave the FLOPs target: use it without "
                          "--target-flops")
     units = units if units is not None else groups.prunable
-    least = least_share(groups, cfg.step, cfg.divisor, cfg.min_keep, units)
+    if budget.cost is not None and budget.mode != "greedy":
+        raise ValueError("a latency target is priced by the budgeted greedy only: use --flops-budget greedy")
+    least = least_share(groups, cfg.step, cfg.divisor, cfg.min_keep, units, budget.cost)
     if least > f + half:
-        raise ValueError(f"--target-flops {f} cannot be reached by PAGCP: every unit cut to the largest ratio "
+        what = f"the latency share {f:.3f}" if budget.cost is not None else f"--target-flops {f}"
+        raise ValueError(f"{what} cannot be reached by PAGCP: every unit cut to the largest ratio "
                          f"{cfg.ratios()[-1]:.2f} (--divisor {cfg.divisor}, --min-channels {cfg.min_keep}) leaves "
-                         f"{least:.3f} of the FLOPs")
+                         f"{least:.3f} of the {'latency' if budget.cost is not None else 'FLOPs'}")
     if budget.mode == "greedy":
         oracle = make_oracle(budget.greedy_cheap)
         pol = BudgetedGreedy(model, groups, oracle, tasks, cfg, budget, units=units, progress=progress,
                              journal=journal)
         removed, decisions = pol.run()
-        share = _share(groups, removed)
+        share = _share(groups, removed, budget.cost)
         p = {"kind": "greedy", "rate": None, "share": share, "outcome": _outcome(share, f, half),
              "calls": pol.oracle_calls, "images": int(getattr(oracle, "images", 0)), "rounds": pol.rounds}
         log(f"PAGCP budgeted {pass_line(p)}")
@@ -172,15 +175,16 @@ def prune_to_flops(model, groups: GroupSet, make_oracle: Callable[[bool], Callab
 
 
 def least_share(groups: GroupSet, step: float = 0.05, divisor: int = 1, min_keep: int = 1,
-                units: list[Group] | None = None) -> float:
-    """The least conv FLOPs share one PAGCP pass can reach: every unit cut to the grid's largest ratio."""
+                units: list[Group] | None = None, cost: Callable | None = None) -> float:
+    """The least share (conv FLOPs, or `cost`'s measure) one PAGCP pass can reach: every unit cut to the grid's
+    largest ratio."""
     top = PAGCPConfig(step=step).ratios()[-1]
     removed = {}
     for g in units if units is not None else groups.prunable:
         n = len(g) - keep_count(len(g), int(round(top * len(g))), divisor, min_keep)
         if n > 0:
             removed[g.id] = list(range(n))
-    return _share(groups, removed)
+    return _share(groups, removed, cost)
 
 
 def pass_line(p: dict) -> str:
@@ -191,8 +195,8 @@ def pass_line(p: dict) -> str:
             f"{p['images']} images")
 
 
-def _share(groups: GroupSet, removed: dict[int, list[int]]) -> float:
-    before, after = estimate_flops(groups, removed)
+def _share(groups: GroupSet, removed: dict[int, list[int]], cost: Callable | None = None) -> float:
+    before, after = (cost or estimate_flops)(groups, removed)
     return after / before
 
 

@@ -7,8 +7,8 @@ pass's policy) and `FlopsBudget` (a FLOPs target). prune/methods/pagcp/README.md
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Literal, get_args
+from dataclasses import dataclass, field, fields
+from typing import Callable, Literal, get_args
 
 from utils.general import UsageError
 
@@ -79,6 +79,10 @@ class FlopsBudget:
     rounds: int = 3  # greedy: pricing rounds planned at least (one oracle call per unit each)
     round_cut: float | None = 0.08  # greedy: ... and enough that no round removes more than this share of the FLOPs left
     greedy_cheap: bool = True  # greedy: price the steps with the search passes' oracle (search_images)
+    # the share's measure: None = conv FLOPs (prune.surgery.estimate_flops); else a function of (groups, removed)
+    # returning (before, after) in the same shape, e.g. a runtime's predicted latency (engine/latency_table.py)
+    cost: Callable | None = field(default=None, compare=False, repr=False)
+    counts: dict | None = field(default=None, compare=False, repr=False)  # group id -> the kept counts allowed
 
 
 @dataclass
@@ -109,6 +113,8 @@ class PAGCPOptions:
     search_images: int = 16
     pricing_rounds: int = 3
     pricing_cut: float = 0.08
+    latency_cost: Callable | None = None  # set by compress.py's latency target: FlopsBudget.cost
+    latency_counts: dict | None = None  # ... and FlopsBudget.counts
 
     @classmethod
     def from_namespace(cls, ns) -> "PAGCPOptions":
@@ -125,7 +131,8 @@ class PAGCPOptions:
 
     def budget(self, target: float) -> FlopsBudget:
         return FlopsBudget(target, self.flops_tol, self.search_images, mode=self.flops_budget,
-                           rounds=self.pricing_rounds, round_cut=self.pricing_cut)
+                           rounds=self.pricing_rounds, round_cut=self.pricing_cut, cost=self.latency_cost,
+                           counts=self.latency_counts)
 
 
 def check_options(opt) -> None:
@@ -156,22 +163,23 @@ def check_options(opt) -> None:
         raise UsageError(f"--search-images must be >= 1, got {opt.search_images}")
 
 
-def resolve_target(opt, explicit: set[str], d: dict) -> None:
+def resolve_target(opt, explicit: set[str], d: dict, other_target: bool = False) -> None:
     """PAGCP's budget when none was given: `pagcp_target` of the base FLOPs unless the reference flags
     (REFERENCE_FLAGS) were set; with a target, the oracle settings of `target_oracle` unless given. With the
     reference flags and no `--reference-protocol`, `opt.reference_budget` holds the `target_oracle` settings the
     second pass uses (the first, the reference's, only sets its FLOPs share); None otherwise.
 
     opt: the run's options (filled in place: settings, before anything runs); explicit: option names the user
-    set (command line, recipe, demo profile); d: compress defaults (cfg/default.yaml)."""
-    paper = opt.target_flops is None and any(k in explicit for k in REFERENCE_FLAGS)
-    if opt.target_flops is None and not paper:
+    set (command line, recipe, demo profile); d: compress defaults (cfg/default.yaml); other_target: a target
+    that is not in FLOPs was given (--target-speedup / --target-latency): no FLOPs target, the same oracle."""
+    paper = opt.target_flops is None and not other_target and any(k in explicit for k in REFERENCE_FLAGS)
+    if opt.target_flops is None and not other_target and not paper:
         opt.target_flops = d.get("pagcp_target")
     # the reference flags without --reference-protocol: their pass sets the FLOPs share, the improved oracle
     # (these settings) reaches it (prune/methods/pagcp/method.py)
     opt.reference_budget = ({k: v for k, v in (d.get("target_oracle") or {}).items() if k not in explicit}
                             if paper and not getattr(opt, "reference_protocol", False) else None)
-    if opt.target_flops is not None:
+    if opt.target_flops is not None or other_target:
         for k, v in (d.get("target_oracle") or {}).items():
             if k not in explicit:
                 setattr(opt, k, v)

@@ -80,6 +80,17 @@ class BudgetedGreedy(PAGCP):
             budget.target, budget.tol, budget.commit, rounds, rounds
         self.rounds = 0
         self.lam = 1.0
+        self.cost = budget.cost or estimate_flops  # the share's measure: conv FLOPs, or a runtime's latency
+        self.counts = budget.counts or {}  # group id -> kept counts allowed (instead of --divisor rounding)
+
+    def share(self, extra: tuple[int, list[int]] | None = None) -> float:
+        """The share (of `self.cost`: conv FLOPs by default) of the unpruned model under the current masks,
+        with one group's cut replaced by extra = (group id, positions)."""
+        removed = self.masks.removed()
+        if extra is not None:
+            removed[extra[0]] = list(extra[1])
+        before, after = self.cost(self.groups, removed)
+        return after / before
 
     def _agg(self, rel: np.ndarray) -> float:
         return float(rel.mean() if self.cfg.trip == "mean" else rel.max())
@@ -90,6 +101,12 @@ class BudgetedGreedy(PAGCP):
         n, cfg = len(g), self.cfg
         top = int(math.floor(cfg.max_ratio * n + 1e-9))
         ask = min(int(round((len(prev) / n + step) * n)), top)
+        if g.id in self.counts:  # the kept counts the runtime rewards: the largest at or below the ask, else the least
+            fits = [c for c in self.counts[g.id] if max(n - top, cfg.min_keep) <= c < n - len(prev)]
+            if not fits:
+                return None
+            at_ask = [c for c in fits if c <= n - ask]
+            return n - (max(at_ask) if at_ask else min(fits))
         for m in range(max(ask, len(prev) + 1), top + 1):  # a step the rounding swallows asks for more
             n_rm = n - keep_count(n, m, cfg.divisor, cfg.min_keep)
             if n_rm > len(prev):
@@ -108,7 +125,7 @@ class BudgetedGreedy(PAGCP):
                 n_rm = self._next_cut(g, cut[g.id], step)
                 if n_rm is not None:
                     removed[g.id] = list(range(n_rm))  # positions do not matter for FLOPs, counts do
-            before, after = estimate_flops(self.groups, {k_: v for k_, v in removed.items() if v})
+            before, after = self.cost(self.groups, {k_: v for k_, v in removed.items() if v})
             if after / before <= want:
                 return step
         return k_max * self.cfg.step
@@ -212,8 +229,11 @@ class BudgetedGreedy(PAGCP):
 
     # ---------------------------------------------------------------- journal (resume within a run)
     def _fingerprint(self, units: list[Group]) -> dict:
-        return {"config": asdict(self.cfg), "target": self.target, "tol": self.tol, "commit": self.commit,
-                "rounds": self.rounds_asked, "tasks": list(self.tasks), "units": [[g.id, len(g)] for g in units]}
+        out = {"config": asdict(self.cfg), "target": self.target, "tol": self.tol, "commit": self.commit,
+               "rounds": self.rounds_asked, "tasks": list(self.tasks), "units": [[g.id, len(g)] for g in units]}
+        if self.cost is not estimate_flops:  # a latency budget: its cuts do not replay under another measure
+            out["measure"] = "latency"
+        return out
 
     def _save_state(self, units, cut, original, base, step, decisions) -> None:
         if self.journal is not None:
