@@ -27,7 +27,8 @@ def _export(tmp_path, cfg="yolov5n.yaml", **kw):
     return fuse_model(model).eval(), res
 
 
-@pytest.mark.parametrize("cfg", ["yolov5n.yaml", "yolov8n.yaml", "yolov7-tiny.yaml"])
+@pytest.mark.parametrize("cfg", [pytest.param("yolov5n.yaml", marks=pytest.mark.slow), "yolov8n.yaml",
+                                 pytest.param("yolov7-tiny.yaml", marks=pytest.mark.slow)])
 def test_exported_runs_like_pytorch(cfg, tmp_path):
     model, res = _export(tmp_path, cfg, include=FORMATS)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
