@@ -55,6 +55,13 @@ def is_exported(weights) -> bool:
     return export_format(weights) is not None
 
 
+def refuse_exported(weights, cli: str) -> None:
+    """For the commands that need the PyTorch model (compress.py, train.py): one line when given an exported file."""
+    if is_exported(weights):
+        raise UsageError(f"{cli} needs the PyTorch checkpoint (.pt): '{weights}' is an exported "
+                         f"{export_format(weights)} model; pass the .pt it was exported from")
+
+
 def _value(v):
     try:
         return json.loads(v)
