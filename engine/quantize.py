@@ -1,6 +1,6 @@
 # AGPL-3.0 License
 """Post-training static INT8 of exported detectors: OpenVINO IR through NNCF (`nncf.quantize`), ONNX through
-onnxruntime (`quantize_static`, QDQ, per-channel weights). Nothing here quantizes by itself.
+onnxruntime (`quantize_static`, QDQ, per-channel INT8 weights, UINT8 activations). Nothing here quantizes by itself.
 
 What stays in floating point: every node downstream of the head's output convs (the decode: sigmoid, grid and
 anchor arithmetic, DFL, and the final Concat). That Concat joins pixel-scale boxes (0..imgsz) with 0..1 scores in
@@ -72,15 +72,18 @@ class _Reader:
 
 
 def quantize_onnx(src: Path, dst: Path, batches: list[np.ndarray]) -> list[str]:
-    """Static INT8 (QDQ, per-channel INT8 weights, INT8 activations, MinMax calibration) of the FP32 ONNX file
-    src into dst, the decode tail in FP32. Returns the names of the nodes kept in FP32."""
+    """Static INT8 (QDQ, per-channel signed INT8 weights, unsigned 8-bit activations, MinMax calibration) of the
+    FP32 ONNX file src into dst, the decode tail in FP32. Returns the names of the nodes kept in FP32.
+
+    U8S8 rather than onnxruntime's S8S8 default: its x86 CPU kernels (VNNI / VPMADDUBSW) take unsigned activations
+    with signed weights; S8S8 files ran slower than FP32 there (docs/benchmarks/deploy.md)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     proto = onnx.load(str(src))
     keep = decode_tail(onnx_nodes(proto))
     quantize_static(str(src), str(dst), _Reader(proto.graph.input[0].name, batches),
-                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8, nodes_to_exclude=keep, calibrate_method=CalibrationMethod.MinMax)
     return keep
 
