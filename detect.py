@@ -24,7 +24,8 @@ from utils.general import UsageError
 def parse_opt(argv=None) -> argparse.Namespace:
     d = defaults("detect")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--weights", type=str, required=True, help="checkpoint (.pt, full or pruned) or model yaml")
+    p.add_argument("--weights", type=str, required=True, help="checkpoint (.pt, full or pruned), model yaml, or exported model (.onnx, *_openvino_model/, "
+                        ".torchscript, .engine)")
     p.add_argument("--source", type=str, required=True,
                    help="an image, a folder, a glob, a video file or a .txt list of them")
     p.add_argument("--imgsz", "--img", "--img-size", nargs="+", type=int, default=[d["imgsz"]],

@@ -21,6 +21,7 @@ from typing import Literal, get_args
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
 from data.datasets import DataConfigError, build_val_loader, check_dataset, is_coco_named
+from engine.backends import ExportedModel, is_exported, load_exported
 from engine.latency import run_speed
 from engine.sensitivity import (
     TASK_ALIASES,
@@ -66,7 +67,9 @@ def parse_opt(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
                                 epilog="Defaults come from cfg/default.yaml.")
     g_data = p.add_argument_group("data and model")
-    g_data.add_argument("--weights", nargs="+", type=str, required=True, help="checkpoint (.pt) or model yaml")
+    g_data.add_argument("--weights", nargs="+", type=str, required=True,
+                        help="checkpoint (.pt), model yaml, or an exported model (.onnx, *_openvino_model/, "
+                             ".torchscript, .engine)")
     g_data.add_argument("--data", type=str, default=d["data"], help="dataset yaml, or 'shapes' (the built-in synthetic set)")
     g_data.add_argument("--imgsz", "--img", "--img-size", type=int, default=d["imgsz"], help="inference size (pixels)")
     g_data.add_argument("--batch-size", "--batch", type=int, default=d["batch_size"],
@@ -145,17 +148,25 @@ def run(
 ):
     """Validate one model; returns (ValResult, save_dir). `model` skips loading (used by train/compress)."""
     device = select_device(device)
-    model, data_dict = _load(weights, data, task, single_cls, end2end, trust_checkpoint, model)
+    model, data_dict = _load(weights, data, task, single_cls, end2end, trust_checkpoint, model, device)
     model.to(device)
     stride = int(max(model.stride.max(), 32))
-    imgsz = check_imgsz(imgsz, stride)  # once the model's stride is known: one warning when it changes
-    n_params, n_gflops, summary = model_summary(model, imgsz)
-    LOGGER.info(summary)
+    rect = True
+    if isinstance(model, ExportedModel):
+        imgsz, rect, half = exported_shape(model, imgsz), model.dynamic, False  # precision: the file's
+        n_params, n_gflops = model.meta.get("params"), model.meta.get("gflops")
+        LOGGER.info(f"{model.file} ({model.format} {model.precision.upper()}, exported at {model.imgsz[0]}x"
+                    f"{model.imgsz[1]}, batch {model.batch}{', dynamic' if model.dynamic else ''})")
+    else:
+        imgsz = check_imgsz(imgsz, stride)  # once the model's stride is known: one warning when it changes
+        n_params, n_gflops, summary = model_summary(model, imgsz)
+        LOGGER.info(summary)
     convention = validation_convention(model)
     LOGGER.info(f"Validation convention: {CONVENTIONS[convention]}")
     batch_size = batch_size or DEFAULT_BATCH[convention]
 
-    loader = build_val_loader(data_dict, task, imgsz, batch_size, stride, workers, single_cls, convention=convention)
+    loader = build_val_loader(data_dict, task, imgsz, batch_size, stride, workers, single_cls, rect=rect,
+                              pad=0.5 if rect else 0.0, convention=convention)
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)  # only once the inputs are usable
     settings = ValSettings(conf_thres=conf_thres, iou_thres=iou_thres, max_det=max_det, single_cls=single_cls,
                            half=half, save_txt=save_txt, save_conf=save_conf, save_json=save_json,
@@ -203,11 +214,13 @@ def run(
     return res, save_dir
 
 
-def _load(weights, data, task: str, single_cls: bool, end2end: bool, trust: bool, model=None) -> tuple:
+def _load(weights, data, task: str, single_cls: bool, end2end: bool, trust: bool, model=None, device="cpu") -> tuple:
     """(fused model with its inference head chosen, data dict); a bad weights file is reported before the data
     is looked at. Raises UsageError when the model's classes do not match the data's."""
     from_yaml = Path(str(weights)).suffix in (".yaml", ".yml")
-    if model is None and not from_yaml:
+    if model is None and is_exported(weights):
+        model = load_exported(weights, device)
+    elif model is None and not from_yaml:
         model = load_model(weights, trust=trust)
     data_dict = check_dataset(data, splits=(task,))
     if model is None:  # a yaml builds an untrained model with the dataset's classes
@@ -220,6 +233,20 @@ def _load(weights, data, task: str, single_cls: bool, end2end: bool, trust: bool
             "pass the matching --data (or --single-cls)"
         )
     return model, data_dict
+
+
+def exported_shape(model: ExportedModel, imgsz: int) -> int:
+    """The image size to validate an exported model at: its own for a fixed-shape export (letterboxed square
+    batches, as YOLOv5's val.py feeds non-PyTorch backends), --imgsz for a dynamic one."""
+    h, w = model.imgsz
+    if model.dynamic:
+        return check_imgsz(imgsz, int(model.stride.max()))
+    if h != w:
+        raise UsageError(f"{model.file}: exported at {h}x{w}; val.py letterboxes to squares: export with one "
+                         "--imgsz, or with --dynamic")
+    if imgsz != h:
+        LOGGER.info(f"{model.file} takes {h}x{w} images: validating at {h} (not --imgsz {imgsz})")
+    return h
 
 
 def _coco(jdict: list[dict], weights, data_dict: dict, task: str, save_dir: Path) -> dict:
@@ -248,6 +275,9 @@ def main(argv=None) -> int:
     try:
         with sigterm_as_interrupt():
             opt = parse_opt(argv)
+            if opt.task in ("sensitivity", "speed") and any(is_exported(w) for w in opt.weights):
+                raise UsageError(f"--task {opt.task} needs the PyTorch checkpoint (.pt); time exported files with "
+                                 "python bench/latency.py --models <file> ...")
             if opt.task == "sensitivity":
                 for w in opt.weights:
                     run_sensitivity(opt, w)

@@ -12,6 +12,8 @@
 #   speed-cuda         val.py --task speed: CUDA latency (PyTorch FP16, onnxruntime CUDA when installed)
 #   tensorrt           the same through onnxruntime's TensorRT provider, when installed
 #   export-half        export.py --half: TorchScript, and ONNX when onnxruntime can run FP16 on CUDA to check it
+#   engine             export.py --include engine --half (TensorRT FP16, when tensorrt is installed) and val.py on
+#                      the .engine file against the pruned .pt; on CPU: the one-line refusal
 #   total              wall time against the 8-minute budget (GPU runs)
 #
 #   bash bench/gpu_check.sh                         # first GPU
@@ -246,6 +248,27 @@ else
   else
     failed export-half "$(reason "$LOGS/export-half.log")"
   fi
+fi
+
+# ------------------------------------------------------------------ TensorRT engine export
+if [ "$CPU" = 1 ]; then
+  step engine "$PY" export.py --weights "$PRUNED" --include engine --imgsz "$IMG" --device cpu
+  rc=$?
+  if [ $rc = 2 ] && [ "$(grep -c . "$LOGS/engine.log")" = 1 ] && grep -q "^ERROR: --include engine" "$LOGS/engine.log"; then
+    skipped engine "CUDA-only (on cpu export.py refuses --include engine in one line, exit 2, as it should)"
+  else
+    failed engine "export.py --include engine --device cpu: exit $rc, expected one ERROR line and exit 2"
+  fi
+elif [ "$(pyval "import importlib.util as u; print(u.find_spec('tensorrt') is not None)")" != True ]; then
+  skipped engine "tensorrt is not installed (pip install tensorrt)"
+elif step engine "$PY" export.py --weights "$PRUNED" --include engine --half --imgsz "$IMG" --device "$DEV" \
+    --project "$RUNS" --name engine --exist-ok \
+    && step val-engine "$PY" val.py --weights "$RUNS/engine/$(basename "${PRUNED%.pt}").engine" --data "$DATA" \
+      --img "$IMG" --device "$DEV" --project "$RUNS" --name val-engine --exist-ok --no-plots; then
+  ok engine "TensorRT FP16 mAP50-95 $(metric "$RUNS/val-engine") vs PyTorch FP32 ${FP32:-?}"
+else
+  LOG="$LOGS/engine.log"; [ -f "$LOGS/val-engine.log" ] && LOG="$LOGS/val-engine.log"
+  failed engine "$(reason "$LOG")"
 fi
 
 # ------------------------------------------------------------------ the budget

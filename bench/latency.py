@@ -9,8 +9,11 @@ The issue's target: speedup >= 0.8 x FLOPs reduction factor at batch 1 on onnxru
     python bench/latency.py                                            # yolov5n + yolov5s at 640, 50% FLOPs
     python bench/latency.py --models yolov5s.yaml --targets 0.5 0.7 --divisors 1 8 16 --global
     python bench/latency.py --models yolov5n.pt runs/compress/exp/pruned.pt --imgsz 320   # a real pair
+    python bench/latency.py --models yolov5n.onnx yolov5n_int8.onnx yolov5n_int8_openvino_model --threads 1 2
 
-With --models BASE PRUNED ... given as checkpoints (one base and already-pruned models of it), nothing is
+Exported files (.onnx, *_openvino_model/, .torchscript) are timed as they are, at the shape they were exported
+at, interleaved with each other on their own runtimes (bench/deploy.py time_exported, batch 1), speedup relative to
+the first. With --models BASE PRUNED ... given as checkpoints (one base and already-pruned models of it), nothing is
 pruned here: the pruned checkpoints are timed against the first model. Weights are random for yaml models;
 latency does not depend on them.
 """
@@ -28,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import utils  # noqa: E402,F401
+from bench.deploy import time_exported  # noqa: E402
+from engine.backends import is_exported  # noqa: E402
 from engine.latency import compare_latency, environment, resolve_threads  # noqa: E402
 from models.loader import load_model  # noqa: E402
 from prune import apply_removal, build_groups  # noqa: E402
@@ -97,6 +102,25 @@ def _labels(paths: list[str]) -> list[str]:
     return out
 
 
+def exported_table(files: list[str], thread_counts: list[int], warmup: int, repeats: int, json_file: str) -> int:
+    """Batch-1 latency of exported files, interleaved per thread count, speedup relative to the first file."""
+    labels = dict(zip(_labels(files)[1:], files[1:]))
+    named = {Path(files[0]).name: files[0], **labels}
+    rows = []
+    print(f"environment: {environment(thread_counts[0])}; batch 1, median of {repeats} interleaved runs after "
+          f"{warmup} warm-up")
+    print(f"{'file':40s}{'threads':>8s}{'ms/img':>9s}{'speedup':>9s}")
+    for t in thread_counts:
+        times = time_exported(named, t, warmup, repeats)
+        ref = times[Path(files[0]).name]["ms_per_image"]
+        for k, r in times.items():
+            rows.append({"model": k, "threads": t, **r, "speedup": ref / r["ms_per_image"]})
+            print(f"{k:40s}{t:8d}{r['ms_per_image']:9.2f}{ref / r['ms_per_image']:9.2f}")
+    if json_file:
+        Path(json_file).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["yolov5n.yaml", "yolov5s.yaml"],
@@ -117,6 +141,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     thread_counts = [resolve_threads(t) for t in a.threads]
     backends = ("onnxruntime", "pytorch") if a.pytorch else ("onnxruntime",)
+    if any(is_exported(m) for m in a.models):
+        return exported_table(a.models, thread_counts, a.warmup, a.repeats, a.json)
     if all(m.endswith(".pt") for m in a.models):  # a real base checkpoint and pruned ones
         suites = {Path(a.models[0]).name: {label: load_model(m).eval() for label, m in zip(_labels(a.models), a.models)}}
     else:

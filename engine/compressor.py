@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from data.datasets import build_val_loader, check_dataset
 from engine import latency_target
+from engine.backends import refuse_exported
 from engine.demo import base_model_path, ensure_base_model
 from engine.latency import compress_latency
 from engine.report import (
@@ -82,6 +83,8 @@ def check_args(opt) -> None:
         raise UsageError(f"unknown --method '{opt.method}': choose from {', '.join(METHOD_NAMES)}")
     if opt.target_flops is not None and not 0 < opt.target_flops < 1:
         raise UsageError(f"--target-flops must be in (0, 1), got {opt.target_flops}")
+    if opt.weights:
+        refuse_exported(opt.weights, "compress.py")  # pruning needs the PyTorch model
     latency_target.check_options(opt)  # --target-speedup / --target-latency on --runtime
     resolve_budget(opt, defaults("compress"))  # PAGCP's default target, absurd targets
     if opt.method == "pagcp":

@@ -1,255 +1,58 @@
 # AGPL-3.0 License
-"""Export full and pruned detectors (every family) to ONNX and TorchScript, and check the files.
+"""Export full and pruned detectors (every family) to ONNX, TorchScript, OpenVINO and TensorRT, FP32, FP16 or
+post-training INT8, and check the files.
 
 A pruned checkpoint is an ordinary checkpoint whose convs are narrower, so the same path serves both:
-load -> fuse -> wrap (first output only) -> trace/export -> write atomically -> run the file
-(onnxruntime / torch.jit.load) and compare with PyTorch on inputs other than the one traced.
+load -> fuse -> wrap (first output only) -> trace/export -> write atomically -> run the file and compare with
+PyTorch on inputs other than the one traced (models.export). OpenVINO and TensorRT are built from the ONNX
+file (engine.export_openvino, engine.export_tensorrt); --int8 quantizes ONNX with onnxruntime and OpenVINO with NNCF,
+the decode in FP32 (engine.quantize). INT8 files are not compared elementwise (they are judged by the mAP they keep:
+val.py --weights <file>); the table shows their max difference for information.
 
 Outputs: anchor-based (YOLOv5/YOLOv7) `(batch, anchors, 5 + nc)` decoded xywh+obj+cls, ultralytics
-`(batch, 4 + nc, anchors)`, exactly what the PyTorch model returns first in eval mode.
+`(batch, 4 + nc, anchors)`, exactly what the PyTorch model returns first in eval mode. Every file carries the
+metadata engine.backends needs to run it without the .pt (names, stride, imgsz, batch, family, output layout, task).
 """
 
 from __future__ import annotations
 
-import copy
 import datetime
-import importlib.util
-import json
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from models.loader import fuse_model, is_anchor_based, load_model, model_family
-from utils.files import replace_file
+from engine.backends import load_exported
+from engine.export_openvino import export_openvino, verify_openvino
+from engine.export_tensorrt import check_engine, export_engine
+from engine.quantize import calibration_batches, quantize_onnx
+from models.export import (
+    MIN_OPSET,
+    ExportError,
+    ExportWrapper,
+    check_inputs,
+    compare,
+    export_onnx,
+    export_torchscript,
+    max_opset,
+    one_line,
+    prepare,
+    simplifier,
+    verify_onnx,
+    verify_torchscript,
+)
+from models.loader import is_anchor_based, load_model, model_family
+from utils import runtimes
+from utils.flops import count_params, gflops
 from utils.general import LOGGER, UsageError, increment_path, select_device
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript"}
-MIN_OPSET = 11  # Upsample/Resize and the ops the heads need; torch's legacy exporter knows 7..20
-TOLERANCE = {"fp32": (1e-3, 1e-3), "fp16": (5e-2, 5e-2)}  # (atol, rtol) per element
+__all__ = ("FORMATS", "ExportError", "ExportWrapper", "export_onnx", "one_line", "prepare", "run")
 
-
-class ExportError(RuntimeError):
-    """Export or its output check failed; the CLI prints the message as one line and exits 1."""
-
-
-class ExportWrapper(nn.Module):
-    """The detector with one output: the decoded predictions (what deployment consumes)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        y = self.model(x)
-        return y[0] if isinstance(y, (list, tuple)) else y
-
-
-def max_opset() -> int:
-    try:
-        from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
-
-        return int(ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
-    except ImportError:  # older torch: the legacy exporter is the only one and knows this many
-        from torch.onnx._constants import ONNX_MAX_OPSET
-
-        return int(ONNX_MAX_OPSET)
-
-
-def simplifier() -> str | None:
-    """The installed ONNX simplifier package, if any (never installed on the fly)."""
-    for name in ("onnxslim", "onnxsim"):
-        if importlib.util.find_spec(name) is not None:
-            return name
-    return None
-
-
-def prepare(model: nn.Module, device: torch.device | str = "cpu", half: bool = False, dynamic: bool = False,
-            fmt: str = "onnx") -> ExportWrapper:
-    """A fused, frozen copy of `model` wrapped to return its first output; the input model is untouched.
-
-    Ultralytics heads get the flags their own exporter sets (export mode returns the decoded tensor only;
-    dynamic recomputes the anchor points from the input shape instead of caching them as constants).
-    """
-    m = fuse_model(copy.deepcopy(model).float()).eval()
-    if model_family(m) == "ultralytics":
-        from ultralytics.nn.modules.head import Detect as UDetect
-
-        for mod in m.modules():
-            if isinstance(mod, UDetect):
-                mod.export, mod.format, mod.dynamic, mod.shape = True, fmt, dynamic, None
-    for p in m.parameters():
-        p.requires_grad_(False)
-    w = ExportWrapper(m).to(device).eval()
-    return w.half() if half else w
-
-
-def output_names_axes(model: nn.Module, dynamic: bool):
-    if not dynamic:
-        return None
-    out = {0: "batch", 1: "anchors"} if is_anchor_based(_inner(model)) else {0: "batch", 2: "anchors"}
-    return {"images": {0: "batch", 2: "height", 3: "width"}, "output0": out}
-
-
-def _inner(model: nn.Module) -> nn.Module:
-    return model.model if isinstance(model, ExportWrapper) else model
-
-
-def _tmp_for(file: Path) -> Path:
-    return file.with_name(f".{file.name}.{os.getpid()}.tmp")
-
-
-def _replace(tmp: Path, file: Path) -> None:
-    # atomic on one filesystem (readers see the old file or the new one, never half); mode per the umask
-    replace_file(tmp, file)
-
-
-def export_onnx(w: ExportWrapper, im: torch.Tensor, file: Path, opset: int = 17, dynamic: bool = False,
-                simplify: bool = False, metadata: dict | None = None) -> Path:
-    """Trace w on im into an ONNX file (written atomically); returns the path."""
-    import onnx
-
-    file = Path(file)
-    tmp = _tmp_for(file)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # TracerWarnings about python floats from tensors (constants here)
-            torch.onnx.export(
-                w,
-                im,
-                str(tmp),
-                dynamo=False,  # the dynamo exporter needs onnxscript; the tracer covers these models
-                opset_version=opset,
-                do_constant_folding=True,
-                input_names=["images"],
-                output_names=["output0"],
-                dynamic_axes=output_names_axes(w, dynamic),
-            )
-        proto = onnx.load(str(tmp))
-        onnx.checker.check_model(proto)
-        if simplify:
-            proto = _simplify(proto)
-        for k, v in (metadata or {}).items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = str(k), v if isinstance(v, str) else json.dumps(v)
-        onnx.save(proto, str(tmp))
-        _replace(tmp, file)
-    except Exception as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, (UsageError, ExportError)):
-            raise
-        raise ExportError(f"ONNX export failed: {one_line(e)}") from e
-    return file
-
-
-def _simplify(proto):
-    name = simplifier()
-    if name == "onnxslim":
-        import onnxslim
-
-        return onnxslim.slim(proto)
-    if name == "onnxsim":
-        import onnxsim
-
-        proto, ok = onnxsim.simplify(proto)
-        if not ok:
-            raise ExportError("onnxsim could not validate the simplified model; export again without --simplify")
-        return proto
-    raise UsageError("--simplify needs onnxslim or onnxsim and neither is installed (pip install onnxslim)")
-
-
-def export_torchscript(w: ExportWrapper, im: torch.Tensor, file: Path, metadata: dict | None = None) -> Path:
-    file = Path(file)
-    tmp = _tmp_for(file)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            ts = torch.jit.trace(w, im, strict=False, check_trace=False)
-        extra = {"config.txt": json.dumps(metadata or {})}
-        ts.save(str(tmp), _extra_files=extra)
-        _replace(tmp, file)
-    except Exception as e:
-        tmp.unlink(missing_ok=True)
-        raise ExportError(f"TorchScript export failed: {one_line(e)}") from e
-    return file
-
-
-def one_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {s[0] if s else ''}"
-
-
-def compare(out: np.ndarray, ref: np.ndarray, precision: str = "fp32") -> tuple[bool, float]:
-    """Elementwise |out - ref| <= atol + rtol |ref| (boxes are pixels, scores 0..1). Returns (ok, max |diff|)."""
-    out, ref = np.asarray(out, dtype=np.float32), np.asarray(ref, dtype=np.float32)
-    if out.shape != ref.shape:
-        return False, float("inf")
-    atol, rtol = TOLERANCE[precision]
-    diff = np.abs(out - ref)
-    ok = bool(np.all(diff <= atol + rtol * np.abs(ref)))  # NaN anywhere fails
-    return ok, float(diff.max()) if diff.size else 0.0
-
-
-def check_inputs(im: torch.Tensor, dynamic: bool, stride: int) -> list[torch.Tensor]:
-    """Inputs for the output check: random data of the traced shape, plus another batch and a non-square
-    size when the file claims dynamic axes."""
-    g = torch.Generator().manual_seed(0)
-    b, c, h, w = im.shape
-    shapes = [(b, c, h, w)] + ([(b + 1, c, h, w + stride)] if dynamic else [])
-    return [torch.rand(s, generator=g).to(im.device, im.dtype) for s in shapes]
-
-
-@torch.no_grad()
-def verify_onnx(file: Path, w: ExportWrapper, inputs: list[torch.Tensor]) -> tuple[float, str]:
-    """Run the ONNX file with onnxruntime on each input and compare with PyTorch. Returns (max |diff|, provider)."""
-    import onnxruntime as ort
-
-    half = inputs[0].dtype == torch.float16
-    cuda = inputs[0].device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
-    if half and not cuda:
-        raise ExportError(
-            f"{file.name}: cannot check an FP16 ONNX file here: onnxruntime has no CUDAExecutionProvider "
-            "(install onnxruntime-gpu) and its CPU provider does not run FP16 convolutions"
-        )
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(file), so, providers=providers)
-    worst = 0.0
-    for x in inputs:
-        ref = w(x).float().cpu().numpy()
-        out = sess.run(None, {sess.get_inputs()[0].name: x.cpu().numpy()})[0]
-        ok, d = compare(out, ref, "fp16" if half else "fp32")
-        if not ok:
-            raise ExportError(
-                f"{file.name}: onnxruntime output {tuple(out.shape)} differs from PyTorch {tuple(ref.shape)} on input "
-                f"{tuple(x.shape)}: max |diff| {d:.3g} exceeds the tolerance {TOLERANCE['fp16' if half else 'fp32']}"
-            )
-        worst = max(worst, d)
-    return worst, sess.get_providers()[0].replace("ExecutionProvider", "")
-
-
-@torch.no_grad()
-def verify_torchscript(file: Path, w: ExportWrapper, inputs: list[torch.Tensor]) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # FutureWarning: torch.jit is deprecated (still what TorchScript users load)
-        ts = torch.jit.load(str(file), map_location=inputs[0].device)
-    worst = 0.0
-    for x in inputs:
-        ref, out = w(x).float().cpu().numpy(), ts(x).float().cpu().numpy()
-        ok, d = compare(out, ref, "fp16" if x.dtype == torch.float16 else "fp32")
-        if not ok:
-            raise ExportError(
-                f"{file.name}: TorchScript output {tuple(out.shape)} differs from PyTorch {tuple(ref.shape)} on input "
-                f"{tuple(x.shape)}: max |diff| {d:.3g}"
-            )
-        worst = max(worst, d)
-    return worst
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript", "openvino": "_openvino_model", "engine": ".engine"}
+INT8_FORMATS = ("onnx", "openvino")
 
 
 def _writable(folder: Path) -> bool:
@@ -263,15 +66,16 @@ def _writable(folder: Path) -> bool:
 
 
 def output_files(weights: str | Path, include: list[str], project: str | Path, name: str,
-                 exist_ok: bool) -> dict[str, Path]:
+                 exist_ok: bool, tag: str = "") -> dict[str, Path]:
     """Next to the weights like YOLOv5 (yolov5n.pt -> yolov5n.onnx), or into project/name when the weights
-    are a yaml or their folder is not writable. Never the input file itself."""
+    are a yaml or their folder is not writable; `tag` goes after the stem (`_int8`). Never the input file itself."""
     p = Path(weights)
     folder = p.parent if p.suffix not in (".yaml", ".yml") and p.is_file() and _writable(p.parent) else None
-    files = {f: (folder / f"{p.stem}{FORMATS[f]}") if folder else None for f in include}
+    stem = p.stem + tag
+    files = {f: (folder / f"{stem}{FORMATS[f]}") if folder else None for f in include}
     if folder is None or any(f.resolve() == p.resolve() for f in files.values()):
         run_dir = increment_path(Path(project) / name, exist_ok=exist_ok)
-        files = {f: run_dir / f"{p.stem}{FORMATS[f]}" for f in include}
+        files = {f: run_dir / f"{stem}{FORMATS[f]}" for f in include}
     return files
 
 
@@ -289,6 +93,28 @@ def check_include(include) -> list[str]:
     return fmts
 
 
+def check_options(fmts: list[str], device: torch.device, half: bool, int8: bool, data) -> None:
+    """One line per unusable combination, before anything is loaded or written."""
+    if half and int8:
+        raise UsageError("--half and --int8 exclude each other: choose one precision")
+    if int8:
+        if not data:
+            raise UsageError("--int8 needs calibration images: pass --data your.yaml (e.g. --data coco128.yaml)")
+        bad = [f for f in fmts if f not in INT8_FORMATS + ("engine",)]
+        if bad:
+            raise UsageError(f"--int8 applies to {' and '.join(INT8_FORMATS)}, not {' '.join(bad)}: "
+                             "export those in a separate command without --int8")
+    if "engine" in fmts:
+        check_engine(device, int8)
+    if half and device.type != "cuda" and any(f != "openvino" for f in fmts):
+        raise UsageError("--half (FP16) export needs a CUDA device (--device 0) except for --include openvino "
+                         "(FP16 weights); on CPU export FP32 without --half")
+    if "openvino" in fmts:
+        runtimes.openvino()
+        if int8:
+            runtimes.nncf()
+
+
 def _imgsz(imgsz, stride: int) -> tuple[int, int]:
     s = list(imgsz) if isinstance(imgsz, (list, tuple)) else [imgsz]
     if len(s) == 1:
@@ -301,6 +127,28 @@ def _imgsz(imgsz, stride: int) -> tuple[int, int]:
     return h, w
 
 
+def metadata(model, weights, family: str, hw: tuple[int, int], batch: int, dynamic: bool, precision: str,
+             stride: int) -> dict:
+    return {
+        "description": f"{Path(str(weights)).name} exported by yolo-compress",
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "task": "detect",
+        "family": family,
+        "stride": stride,
+        "names": {int(k): v for k, v in model.names.items()},
+        "nc": int(model.nc),
+        "imgsz": list(hw),
+        "batch": int(batch),
+        "dynamic": bool(dynamic),
+        "precision": precision,
+        "half": precision == "fp16",
+        "layout": "anchors" if is_anchor_based(model) else "ultralytics",
+        "output": "(batch, anchors, 5+nc) xywh,obj,cls" if is_anchor_based(model) else "(batch, 4+nc, anchors) xywh,cls",
+        "params": count_params(model),
+        "gflops": gflops(model, max(hw)),
+    }
+
+
 def run(
     weights,
     include=("onnx", "torchscript"),
@@ -308,6 +156,9 @@ def run(
     batch_size=1,
     device="",
     half=False,
+    int8=False,
+    data=None,
+    int8_images=300,
     dynamic=False,
     simplify=False,
     opset=17,
@@ -316,6 +167,7 @@ def run(
     exist_ok=False,
     trust_checkpoint=False,
     check=True,
+    workers=2,
     model=None,
     **_,
 ) -> dict[str, dict]:
@@ -326,65 +178,121 @@ def run(
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     if not MIN_OPSET <= int(opset) <= max_opset():
         raise UsageError(f"--opset {opset} not supported: choose {MIN_OPSET}..{max_opset()} (torch's ONNX exporter)")
-    if simplify and "onnx" in fmts and simplifier() is None:
+    if simplify and simplifier() is None:
         raise UsageError("--simplify needs onnxslim or onnxsim and neither is installed "
                          "(pip install onnxslim), or export without --simplify")
     device = select_device(device)
-    if half and device.type != "cuda":
-        raise UsageError("--half (FP16) export needs a CUDA device (--device 0); on CPU export FP32 without --half")
+    check_options(fmts, device, half, int8, data)
     if model is None:
         model = load_model(weights, trust=trust_checkpoint)
     stride = int(max(int(model.stride.max()), 32))
     h, w_ = _imgsz(imgsz, stride)
-    files = output_files(weights, fmts, project, name, exist_ok)
+    precision = "int8" if int8 else "fp16" if half else "fp32"
+    files = output_files(weights, fmts, project, name, exist_ok, tag="_int8" if int8 else "")
     family = model_family(model)
-    meta = {
-        "description": f"{Path(str(weights)).name} exported by yolo-compress",
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "family": family,
-        "stride": stride,
-        "names": {int(k): v for k, v in model.names.items()},
-        "nc": int(model.nc),
-        "imgsz": [h, w_],
-        "batch": int(batch_size),
-        "dynamic": bool(dynamic),
-        "half": bool(half),
-        "output": "(batch, anchors, 5+nc) xywh,obj,cls" if is_anchor_based(model) else "(batch, 4+nc, anchors) xywh,cls",
-    }
+    meta = metadata(model, weights, family, (h, w_), batch_size, dynamic, precision, stride)
+    calib = calibration_batches(data, (h, w_), batch_size, int8_images, workers) if int8 else None
+    torch_half = half and device.type == "cuda"
     im = torch.zeros(batch_size, 3, h, w_, device=device)
-    results = {}
     LOGGER.info(f"PyTorch: starting from '{weights}' ({family}) with input shape {tuple(im.shape)} "
-                f"{'FP16' if half else 'FP32'} on {device}")
-    for fmt in fmts:
-        t = time.time()
-        wrapped = prepare(model, device, half, dynamic, fmt)
-        x = im.half() if half else im
-        with torch.no_grad():
-            out_shape = tuple(wrapped(x).shape)
-        if fmt == "onnx":
-            f = export_onnx(wrapped, x, files[fmt], int(opset), dynamic, simplify, meta)
-        else:
-            f = export_torchscript(wrapped, x, files[fmt], meta)
-        r = {"file": str(f), "output_shape": list(out_shape), "mb": f.stat().st_size / 1e6, "seconds": 0.0}
-        if check:
-            inputs = check_inputs(x, dynamic, stride)
-            if fmt == "onnx":
-                r["max_diff"], r["checked_with"] = verify_onnx(f, wrapped, inputs)
-                r["checked_with"] = f"onnxruntime {r['checked_with']}"
-            else:
-                r["max_diff"], r["checked_with"] = verify_torchscript(f, wrapped, inputs), "torch.jit.load"
-            r["checked_shapes"] = [list(i.shape) for i in inputs]
-        r["seconds"] = time.time() - t
-        results[fmt] = r
+                f"{precision.upper()} on {device}")
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="export_") as tmp:
+        fp32 = Fp32Onnx(model, im.float(), Path(tmp) / "fp32.onnx", int(opset), dynamic, simplify, meta)
+        for fmt in fmts:
+            t = time.time()
+            fmt_half = torch_half and fmt in ("onnx", "torchscript")  # OpenVINO, TensorRT: from the FP32 ONNX
+            wrapped = prepare(model, device, fmt_half, dynamic, fmt)
+            x = im.half() if fmt_half else im
+            with torch.no_grad():
+                out_shape = tuple(wrapped(x).shape)
+            r = export_one(fmt, wrapped, x, files[fmt], fp32, meta, half, calib)
+            r.update(file=str(files[fmt]), output_shape=list(out_shape), precision=precision,
+                     mb=_size_mb(files[fmt]))
+            if check:
+                r.update(check_file(fmt, files[fmt], wrapped, check_inputs(x, dynamic, stride), precision))
+            r["seconds"] = time.time() - t
+            results[fmt] = r
     LOGGER.info(format_results(results, time.time() - t0))
     return results
+
+
+class Fp32Onnx:
+    """The FP32 ONNX file OpenVINO, TensorRT and INT8 start from, exported once on first use."""
+
+    def __init__(self, model, im: torch.Tensor, file: Path, opset: int, dynamic: bool, simplify: bool, meta: dict):
+        self.model, self.im, self.file, self.args = model, im, file, (opset, dynamic, simplify, meta)
+
+    def __call__(self) -> Path:
+        if not self.file.exists():
+            opset, dynamic, simplify, meta = self.args
+            export_onnx(prepare(self.model, self.im.device, False, dynamic, "onnx"), self.im, self.file, opset,
+                        dynamic, simplify, meta)
+        return self.file
+
+
+def export_one(fmt: str, wrapped: ExportWrapper, x: torch.Tensor, file: Path, fp32: Fp32Onnx, meta: dict,
+               half: bool, calib) -> dict:
+    """Write one format; returns extra result fields (INT8: how many nodes stayed FP32, INT8 constants)."""
+    opset, dynamic, simplify, _ = fp32.args
+    if fmt == "torchscript":
+        export_torchscript(wrapped, x, file, meta)
+        return {}
+    if fmt == "openvino":
+        return export_openvino(fp32(), file, meta, half=half, calibration=calib)[1]
+    if fmt == "engine":
+        export_engine(fp32(), file, meta, half, dynamic, tuple(x.shape))
+        return {}
+    if calib is None:
+        export_onnx(wrapped, x, file, opset, dynamic, simplify, meta)
+        return {}
+    try:
+        return {"fp32_nodes": len(quantize_onnx(fp32(), file, calib))}
+    except Exception as e:
+        raise ExportError(f"ONNX INT8 quantization failed: {one_line(e)}") from e
+
+
+def _size_mb(p: Path) -> float:
+    p = Path(p)
+    return (sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size) / 1e6
+
+
+def check_file(fmt: str, file: Path, wrapped: ExportWrapper, inputs: list[torch.Tensor], precision: str) -> dict:
+    """Compare the file's outputs with PyTorch's (INT8: the max difference only, for information)."""
+    if precision == "int8":
+        return {"max_diff": int8_diff(fmt, file, wrapped, inputs[0]), "checked_with": "not compared (INT8)"}
+    if fmt == "onnx":
+        d, provider = verify_onnx(file, wrapped, inputs)
+        r = {"max_diff": d, "checked_with": f"onnxruntime {provider}"}
+    elif fmt == "torchscript":
+        r = {"max_diff": verify_torchscript(file, wrapped, inputs), "checked_with": "torch.jit.load"}
+    elif fmt == "openvino":
+        r = {"max_diff": verify_openvino(file, wrapped, inputs, precision), "checked_with": "OpenVINO CPU"}
+    else:
+        return {}
+    return {**r, "checked_shapes": [list(i.shape) for i in inputs]}
+
+
+@torch.no_grad()
+def int8_diff(fmt: str, file: Path, wrapped: ExportWrapper, x: torch.Tensor) -> float:
+    ref = wrapped(x).float().cpu().numpy()
+    out = load_exported(file)(x.float().cpu()).numpy()
+    ok, d = compare(out, ref)
+    if not np.isfinite(out).all() or out.shape != ref.shape:
+        raise ExportError(f"{Path(file).name}: the INT8 model's output {out.shape} is not finite or not {ref.shape}")
+    return d
 
 
 def format_results(results: dict, seconds: float) -> str:
     folders = sorted({str(Path(r["file"]).parent.resolve()) for r in results.values()})
     lines = [f"Export complete ({seconds:.1f}s), results saved to {', '.join(folders)}"]
     for fmt, r in results.items():
-        chk = (f"matches PyTorch (max |diff| {r['max_diff']:.2g}, {r['checked_with']}, inputs "
-               f"{' '.join('x'.join(map(str, s)) for s in r['checked_shapes'])})" if "max_diff" in r else "not checked")
+        if "max_diff" not in r:
+            chk = "not checked"
+        elif r["precision"] == "int8":
+            chk = f"INT8: max |diff| {r['max_diff']:.3g} to PyTorch, not a check (judge it by val.py's mAP)"
+        else:
+            chk = (f"matches PyTorch (max |diff| {r['max_diff']:.2g}, {r['checked_with']}, inputs "
+                   f"{' '.join('x'.join(map(str, s)) for s in r['checked_shapes'])})")
         lines.append(f"  {fmt:12s}{r['file']}  {r['mb']:.1f} MB  output {tuple(r['output_shape'])}  {chk}")
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 annotated copies, as YOLOv5's detect.py does.
 
 Sources: an image, a folder, a glob, a video file, or a .txt list of any of these (ultralytics'
-LoadImagesAndVideos). Each frame is letterboxed to a stride-aligned minimal rectangle, run through the
+LoadImagesAndVideos). Weights: a checkpoint, a model yaml, or an exported model (engine.backends; a fixed-shape
+export gets every frame letterboxed to its shape). Each frame is letterboxed to a stride-aligned minimal rectangle, run through the
 model, and decoded with the same output adapter and NMS as val.py (engine.validation.common.to_nms_format and
 ultralytics' non_max_suppression; end-to-end heads skip NMS there). Outputs go to runs/detect/exp*:
 annotated images and videos (.mp4), labels/*.txt in YOLOv5's format (class x_center y_center width height
@@ -30,6 +31,7 @@ from ultralytics.utils.nms import non_max_suppression
 from ultralytics.utils.ops import scale_boxes, xyxy2xywh
 from ultralytics.utils.plotting import Annotator, colors, save_one_box
 
+from engine.backends import ExportedModel, is_exported, load_exported
 from engine.validation.common import to_nms_format
 from models.loader import load_model
 from utils.files import atomic_output, write_bytes, write_text
@@ -183,20 +185,25 @@ def run(
     if half and device.type != "cuda":
         LOGGER.warning("WARNING: --half needs a CUDA device: running in FP32 on the CPU")
         half = False
-    model, names = _model(weights, trust_checkpoint, classes, model)
+    model, names = _model(weights, trust_checkpoint, classes, model, device)
     loader = _loader(source)
+    exported = isinstance(model, ExportedModel)
+    half = half and not exported  # an exported file runs at the precision it was exported in
     model.to(device).eval()
     model.half() if half else model.float()
     stride = int(max(model.stride.max(), 32))
     hw = image_shape(imgsz, stride)
-    LOGGER.info(model_summary(model, max(hw))[2])
+    if exported and not model.dynamic:
+        hw = list(model.imgsz)  # a fixed-shape file: every frame letterboxed to its shape
+    LOGGER.info(f"{model.file} ({model.format} {model.precision.upper()})" if exported else
+                model_summary(model, max(hw))[2])
     save_dir = increment_path(Path(project) / name, exist_ok=exist_ok)  # only once the inputs are usable
     if view_img and not check_imshow(warn=False):
         LOGGER.warning("WARNING: --view-img: no display here (no DISPLAY, or OpenCV built without GUI); "
                        "nothing is shown, the annotated files are still saved")
         view_img = False
     annotator = _annotator_factory(names, line_thickness)
-    letterbox = LetterBox(hw, auto=True, stride=stride)
+    letterbox = LetterBox(hw, auto=not exported or model.dynamic, stride=stride)
     dt, results, sinks, n_labels = [0.0, 0.0, 0.0], [], {}, 0
     try:
         for paths, im0s, infos in loader:
@@ -254,9 +261,12 @@ def run(
     return save_dir, results
 
 
-def _model(weights, trust: bool, classes, model=None) -> tuple:
-    """(fused model, {class index: name}); raises UsageError for a --classes id the model does not predict."""
-    if model is None:
+def _model(weights, trust: bool, classes, model=None, device="cpu") -> tuple:
+    """(fused model or engine.backends.ExportedModel, {class index: name}); raises UsageError for a --classes id
+    the model does not predict."""
+    if model is None and is_exported(weights):
+        model = load_exported(weights, device)
+    elif model is None:
         model = load_model(weights, trust=trust, fuse=True)
     names = {int(k): str(v) for k, v in model.names.items()}
     bad = sorted({int(c) for c in classes or []} - set(names))

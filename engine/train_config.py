@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from data.datasets import DATA_DIR
+from engine.backends import refuse_exported
 from engine.optim import OPTIMIZERS
 from utils.checkpoint import load_checkpoint
 from utils.config import defaults
@@ -48,6 +49,8 @@ def train_options(**kw) -> Namespace:
 
 
 def check_options(opt: Namespace) -> None:
+    if getattr(opt, "weights", None):
+        refuse_exported(opt.weights, "train.py")  # training needs the PyTorch model
     if opt.epochs < 0:
         raise UsageError(f"--epochs must be >= 0, got {opt.epochs}")
     if opt.batch_size < 1:
