@@ -31,7 +31,7 @@ import yaml
 from ultralytics.nn.modules.head import Detect as UltralyticsDetect
 
 from engine.export_openvino import METADATA, compile_ir
-from engine.export_tensorrt import read_engine
+from models.export_tensorrt import read_engine
 from models.yolo import Detect, IDetect
 from utils import runtimes
 from utils.general import UsageError

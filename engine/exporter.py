@@ -5,7 +5,7 @@ post-training INT8, and check the files.
 A pruned checkpoint is an ordinary checkpoint whose convs are narrower, so the same path serves both:
 load -> fuse -> wrap (first output only) -> trace/export -> write atomically -> run the file and compare with
 PyTorch on inputs other than the one traced (models.export). OpenVINO and TensorRT are built from the ONNX
-file (engine.export_openvino, engine.export_tensorrt); --int8 quantizes ONNX with onnxruntime and OpenVINO with NNCF,
+file (engine.export_openvino, models.export_tensorrt); --int8 quantizes ONNX with onnxruntime and OpenVINO with NNCF,
 the decode in FP32 (engine.quantize). INT8 files are not compared elementwise (they are judged by the mAP they keep:
 val.py --weights <file>); the table shows their max difference for information.
 
@@ -27,7 +27,7 @@ import torch
 
 from engine.backends import load_exported
 from engine.export_openvino import export_openvino, verify_openvino
-from engine.export_tensorrt import check_engine, export_engine
+from models.export_tensorrt import check_engine, export_engine
 from engine.quantize import calibration_batches, quantize_onnx
 from models.export import (
     MIN_OPSET,

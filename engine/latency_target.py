@@ -4,7 +4,7 @@
 FLOPs are a poor proxy for latency on a CPU runtime (a cut that leaves 13 of 16 channels runs as slow as 16); here
 the runtime itself is the measure:
 
-1. the latency table (engine/latency_table.py): every conv timed alone on `--runtime` at the widths a plan may
+1. the latency table (prune/latency_table.py): every conv timed alone on `--runtime` at the widths a plan may
    keep, cached per runtime/threads/batch/image size/architecture;
 2. the base model is measured whole (ONNX, batch `--runtime-batch`, `--runtime-threads` threads): the target in ms
    is base / S (or MS);
@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from engine.exporter import export_onnx, prepare
 from engine.latency import time_interleaved
-from engine.latency_table import load_or_build
+from prune.latency_table import load_or_build
 from prune import build_groups
 from prune.groups import GroupSet
 from prune.latency import LatencyTable

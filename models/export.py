@@ -1,6 +1,6 @@
 # AGPL-3.0 License
 """The ONNX and TorchScript writers and the output checks every exported file goes through (engine.exporter
-orchestrates; engine.export_openvino, engine.export_tensorrt and engine.quantize add the other formats).
+orchestrates; engine.export_openvino, models.export_tensorrt and engine.quantize add the other formats).
 
 Checks: the file is run (onnxruntime, torch.jit.load, OpenVINO) on inputs other than the one traced and compared
 with PyTorch elementwise, |out - ref| <= atol + rtol |ref| (TOLERANCE per precision).

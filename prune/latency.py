@@ -1,5 +1,5 @@
 # AGPL-3.0 License
-"""A per-conv latency cost model from a runtime's measurements (timed by engine/latency_table.py).
+"""A per-conv latency cost model from a runtime's measurements (timed by prune/latency_table.py).
 
 Each conv's entry holds `out`: its time at its full input width for kept output counts on a grid (`out_grid`),
 and `in`: its time at its full output width for a few input widths (`in_grid`). The model is separable:

@@ -1,5 +1,5 @@
 # AGPL-3.0 License
-"""Pruning to a measured latency (engine/latency_table.py, engine/latency_target.py) and PAGCP's cost hook."""
+"""Pruning to a measured latency (prune/latency_table.py, engine/latency_target.py) and PAGCP's cost hook."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from test_pagcp_budget import TASKS, _distortion_oracle, tiny  # noqa: F401  (the module-scoped fixture)
 
 import compress
-from engine import latency_table as lt
+from prune import latency_table as lt
 from engine.latency_target import check_options
 from prune import latency as pl
 from prune.methods.pagcp.budget import FlopsBudget, prune_to_flops

@@ -5,7 +5,7 @@ and with their telemetry off; and timing on the CPU runtimes a latency target na
 `runtime_call` gives a callable running one inference of an ONNX model (a file, or its bytes) on a fixed input,
 with `threads` intra-op threads: onnxruntime with sequential execution and idle threads not spinning (as
 engine/latency.py times), OpenVINO's CPU plugin with INFERENCE_NUM_THREADS, the LATENCY hint and FP32 arithmetic.
-`conv_graph` builds the one-layer ONNX models that engine/latency_table.py times.
+`conv_graph` builds the one-layer ONNX models that prune/latency_table.py times.
 
 Telemetry: `openvino.convert_model` (ovc) and NNCF report usage through openvino-telemetry unless the user opted
 out. Nothing here calls ovc: ONNX files are read by the OpenVINO runtime (`Core.read_model`) and written with

@@ -80,7 +80,7 @@ class FlopsBudget:
     round_cut: float | None = 0.08  # greedy: ... and enough that no round removes more than this share of the FLOPs left
     greedy_cheap: bool = True  # greedy: price the steps with the search passes' oracle (search_images)
     # the share's measure: None = conv FLOPs (prune.surgery.estimate_flops); else a function of (groups, removed)
-    # returning (before, after) in the same shape, e.g. a runtime's predicted latency (engine/latency_table.py)
+    # returning (before, after) in the same shape, e.g. a runtime's predicted latency (prune/latency_table.py)
     cost: Callable | None = field(default=None, compare=False, repr=False)
     counts: dict | None = field(default=None, compare=False, repr=False)  # group id -> the kept counts allowed
 
