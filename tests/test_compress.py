@@ -169,7 +169,7 @@ def test_pagcp_resume_between_rounds_same_structure(shapes_yaml, tmp_path, monke
     import engine.compressor
 
     args = ["--weights", "yolov5n.yaml", "--data", str(shapes_yaml), "--img", "64", "--batch", "8",
-            "--calib-images", "4", "--ratio-step", "0.25", "--initial_rate", "0.3", "--rounds", "2", "--seed", "3"]
+            "--calib-images", "4", "--ratio-step", "0.25", "--initial_rate", "0.3", "--reference-protocol", "--rounds", "2", "--seed", "3"]
     assert _run(args, tmp_path / "a") == 0
     real = engine.compressor._prune
 
@@ -205,7 +205,7 @@ def test_imgsz_off_the_stride_is_rounded_once_for_every_stage(shapes_yaml, tmp_p
     forward; the compressor rounds it once, says so, and every stage (trace, oracle, validation) uses it."""
     with caplog.at_level("WARNING"):
         rc = _run(["--weights", "yolov5n.yaml", "--data", str(shapes_yaml), "--img", "70", "--batch", "8",
-                   "--calib-images", "4", "--ratio-step", "0.45", "--initial_rate", "0.3"], tmp_path)
+                   "--calib-images", "4", "--ratio-step", "0.45", "--initial_rate", "0.3", "--reference-protocol"], tmp_path)
     assert rc == 0
     s = json.loads((tmp_path / "runs" / "exp" / "summary.json").read_text())
     assert s["imgsz"] == 96

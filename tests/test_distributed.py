@@ -85,7 +85,7 @@ def _pagcp_args(tiny_pt, shapes_yaml) -> list[str]:
     # 16 calibration images in 2 batches: one per process; rate 0.002 makes units trip at different ratios
     return ["--weights", str(tiny_pt), "--data", str(shapes_yaml), "--img", "64", "--batch", "8", "--method", "pagcp",
             "--calib-images", "16", "--ratio-step", "0.1", "--initial_rate", "0.002", "--seed", "3", "--no-latency",
-            "--workers", "0"]
+            "--workers", "0", "--reference-protocol"]  # the reference pass's loss-driven trips, under DDP
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import export
+from models.loader import load_model
 
 
 def _pruned(cfg: str, tmp_path, ratio: float = 0.3):
@@ -73,3 +74,18 @@ def test_bad_input_one_line(argv, msg, tmp_path, capsys):
     rc = export.main([*argv, "--imgsz", "64", "--project", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert rc != 0 and msg in err and len(err.splitlines()) == 1
+
+
+def test_read_only_weights_folder_exports_to_the_run_folder(tmp_path):
+    """Weights in a folder whose permission bits deny writes (even when run as root): files go to --project."""
+    src = tmp_path / "ro"
+    src.mkdir()
+    w = src / "m.pt"
+    torch.save({"model": load_model("yolov8n.yaml", nc=2).half()}, w)
+    src.chmod(0o555)
+    try:
+        rc = export.main(["--weights", str(w), "--include", "onnx", "--imgsz", "64", "--project", str(tmp_path / "runs")])
+    finally:
+        src.chmod(0o755)
+    assert rc == 0 and sorted(p.name for p in src.iterdir()) == ["m.pt"]
+    assert (tmp_path / "runs" / "exp" / "m.onnx").is_file()

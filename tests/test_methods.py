@@ -18,7 +18,7 @@ from prune import build_groups
 FAMILIES = ["yolov8n.yaml", "yolov7-tiny.yaml"]
 COMMON = ["--img", "64", "--batch", "8", "--workers", "0", "--no-latency", "--calib-images", "4", "--bn-recalib", "8"]
 METHODS = {
-    "pagcp": ["--method", "pagcp", "--ratio-step", "0.25", "--exp", "--initial_rate", "0.05", "--initial_thres", "2"],
+    "pagcp": ["--method", "pagcp", "--ratio-step", "0.25", "--exp", "--initial_rate", "0.05", "--initial_thres", "2", "--reference-protocol"],
     "fisher": ["--method", "fisher", "--target-flops", "0.9", "--interval", "1", "--channels-per-step", "64",
                "--hyp", "scratch-low"],
     "slim": ["--method", "slim", "--target-flops", "0.8"],

@@ -402,7 +402,7 @@ def test_run_folders_increment_input_weights_untouched(tiny, tiny_pt, shapes_yam
 # ---------------------------------------------------------------- PAGCP: same seed, kill and resume
 def _pagcp_args(tiny, shapes_yaml) -> list[str]:
     return ["--weights", str(tiny), "--data", str(shapes_yaml), "--img", "64", "--batch", "8", "--method", "pagcp",
-            "--calib-images", "4", "--ratio-step", "0.45", "--initial_rate", "0.3", "--bn-recalib", "0", "--seed", "3",
+            "--calib-images", "4", "--ratio-step", "0.45", "--initial_rate", "0.3", "--reference-protocol", "--bn-recalib", "0", "--seed", "3",
             *QUIET]
 
 

@@ -51,7 +51,7 @@ def test_round_times_count_each_stage_once(tiny, shapes_yaml, tmp_path, monkeypa
     monkeypatch.setattr(engine.compressor, "train", advancing(engine.compressor.train, 20))
     monkeypatch.setattr(engine.compressor.Evaluator, "__call__", advancing(engine.compressor.Evaluator.__call__, 1))
     s = _compress(["--weights", str(tiny), "--data", str(shapes_yaml), "--img", "64", "--batch", "8",
-                   "--calib-images", "4", "--ratio-step", "0.45", "--initial_rate", "0.3", "--epochs", "1",
+                   "--calib-images", "4", "--ratio-step", "0.45", "--initial_rate", "0.3", "--reference-protocol", "--epochs", "1",
                    "--hyp", "scratch-low", "--bn-recalib", "0"], tmp_path)
     r = s["rounds"][0]
     assert (r["oracle_seconds"], r["prune_seconds"], r["finetune_seconds"]) == (7, 10, 20)

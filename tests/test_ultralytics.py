@@ -157,7 +157,7 @@ def test_newest_families_cli(cfg, method, shapes_yaml, tmp_path):
 
     budget = (["--method", "l1", "--target-flops", "0.8"] if method == "l1" else
               ["--method", "pagcp", "--compression", "backbone", "--ratio-step", "0.5", "--exp", "--initial_rate",
-               "0.05", "--initial_thres", "2"])
+               "0.05", "--initial_thres", "2", "--reference-protocol"])
     rc = compress.main(["--weights", cfg, "--data", str(shapes_yaml), "--epochs", "0", "--img", "64", "--batch", "8",
                         "--workers", "0", "--no-latency", "--calib-images", "4", "--bn-recalib", "8", *budget,
                         "--project", str(tmp_path)])
