@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -102,14 +103,29 @@ def replace_tmp(tmp: Path, file: Path) -> None:
     replace_file(tmp, file)
 
 
+@contextmanager
+def written_atomically(file: Path, what: str):
+    """Yields a temporary path beside `file` to write; on success it replaces `file` (atomic, see replace_tmp).
+    Any failure removes the temporary file and is raised as ExportError('<what> export failed: ...'); UsageError
+    and ExportError pass unchanged."""
+    tmp = tmp_for(file)
+    try:
+        yield tmp
+        replace_tmp(tmp, file)
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, (UsageError, ExportError)):
+            raise
+        raise ExportError(f"{what} export failed: {one_line(e)}") from e
+
+
 def export_onnx(w: ExportWrapper, im: torch.Tensor, file: Path, opset: int = 17, dynamic: bool = False,
                 simplify: bool = False, metadata: dict | None = None) -> Path:
     """Trace w on im into an ONNX file (written atomically); returns the path."""
     import onnx
 
     file = Path(file)
-    tmp = tmp_for(file)
-    try:
+    with written_atomically(file, "ONNX") as tmp:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TracerWarnings about python floats from tensors (constants here)
             torch.onnx.export(
@@ -131,12 +147,6 @@ def export_onnx(w: ExportWrapper, im: torch.Tensor, file: Path, opset: int = 17,
             entry = proto.metadata_props.add()
             entry.key, entry.value = str(k), v if isinstance(v, str) else json.dumps(v)
         onnx.save(proto, str(tmp))
-        replace_tmp(tmp, file)
-    except Exception as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, (UsageError, ExportError)):
-            raise
-        raise ExportError(f"ONNX export failed: {one_line(e)}") from e
     return file
 
 
@@ -158,17 +168,12 @@ def _simplify(proto):
 
 def export_torchscript(w: ExportWrapper, im: torch.Tensor, file: Path, metadata: dict | None = None) -> Path:
     file = Path(file)
-    tmp = tmp_for(file)
-    try:
+    with written_atomically(file, "TorchScript") as tmp:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             ts = torch.jit.trace(w, im, strict=False, check_trace=False)
         extra = {"config.txt": json.dumps(metadata or {})}
         ts.save(str(tmp), _extra_files=extra)
-        replace_tmp(tmp, file)
-    except Exception as e:
-        tmp.unlink(missing_ok=True)
-        raise ExportError(f"TorchScript export failed: {one_line(e)}") from e
     return file
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from models.export import ExportError, one_line, replace_tmp, tmp_for
+from models.export import ExportError, written_atomically
 from utils import runtimes
 from utils.general import UsageError
 
@@ -32,8 +32,7 @@ def export_engine(onnx_file: Path, file: Path, metadata: dict, half: bool, dynam
     """Serialized TensorRT engine of the ONNX file (written atomically); dynamic: batch 1..2x, sizes as exported."""
     trt = runtimes.tensorrt()
     file = Path(file)
-    tmp = tmp_for(file)
-    try:
+    with written_atomically(file, "TensorRT") as tmp:
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)
         network = builder.create_network(0)
@@ -57,12 +56,6 @@ def export_engine(onnx_file: Path, file: Path, metadata: dict, half: bool, dynam
             f.write(len(meta).to_bytes(4, "little", signed=True))
             f.write(meta)
             f.write(bytes(engine))
-        replace_tmp(tmp, file)
-    except Exception as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, (ExportError, UsageError)):
-            raise
-        raise ExportError(f"TensorRT export failed: {one_line(e)}") from e
     return file
 
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch.nn as nn
 
 from prune.groups import GroupSet
-from prune.surgery import removal_slices
+from prune.surgery import removal_slices, removed_counts
 
 MAX_POINTS = 32  # kept output counts timed per layer at most
 IN_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -61,15 +60,7 @@ class LatencyTable:
     def cost(self, groups: GroupSet, removed: dict[int, list[int]]) -> tuple[float, float]:
         """(predicted ms of the convs before, after) a removal: estimate_flops' shape, the runtime's measure."""
         info = groups.graph.conv_info
-        r_out: dict[str, int] = defaultdict(int)
-        r_in: dict[str, int] = defaultdict(int)
-        for (mod, tname, dim), idx in removal_slices(groups, removed).items():
-            if tname != "weight" or mod not in info or info[mod].kind != "conv":
-                continue
-            if dim == 0:
-                r_out[mod] += len(idx)
-            else:
-                r_in[mod] += len(idx)
+        r_out, r_in = removed_counts(groups, removed, ("conv",))
         before = after = 0.0
         for mod, ci in info.items():
             if ci.kind != "conv":

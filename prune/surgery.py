@@ -104,18 +104,27 @@ def group_sizes(groups: GroupSet, removed: dict[int, list[int]]) -> list[dict]:
     return rows
 
 
-def estimate_flops(groups: GroupSet, removed: dict[int, list[int]]) -> tuple[float, float]:
-    """(FLOPs before, FLOPs after) of convs/linears at the traced input size, exactly from the removal."""
+def removed_counts(groups: GroupSet, removed: dict[int, list[int]],
+                   kinds: tuple[str, ...] = ("conv", "linear")) -> tuple[dict[str, int], dict[str, int]]:
+    """Per traced conv/linear of `kinds` (module name -> count): the output and the input channels a removal takes
+    from its weight (defaultdicts: 0 for modules the removal does not touch)."""
     info = groups.graph.conv_info
     r_out: dict[str, int] = defaultdict(int)
     r_in: dict[str, int] = defaultdict(int)
     for (mod, tname, dim), idx in removal_slices(groups, removed).items():
-        if tname != "weight" or mod not in info or info[mod].kind not in ("conv", "linear"):
+        if tname != "weight" or mod not in info or info[mod].kind not in kinds:
             continue
         if dim == 0:
             r_out[mod] += len(idx)
         else:
             r_in[mod] += len(idx)
+    return r_out, r_in
+
+
+def estimate_flops(groups: GroupSet, removed: dict[int, list[int]]) -> tuple[float, float]:
+    """(FLOPs before, FLOPs after) of convs/linears at the traced input size, exactly from the removal."""
+    info = groups.graph.conv_info
+    r_out, r_in = removed_counts(groups, removed)
     before = after = 0.0
     for mod, ci in info.items():
         if ci.kind in ("conv", "linear"):
