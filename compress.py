@@ -37,7 +37,7 @@ from train import add_train_args
 from utils import distributed as ddp
 from utils.checkpoint import CheckpointError
 from utils.config import ROOT, HelpFormatter, defaults, explicit_flags
-from utils.general import UsageError, interrupt_status, sigterm_as_interrupt
+from utils.general import LOGGER, UsageError, interrupt_status, sigterm_as_interrupt
 
 
 def build_parser(d: dict) -> argparse.ArgumentParser:
@@ -56,8 +56,11 @@ def build_parser(d: dict) -> argparse.ArgumentParser:
                           help="--method fisher: channels masked at each prune")
     g_tune = p.add_argument_group("fine-tuning after each round (train.py's flags)")
     g_tune.add_argument("--epochs", type=int, default=d["epochs"], help="fine-tuning epochs after each pruning round")
-    g_tune.add_argument("--distill", action="store_true", default=d["distill"],
-                        help="fine-tune with the unpruned model as output-distillation teacher")
+    g_tune.add_argument("--no-distill", dest="distill", action="store_false", default=d["distill"],
+                        help="fine-tune without the unpruned input model as teacher (distillation is on by default; "
+                             "--distill-mode, --dist, --dist-feat set how)")
+    g_tune.add_argument("--distill", dest="distill_flag", action="store_true",
+                        help="accepted for older commands: distillation is already on by default (a note is printed)")
     add_train_args(g_tune, d)
     g_base = p.add_argument_group("offline demo: the base model trained when no --weights is given")
     g_base.add_argument("--base-cfg", default=d["base_cfg"], help="no --weights: model yaml of the base model to train")
@@ -215,6 +218,12 @@ def parse_opt(argv=None) -> argparse.Namespace:
         c = opt.criterion
         opt.method = SEED_CRITERIA.get(int(c), c) if str(c).isdigit() else c
     opt.method = opt.method.lower()
+    if opt.distill_flag:
+        if not opt.distill:
+            raise UsageError("--distill and --no-distill contradict each other: give one")
+        LOGGER.info("note: --distill is no longer needed, distillation from the input model is on by default "
+                    "whenever compress.py fine-tunes (--no-distill turns it off)")
+    del opt.distill_flag
     return opt
 
 

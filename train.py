@@ -22,6 +22,7 @@ from pathlib import Path
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
 from data.datasets import DataConfigError, check_dataset
+from engine.distill import DISTILL_MODES
 from engine.recipe import apply_recipe
 from engine.sensitivity import (
     PRUNING_ARGS,
@@ -69,8 +70,11 @@ def add_train_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, d: dict
     p.add_argument("--close-mosaic", type=int, default=d["close_mosaic"], help="no mosaic in the last N epochs")
     p.add_argument("--sparsity", type=float, default=d["sparsity"], help="L1 penalty on BN scales (slimming)")
     p.add_argument("--sparsity-ignore", nargs="*", default=d["sparsity_ignore"], help="BN name patterns not penalized")
-    p.add_argument("--teacher", default=d["teacher"], help="teacher checkpoint for output distillation")
-    p.add_argument("--dist", type=float, default=d["dist"], help="distillation loss weight")
+    p.add_argument("--teacher", default=d["teacher"], help="teacher checkpoint for distillation (same family and classes)")
+    p.add_argument("--distill-mode", default=d["distill_mode"], choices=DISTILL_MODES,
+                   help="distil head outputs, the features feeding the head (learned projectors), or both")
+    p.add_argument("--dist", type=float, default=d["dist"], help="output distillation loss weight")
+    p.add_argument("--dist-feat", type=float, default=d["dist_feat"], help="feature distillation loss weight")
     p.add_argument("--noval", action="store_true", default=d["noval"], help="only validate the final epoch")
     p.add_argument("--nosave", action="store_true", help="only save the final checkpoint")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=d["amp"], help="no mixed precision on CUDA")

@@ -120,8 +120,6 @@ def _check_common(opt) -> None:
         raise UsageError(f"--epochs must be >= 0, got {opt.epochs}")
     if opt.rounds < 1:
         raise UsageError(f"--rounds must be >= 1, got {opt.rounds}")
-    if opt.distill and opt.epochs == 0:
-        raise UsageError("--distill needs fine-tuning: give --epochs N > 0")
 
 
 def run(opt) -> dict:
@@ -173,7 +171,7 @@ def run(opt) -> dict:
         if ddp.is_main():
             write_json(summary, save_dir / "summary.json")
     summary = ddp.broadcast(summary)  # rank 0's measurements
-    teacher = copy.deepcopy(model).eval() if opt.distill else None
+    teacher = copy.deepcopy(model).eval() if opt.distill and opt.epochs > 0 else None  # the input model teaches
     run = SimpleNamespace(data=data, device=device, evaluate=evaluate, teacher=teacher, weights=str(weights),
                           base_nc=int(model.nc), goal=goal, base=copy.deepcopy(model) if goal else None)
 
@@ -337,6 +335,7 @@ def _round(k: int, model: nn.Module, opt, run, rdir: Path, target: float | None)
             res = train(model=None if resume else model, resume=str(last) if resume else False,
                         teacher_model=run.teacher, **kw)
             model = (res.model if res.model is not None else model).to(device)  # only rank 0 has the EMA's best
+            entry["distill"] = res.distill  # its mode and cost (None without distillation)
         entry["finetune_seconds"] = time.time() - t1  # training with its per-epoch validation (this process)
         after = _measure(model, run.evaluate, opt.imgsz, f"round {k} after fine-tuning")
         entry.update(after, model="weights/best.pt")

@@ -14,9 +14,10 @@ import yaml
 
 from data.datasets import DATA_DIR
 from engine.backends import refuse_exported
+from engine.distill import DistillMode
 from engine.optim import OPTIMIZERS
 from utils.checkpoint import load_checkpoint
-from utils.config import defaults
+from utils.config import check_choice, defaults
 from utils.general import UsageError
 
 
@@ -58,6 +59,9 @@ def check_options(opt: Namespace) -> None:
     if opt.optimizer not in OPTIMIZERS:
         raise UsageError(f"unknown --optimizer '{opt.optimizer}': choose "
                          f"{', '.join(OPTIMIZERS[:-1])} or {OPTIMIZERS[-1]}")
+    check_choice(opt.distill_mode, DistillMode, "--distill-mode")
+    if opt.dist < 0 or opt.dist_feat < 0:
+        raise UsageError(f"--dist and --dist-feat must be >= 0, got {opt.dist} and {opt.dist_feat}")
     if opt.sparsity < 0:
         raise UsageError(f"--sparsity must be >= 0, got {opt.sparsity}")
     if opt.sparsity_ignore and not opt.sparsity:

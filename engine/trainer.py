@@ -33,7 +33,7 @@ from ultralytics.utils import TQDM
 from ultralytics.utils.torch_utils import ModelEMA, torch_distributed_zero_first
 
 from data.datasets import build_train_dataset, build_val_loader, check_dataset, checked_dataset
-from engine.distill import OutputDistiller
+from engine.distill import Distiller
 from engine.optim import build_optimizer, freeze_layers, lr_factor
 from engine.train_config import check_options, load_hyp, resume_options, seed_everything, train_options
 from engine.train_checks import TrainingWatch
@@ -67,6 +67,7 @@ class TrainResult:
     epochs: int = 0
     seconds: float = 0.0
     warnings: list = field(default_factory=list)  # the run's WARNING lines (engine.train_checks), also warnings.txt
+    distill: dict | None = None  # distillation's mode and cost (engine.distill.Distiller.summary), also distill.json
 
 
 class Trainer:
@@ -183,6 +184,15 @@ class Trainer:
             if self.sparsity.ignored and self.main:
                 LOGGER.info(f"--sparsity-ignore {' '.join(opt.sparsity_ignore)}: {len(self.sparsity.ignored)} "
                             f"BatchNorm layer(s) not penalized: {', '.join(self.sparsity.ignored)}")
+        self.distiller = None
+        if opt.teacher or self._teacher_model is not None:  # before the run folder: a bad teacher writes nothing
+            teacher = self._teacher_model or load_model(opt.teacher, trust=opt.trust_checkpoint)
+            self.distiller = Distiller(copy.deepcopy(teacher).float().to(device), model, opt.distill_mode, opt.dist,
+                                       opt.dist_feat, getattr(self.criterion, "h", None) or {}, imgsz)
+            for event, cbs in self.distiller.callbacks().items():
+                self.callbacks[event] += cbs
+            LOGGER.info(f"distilling ({opt.distill_mode}) from {opt.teacher or 'the unpruned model'} "
+                        f"(output weight {opt.dist}, feature weight {opt.dist_feat})")
 
         self.train_set, self.loader = self._train_loader(data, batch, stride)
         self.nb = len(self.loader)  # batches per epoch (callbacks read it)
@@ -197,18 +207,13 @@ class Trainer:
             write_text(save_dir / "opt.yaml", yaml.safe_dump(plain(vars(opt)), sort_keys=False))
 
         self.optimizer = build_optimizer(model, self.hyp, opt.optimizer, opt.nbs, self.accumulate, batch)
+        if self.distiller is not None:  # the projectors train with the student (before the scheduler)
+            self.distiller.add_param_group(self.optimizer, self.hyp)
         self.lf = lr_factor(opt.epochs, self.hyp.get("lrf", 0.01), opt.cos_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
         self.ema = ModelEMA(model) if self.main else None
         self.amp = bool(opt.amp) and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.distiller = None
-        if opt.teacher or self._teacher_model is not None:
-            teacher = self._teacher_model or load_model(opt.teacher, trust=opt.trust_checkpoint)
-            teacher = copy.deepcopy(teacher).float().to(device)
-            gains = getattr(self.criterion, "h", None) or {}
-            self.distiller = OutputDistiller(teacher, model, gains, opt.dist)
-            LOGGER.info(f"distilling from {opt.teacher or 'the unpruned model'} (weight {opt.dist})")
         return ckpt
 
     def _restore(self, ckpt: dict | None) -> None:
@@ -298,7 +303,7 @@ class Trainer:
             if ni <= self.nw:
                 self._warmup(ni, epoch)
             with torch.autocast(device.type, enabled=self.amp):
-                preds = net(imgs)
+                preds = self.distiller.student_forward(net, imgs) if self.distiller is not None else net(imgs)
                 loss, items = self.criterion(preds, batch_data)
                 if self.distiller is not None:
                     loss = loss + self.distiller(preds, imgs)
@@ -403,6 +408,8 @@ class Trainer:
             if self.best_metrics:
                 LOGGER.info(f"best epoch {self.best_epoch + 1}: fitness {self.best_fitness:.4f}, mAP50 "
                             f"{self.best_metrics['map50']:.3f}, mAP50-95 {self.best_metrics['map50_95']:.3f}")
+            if self.distiller is not None:
+                result.distill = self.distiller.finish(self.save_dir)
             LOGGER.info(f"{ran} epochs completed in {(time.time() - t_start) / 3600:.3f} "
                         f"hours.\nResults saved to {self.save_dir}")
         self._run_callbacks("on_train_end")
