@@ -69,7 +69,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup-epochs", type=float, default=0.0,
                     help="fine-tune warmup (overrides the hyp's; YOLOv5 warms up >= 100 iterations whenever > 0)")
     ap.add_argument("--nbs", type=int, default=16, help="nominal batch size of every training (train.py --nbs)")
-    ap.add_argument("--distill", action="store_true", help="fine-tune with the base as distillation teacher")
+    ap.add_argument("--distill", action="store_true",
+                    help="fine-tune with the base as distillation teacher (compress.py's default; off here unless given)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5, 0.35], help="FLOPs shares of the base")
     ap.add_argument("--divisor-targets", type=float, nargs="*", default=[0.5], help="FLOPs shares run with --divisor")
@@ -204,7 +205,7 @@ class Bench:
                 "--epochs", str(o.epochs), "--hyp", self.ft_hyp, "--nbs", str(o.nbs), "--calib-images",
                 str(o.calib_images), "--seed", str(o.seed), "--device", str(o.device), "--workers", str(o.workers),
                 "--no-latency",
-                *(["--distill"] if o.distill else []), *flags, *o.extra]
+                *([] if o.distill else ["--no-distill"]), *flags, *o.extra]
         t0 = time.time()
         resumed = (folder / "opt.json").is_file()
         if resumed:

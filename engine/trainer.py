@@ -455,7 +455,7 @@ class Trainer:
 def train(model: nn.Module | None = None, callbacks: dict | None = None, teacher_model: nn.Module | None = None,
           **kw) -> TrainResult:
     """Python API: `train(model=pruned, data='coco128.yaml', epochs=5, hyp='finetune', save_dir=...)`;
-    `teacher_model` distils from a model object (compress.py --distill: the unpruned model)."""
+    `teacher_model` distils from a model object (compress.py: the unpruned input model)."""
     if model is not None and not kw.get("weights") and not kw.get("cfg"):
         kw["weights"] = "<model object>"
     return Trainer(train_options(**kw), model=model, callbacks=callbacks, teacher_model=teacher_model).train()
