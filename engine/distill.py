@@ -62,6 +62,7 @@ class Distiller:
         self.epoch_seconds: list[float] = []
         self.held_bytes = 0  # CUDA: the most memory a batch's distillation kept allocated until its backward
         self._epoch_t0 = None
+        self._optimizer = self._group = None  # the optimizer and its group holding the projectors
 
     # ------------------------------------------------------------------ the loop
     def student_forward(self, net: nn.Module, imgs: torch.Tensor):
@@ -89,6 +90,7 @@ class Distiller:
         if self.output is not None:
             loss = loss + self.output.loss(raw_outputs(student_raw), t_raw) * self.output.weight
         if self.features is not None:
+            self._fit_projectors()
             loss = loss + self.features.loss(self._s_feats, t_feats, t_raw) * self.feature_weight
             self._s_feats = {}
         loss = loss * img.shape[0]
@@ -106,6 +108,22 @@ class Distiller:
         """The projectors as one more parameter group (decayed like conv weights); call before the LR scheduler."""
         if self.parameters():
             optimizer.add_param_group({"params": self.parameters(), "weight_decay": hyp.get("weight_decay", 5e-4)})
+            self._optimizer, self._group = optimizer, optimizer.param_groups[-1]
+
+    def _fit_projectors(self) -> None:
+        """A student narrowed during the fine-tune (pruning in steps): a level whose width changed gets a fresh
+        projector input conv, and the optimizer's projector group follows."""
+        for k, feat in self._s_feats.items():
+            conv = self.features.input_conv(k)
+            if feat.shape[1] == conv.in_channels:
+                continue
+            LOGGER.info(f"distillation: the student's level {k} now has {feat.shape[1]} channels "
+                        f"(was {conv.in_channels}); its projector input starts afresh")
+            self.features.set_input_conv(k, nn.Conv2d(feat.shape[1], conv.out_channels, 1).to(conv.weight.device))
+            if self._optimizer is not None:
+                for p in conv.parameters():
+                    self._optimizer.state.pop(p, None)
+                self._group["params"] = self.parameters()
 
     # ------------------------------------------------------------------ trainer callbacks
     def callbacks(self) -> dict:

@@ -174,6 +174,13 @@ class AnchorFeatureKD:
     def teacher_capture(self, teacher: nn.Module):
         return capture(teacher, self.t_layers)
 
+    def input_conv(self, k: int) -> nn.Conv2d:
+        """The conv of level k's projector that reads the student's channels."""
+        return self.projector[k]
+
+    def set_input_conv(self, k: int, conv: nn.Conv2d) -> None:
+        self.projector[k] = conv
+
     def loss(self, s_feats: dict, t_feats: dict, t_raw) -> torch.Tensor:
         """Objectness-weighted L2 over the levels (not scaled by the batch size)."""
         total = None
@@ -225,6 +232,13 @@ class UltralyticsFeatureKD:
 
     def student_capture(self, student: nn.Module):
         return capture(student, self.s_layers)
+
+    def input_conv(self, k: int) -> nn.Conv2d:
+        """The conv of level k's projector that reads the student's channels."""
+        return self.dm.projector[k][0]
+
+    def set_input_conv(self, k: int, conv: nn.Conv2d) -> None:
+        self.dm.projector[k][0] = conv
 
     def teacher_capture(self, teacher: nn.Module):
         """The wrapper's own hooks fill its feature dict on every teacher forward; yield that."""

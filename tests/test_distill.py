@@ -78,6 +78,22 @@ def test_gradients_reach_projectors_not_teacher_and_no_hooks_stay(pair):
     copy.deepcopy(student)  # as the EMA and the checkpoints do
 
 
+def test_projectors_follow_a_student_narrowed_during_the_fine_tune(pair):
+    """Pruning in steps narrows the student mid-run: the projector inputs and the optimizer group follow."""
+    teacher, narrow = pair
+    wide = copy.deepcopy(teacher).train()
+    d = Distiller(teacher, wide, "feature", imgsz=64)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    d.add_param_group(opt, {})
+    before = [p.shape for p in d.parameters()]
+    narrow = copy.deepcopy(narrow).train()
+    img = torch.rand(2, 3, 64, 64)
+    d(d.student_forward(narrow, img), img).backward()
+    assert [p.shape for p in d.parameters()] != before
+    assert [p.shape for p in opt.param_groups[-1]["params"]] == [p.shape for p in d.parameters()]
+    opt.step()  # the new projector inputs train
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cfg", FAMILIES)
 def test_training_with_feature_kd_saves_plain_models(cfg, shapes_yaml, tmp_path):
