@@ -171,7 +171,8 @@ def run(opt) -> dict:
         if ddp.is_main():
             write_json(summary, save_dir / "summary.json")
     summary = ddp.broadcast(summary)  # rank 0's measurements
-    teacher = copy.deepcopy(model).eval() if opt.distill and opt.epochs > 0 else None  # the input model teaches
+    # the input model teaches (a --teacher checkpoint replaces it)
+    teacher = copy.deepcopy(model).eval() if opt.distill and opt.epochs > 0 and not opt.teacher else None
     run = SimpleNamespace(data=data, device=device, evaluate=evaluate, teacher=teacher, weights=str(weights),
                           base_nc=int(model.nc), goal=goal, base=copy.deepcopy(model) if goal else None)
 
