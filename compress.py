@@ -56,6 +56,15 @@ def build_parser(d: dict) -> argparse.ArgumentParser:
                           help="--method fisher: channels masked at each prune")
     g_tune = p.add_argument_group("fine-tuning after each round (train.py's flags)")
     g_tune.add_argument("--epochs", type=int, default=d["epochs"], help="fine-tuning epochs after each pruning round")
+    g_tune.add_argument("--one-shot", action="store_true", default=d["one_shot"],
+                        help="prune in one step before fine-tuning (default with --epochs > 0 and a FLOPs target: "
+                             "gradual pruning inside the fine-tune)")
+    g_tune.add_argument("--gradual-steps", type=int, default=d["gradual_steps"],
+                        help="gradual pruning: number of cuts spread over the fine-tune")
+    g_tune.add_argument("--gradual-until", type=float, default=d["gradual_until"],
+                        help="gradual pruning: the last cut at this share of the fine-tune's optimizer steps")
+    g_tune.add_argument("--gradual-calib-images", type=int, default=d["gradual_calib_images"],
+                        help="gradual pruning: calibration images each cut is priced on (PAGCP, taylor)")
     g_tune.add_argument("--distill", action="store_true", default=d["distill"],
                         help="fine-tune with the unpruned model as output-distillation teacher")
     add_train_args(g_tune, d)
