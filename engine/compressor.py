@@ -17,7 +17,6 @@ import datetime
 import json
 import time
 from pathlib import Path
-
 from types import SimpleNamespace
 
 import numpy as np
@@ -25,9 +24,11 @@ import torch
 import torch.nn as nn
 
 from data.datasets import build_val_loader, check_dataset
-from engine import gradual, latency_target
+from engine import latency_target
 from engine.backends import refuse_exported
 from engine.demo import base_model_path, ensure_base_model
+from engine.gradual import finetune as finetune_gradually
+from engine.gradual import has_train_state
 from engine.latency import compress_latency
 from engine.report import (
     FLOPS_TOLERANCE,
@@ -46,7 +47,7 @@ from engine.trainer import train, train_options
 from engine.validation import ValResult, format_table, validate, write_json
 from models.loader import finalize, fuse_model, load_model, model_family, reset_classes
 from models.loss import build_criterion
-from prune import build_groups
+from prune import build_groups, gradual
 from prune.methods import METHOD_NAMES, PlanContext, get_method
 from prune.methods.pagcp import config as pagcp_config
 from prune.methods.pagcp.method import check_reachable as pagcp_reachable
@@ -322,7 +323,7 @@ def _round(k: int, model: nn.Module, opt, run, rdir: Path, target: float | None)
         rdir.mkdir(parents=True, exist_ok=True)
     if gradual.wanted(opt, run.goal) and target is not None and target < 1:  # cuts inside the fine-tune
         t1 = time.time()
-        model, pruned = gradual.finetune(k, model, opt, run, rdir, target, _train_kwargs(opt, run.base_lr0),
+        model, pruned = finetune_gradually(k, model, opt, run, rdir, target, _train_kwargs(opt, run.base_lr0),
                                          lambda m, tag: _measure(m, run.evaluate, opt.imgsz, tag))
         entry = {"round": k, **pruned, "finetune_seconds": time.time() - t1, "model": "weights/best.pt",
                  "map50_95_before_finetune": pruned["pruned_metrics"]["map50_95"]}
@@ -342,7 +343,7 @@ def _round(k: int, model: nn.Module, opt, run, rdir: Path, target: float | None)
     if opt.epochs > 0:
         t1 = time.time()
         last = rdir / "weights" / "last.pt"
-        resume = bool(opt.resume) and last.exists() and gradual.has_train_state(last)
+        resume = bool(opt.resume) and last.exists() and has_train_state(last)
         done = bool(opt.resume) and (rdir / "weights" / "best.pt").exists() and not resume
         if done:
             model = load_model(rdir / "weights" / "best.pt").to(device)

@@ -134,21 +134,3 @@ class StepSchedule:
         return (f"schedule in optimizer steps: {self.total} steps, warmup {self.warmup}, lr0 {self.lr0:.3g} "
                 f"({self.lr0_source}), {self.decay} decay to {self.lr0 * self.lrf:.3g}, EMA tau {self.ema_tau:.0f} "
                 f"steps (decay {self.ema_decay:.5f}, window {1 / (1 - self.ema_decay):.0f} steps)")
-
-
-def base_lr0(ckpt) -> float | None:
-    """The lr0 a checkpoint's base model was trained with: compress.py's pruning record (base_lr0), ultralytics'
-    train_args, or the hyp a YOLOv5-style trainer saved (this project's 'hyp', YOLOv5's opt['hyp']); None when
-    unknown or when the checkpoint is itself a fine-tune of a pruned model (its hyp is the fine-tune's)."""
-    if not isinstance(ckpt, dict):
-        return None
-    rec = ckpt.get("pruning")
-    if isinstance(rec, dict):
-        return rec.get("base_lr0")
-    for hyp in (ckpt.get("train_args"), ckpt.get("hyp"), (ckpt.get("opt") or {}).get("hyp")
-                if isinstance(ckpt.get("opt"), dict) else None):
-        if isinstance(hyp, dict) and isinstance(hyp.get("lr0"), (int, float)):
-            if isinstance(ckpt.get("opt"), dict) and ckpt["opt"].get("schedule") == "steps":
-                return None  # a fine-tune of a pruned model: its lr0 is already the fine-tune's
-            return float(hyp["lr0"])
-    return None

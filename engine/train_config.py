@@ -14,8 +14,8 @@ import yaml
 
 from data.datasets import DATA_DIR
 from engine.backends import refuse_exported
-from engine.optim import OPTIMIZERS, SCHEDULES, STEP_DECAYS, base_lr0
-from utils.checkpoint import load_checkpoint
+from engine.optim import OPTIMIZERS, SCHEDULES, STEP_DECAYS
+from utils.checkpoint import load_checkpoint, training_lr0
 from utils.config import defaults
 from utils.general import UsageError
 
@@ -79,7 +79,7 @@ def resolve_base_lr0(opt: Namespace) -> float | None:
     if opt.base_lr0 is not None or not Path(str(opt.weights)).is_file():
         return opt.base_lr0
     try:
-        return base_lr0(load_checkpoint(opt.weights, trust=opt.trust_checkpoint))
+        return training_lr0(load_checkpoint(opt.weights, trust=opt.trust_checkpoint))
     except Exception:  # only a default is at stake
         return None
 

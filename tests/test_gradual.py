@@ -10,10 +10,10 @@ import pytest
 
 import compress
 import train
-from engine.gradual import cut_steps
 from engine.optim import StepSchedule
 from engine.report import FLOPS_TOLERANCE
 from models.loader import load_model
+from prune.gradual import cut_steps
 from utils.config import defaults
 from utils.general import UsageError
 
@@ -129,3 +129,27 @@ def test_gradual_pagcp_reaches_target(shapes_yaml, tmp_path):
     assert _compress(args, tmp_path, shapes_yaml) == 0
     s = json.loads((tmp_path / "exp" / "summary.json").read_text())
     assert abs(s["flops_share"] - 0.7) <= FLOPS_TOLERANCE and len(s["rounds"][0]["gradual"]["cuts"]) == 2
+
+
+@pytest.mark.slow
+def test_ddp_gradual_two_processes_cut_alike(shapes_yaml, tmp_path):
+    """torchrun, 2 gloo processes: every cut is applied on both (rank 0's plan), training goes on as DDP."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    project = tmp_path / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "compress.py"), "--weights", "yolov5n.yaml", "--data", str(shapes_yaml), "--img", "64",
+           "--batch", "8", "--nbs", "8", "--method", "l1", "--target-flops", "0.5", "--epochs", "2",
+           "--gradual-steps", "2", "--gradual-until", "0.5", "--device", "cpu", "--no-latency", "--workers", "0",
+           "--project", str(project)]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    s = json.loads((project / "exp" / "summary.json").read_text())
+    assert "2 process(es)" in p.stdout and abs(s["flops_share"] - 0.5) <= FLOPS_TOLERANCE
+    assert len(s["rounds"][0]["gradual"]["cuts"]) == 2
+    assert sum(t.numel() for t in load_model(project / "exp" / "pruned.pt").parameters()) == s["after"]["params"]
