@@ -321,7 +321,8 @@ def _round(k: int, model: nn.Module, opt, run, rdir: Path, target: float | None)
     device = run.device
     if ddp.is_main():
         rdir.mkdir(parents=True, exist_ok=True)
-    if gradual.wanted(opt, run.goal) and target is not None and target < 1:  # cuts inside the fine-tune
+    stage = rdir / "pruned.json"  # a one-shot cut's record (also of runs started before gradual pruning)
+    if gradual.wanted(opt, run.goal) and target is not None and target < 1 and not (opt.resume and stage.exists()):
         t1 = time.time()
         model, pruned = finetune_gradually(k, model, opt, run, rdir, target, _train_kwargs(opt, run.base_lr0),
                                          lambda m, tag: _measure(m, run.evaluate, opt.imgsz, tag))
@@ -330,7 +331,6 @@ def _round(k: int, model: nn.Module, opt, run, rdir: Path, target: float | None)
         entry.update(_measure(model, run.evaluate, opt.imgsz, f"round {k} after gradual pruning and fine-tuning"))
         entry["seconds"] = time.time() - t0
         return model, entry
-    stage = rdir / "pruned.json"
     reused = opt.resume and stage.exists() and (rdir / "pruned.pt").exists()  # never another run's (--exist-ok)
     if reused:
         pruned = json.loads(stage.read_text())
