@@ -61,6 +61,15 @@ def build_parser(d: dict) -> argparse.ArgumentParser:
                              "--distill-mode, --dist, --dist-feat set how)")
     g_tune.add_argument("--distill", dest="distill_flag", action="store_true",
                         help="accepted for older commands: distillation is already on by default (a note is printed)")
+    g_tune.add_argument("--one-shot", action="store_true", default=d["one_shot"],
+                        help="prune in one step before fine-tuning (default with --epochs > 0 and a FLOPs target: "
+                             "gradual pruning inside the fine-tune)")
+    g_tune.add_argument("--gradual-steps", type=int, default=d["gradual_steps"],
+                        help="gradual pruning: number of cuts spread over the fine-tune")
+    g_tune.add_argument("--gradual-until", type=float, default=d["gradual_until"],
+                        help="gradual pruning: the last cut at this share of the fine-tune's optimizer steps")
+    g_tune.add_argument("--gradual-calib-images", type=int, default=d["gradual_calib_images"],
+                        help="gradual pruning: calibration images each cut is priced on (PAGCP, taylor)")
     add_train_args(g_tune, d)
     g_base = p.add_argument_group("offline demo: the base model trained when no --weights is given")
     g_base.add_argument("--base-cfg", default=d["base_cfg"], help="no --weights: model yaml of the base model to train")

@@ -80,6 +80,8 @@ def add_train_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, d: dict
     p.add_argument("--no-amp", dest="amp", action="store_false", default=d["amp"], help="no mixed precision on CUDA")
     p.add_argument("--sync-bn", action="store_true", default=d["sync_bn"], help="SyncBatchNorm (DDP only)")
     p.add_argument("--nbs", type=int, default=d["nbs"], help="nominal batch size")
+    p.add_argument("--schedule", default=d["schedule"], choices=("epochs", "steps"),
+                   help="lr/warmup/EMA schedule: epochs (YOLOv5's) or steps (in optimizer steps, cfg/default.yaml)")
 
 
 def parse_opt(argv=None) -> argparse.Namespace:

@@ -17,7 +17,6 @@ import datetime
 import json
 import time
 from pathlib import Path
-
 from types import SimpleNamespace
 
 import numpy as np
@@ -28,6 +27,8 @@ from data.datasets import build_val_loader, check_dataset
 from engine import latency_target
 from engine.backends import refuse_exported
 from engine.demo import base_model_path, ensure_base_model
+from engine.gradual import finetune as finetune_gradually
+from engine.gradual import has_train_state
 from engine.latency import compress_latency
 from engine.report import (
     FLOPS_TOLERANCE,
@@ -40,12 +41,13 @@ from engine.report import (
     write_results,
 )
 from engine.safeguards import FLOOR_GROUPS, floor_warning, groups_at_floor, resolve_budget, run_warnings
+from engine.train_config import resolve_base_lr0
 from engine.train_state import storable
 from engine.trainer import train, train_options
 from engine.validation import ValResult, format_table, validate, write_json
 from models.loader import finalize, fuse_model, load_model, model_family, reset_classes
 from models.loss import build_criterion
-from prune import build_groups
+from prune import build_groups, gradual
 from prune.methods import METHOD_NAMES, PlanContext, get_method
 from prune.methods.pagcp import config as pagcp_config
 from prune.methods.pagcp.method import check_reachable as pagcp_reachable
@@ -54,7 +56,7 @@ from prune.plans import min_flops_share
 from prune.sensitivity import parse_pruning_params
 from prune.surgery import apply_removal, channel_table, compensate_biases, estimate_flops, group_sizes, input_means
 from utils import distributed as ddp
-from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.checkpoint import save_checkpoint
 from utils.config import defaults
 from utils.files import copy_file, write_text
 from utils.flops import count_params, gflops
@@ -120,6 +122,7 @@ def _check_common(opt) -> None:
         raise UsageError(f"--epochs must be >= 0, got {opt.epochs}")
     if opt.rounds < 1:
         raise UsageError(f"--rounds must be >= 1, got {opt.rounds}")
+    gradual.check_options(opt)
 
 
 def run(opt) -> dict:
@@ -173,8 +176,9 @@ def run(opt) -> dict:
     summary = ddp.broadcast(summary)  # rank 0's measurements
     # the input model teaches (a --teacher checkpoint replaces it)
     teacher = copy.deepcopy(model).eval() if opt.distill and opt.epochs > 0 and not opt.teacher else None
+    lr0 = resolve_base_lr0(SimpleNamespace(base_lr0=None, weights=weights, trust_checkpoint=opt.trust_checkpoint))
     run = SimpleNamespace(data=data, device=device, evaluate=evaluate, teacher=teacher, weights=str(weights),
-                          base_nc=int(model.nc), goal=goal, base=copy.deepcopy(model) if goal else None)
+                          base_nc=int(model.nc), goal=goal, base=copy.deepcopy(model) if goal else None, base_lr0=lr0)
 
     for k in range(opt.rounds + (goal.topups if goal else 0)):  # a latency target: top-up rounds while missed
         if k >= opt.rounds and goal.met():
@@ -297,7 +301,9 @@ def _find_run(opt) -> tuple[Path, dict | None]:
         if not (save_dir / "opt.json").exists() and not (save_dir / "summary.json").exists():
             raise UsageError(f"--resume {save_dir}: not a compression run folder (no opt.json or summary.json)")
     if (save_dir / "opt.json").exists():  # runs started before opt.json existed keep the command line's options
-        for k, v in json.loads((save_dir / "opt.json").read_text()).items():
+        saved_opt = json.loads((save_dir / "opt.json").read_text())
+        gradual.check_resume(vars(opt), saved_opt, set(getattr(opt, "explicit", None) or ()))
+        for k, v in saved_opt.items():
             if k not in RESUME_KEEPS and hasattr(opt, k):
                 setattr(opt, k, v)
     summary = json.loads((save_dir / "summary.json").read_text()) if (save_dir / "summary.json").exists() else None
@@ -314,7 +320,16 @@ def _round(k: int, model: nn.Module, opt, run, rdir: Path, target: float | None)
     device = run.device
     if ddp.is_main():
         rdir.mkdir(parents=True, exist_ok=True)
-    stage = rdir / "pruned.json"
+    stage = rdir / "pruned.json"  # a one-shot cut's record (also of runs started before gradual pruning)
+    if gradual.wanted(opt, run.goal) and target is not None and target < 1 and not (opt.resume and stage.exists()):
+        t1 = time.time()
+        model, pruned = finetune_gradually(k, model, opt, run, rdir, target, _train_kwargs(opt, run.base_lr0),
+                                         lambda m, tag: _measure(m, run.evaluate, opt.imgsz, tag))
+        entry = {"round": k, **pruned, "finetune_seconds": time.time() - t1, "model": "weights/best.pt",
+                 "map50_95_before_finetune": pruned["pruned_metrics"]["map50_95"]}
+        entry.update(_measure(model, run.evaluate, opt.imgsz, f"round {k} after gradual pruning and fine-tuning"))
+        entry["seconds"] = time.time() - t0
+        return model, entry
     reused = opt.resume and stage.exists() and (rdir / "pruned.pt").exists()  # never another run's (--exist-ok)
     if reused:
         pruned = json.loads(stage.read_text())
@@ -327,12 +342,12 @@ def _round(k: int, model: nn.Module, opt, run, rdir: Path, target: float | None)
     if opt.epochs > 0:
         t1 = time.time()
         last = rdir / "weights" / "last.pt"
-        resume = bool(opt.resume) and last.exists() and _has_train_state(last)
+        resume = bool(opt.resume) and last.exists() and has_train_state(last)
         done = bool(opt.resume) and (rdir / "weights" / "best.pt").exists() and not resume
         if done:
             model = load_model(rdir / "weights" / "best.pt").to(device)
         else:
-            kw = {} if resume else dict(_train_kwargs(opt), save_dir=str(rdir))
+            kw = {} if resume else dict(_train_kwargs(opt, run.base_lr0), save_dir=str(rdir))
             res = train(model=None if resume else model, resume=str(last) if resume else False,
                         teacher_model=run.teacher, **kw)
             model = (res.model if res.model is not None else model).to(device)  # only rank 0 has the EMA's best
@@ -351,7 +366,9 @@ def _round(k: int, model: nn.Module, opt, run, rdir: Path, target: float | None)
 
 def _plan_context(k: int, opt, run, rdir: Path, target: float | None, groups) -> PlanContext:
     def train_phase(model: nn.Module, callbacks: dict, **overrides):  # Group Fisher's masked training phase
-        return train(model=model, callbacks=callbacks, **{**_train_kwargs(opt), **overrides})
+        # (its open-ended phase keeps the per-epoch schedule: a step schedule needs the run's length)
+        return train(model=model, callbacks=callbacks, **{**_train_kwargs(opt, run.base_lr0), "schedule": "epochs",
+                                                          **overrides})
 
     latency = dict(run.goal.settings(groups), target_flops=target) if run.goal else {}  # a share of predicted ms
     return PlanContext(settings=SimpleNamespace(**{**vars(opt), **latency}), data=run.data, device=run.device, run_dir=rdir,
@@ -406,7 +423,7 @@ def _prune(k: int, model: nn.Module, opt, run, rdir: Path, target: float | None)
             "epoch": -1,
             "date": datetime.datetime.now().isoformat(),
             "pruning": {"method": opt.method, "round": k, "global": opt.global_ranking, "removed": removed,
-                        "source": run.weights},
+                        "source": run.weights, "base_lr0": run.base_lr0},
             "channels": channel_table(model),
         }
         save_checkpoint(ckpt, rdir / "pruned.pt")
@@ -423,19 +440,13 @@ def _prune(k: int, model: nn.Module, opt, run, rdir: Path, target: float | None)
     return info
 
 
-def _has_train_state(path: Path) -> bool:
-    try:
-        return load_checkpoint(path).get("optimizer") is not None
-    except Exception:  # an unreadable last.pt: fine-tune again from pruned.pt
-        return False
-
-
-def _train_kwargs(opt) -> dict:
-    """compress.py's fine-tuning options, in train.py's names."""
+def _train_kwargs(opt, lr0: float | None = None) -> dict:
+    """compress.py's fine-tuning options, in train.py's names; lr0: the base model's training lr0 (step schedule)."""
     keys = set(vars(train_options())) - {"weights", "cfg", "resume", "save_dir", "name", "project", "exist_ok",
                                          "teacher"}
     kw = {k: getattr(opt, k) for k in keys if hasattr(opt, k)}
     kw["teacher"] = opt.teacher
+    kw["base_lr0"] = lr0
     return kw
 
 

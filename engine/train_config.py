@@ -15,8 +15,8 @@ import yaml
 from data.datasets import DATA_DIR
 from engine.backends import refuse_exported
 from engine.distill import DistillMode
-from engine.optim import OPTIMIZERS
-from utils.checkpoint import load_checkpoint
+from engine.optim import OPTIMIZERS, SCHEDULES, STEP_DECAYS
+from utils.checkpoint import load_checkpoint, training_lr0
 from utils.config import check_choice, defaults
 from utils.general import UsageError
 
@@ -66,8 +66,26 @@ def check_options(opt: Namespace) -> None:
         raise UsageError(f"--sparsity must be >= 0, got {opt.sparsity}")
     if opt.sparsity_ignore and not opt.sparsity:
         raise UsageError("--sparsity-ignore only applies to sparsity training: add --sparsity S (e.g. 6e-4)")
+    if opt.schedule not in SCHEDULES or opt.step_decay not in STEP_DECAYS:
+        raise UsageError(f"schedule must be one of {', '.join(SCHEDULES)} and step_decay one of {', '.join(STEP_DECAYS)}, "
+                         f"got {opt.schedule} / {opt.step_decay}")
+    if not (0 <= opt.warmup_share < 1 and 0 < opt.ema_tau_share <= 1 and 0 < opt.ema_window_share <= 1
+            and opt.lr_factor > 0 and opt.warmup_steps >= 0):
+        raise UsageError("step schedule: need lr_factor > 0, warmup_steps >= 0, warmup_share in [0, 1) and "
+                         "ema_tau_share, ema_window_share in (0, 1]")
     if not opt.weights and not opt.cfg:
         raise UsageError("give --weights (a checkpoint to fine-tune) or --cfg (a model yaml to train from scratch)")
+
+
+def resolve_base_lr0(opt: Namespace) -> float | None:
+    """The base model's own training lr0 for `schedule: steps`: --base-lr0, else read from --weights (None when
+    unknown: the hyp's lr0 is then used as it is)."""
+    if opt.base_lr0 is not None or not Path(str(opt.weights)).is_file():
+        return opt.base_lr0
+    try:
+        return training_lr0(load_checkpoint(opt.weights, trust=opt.trust_checkpoint))
+    except Exception:  # only a default is at stake
+        return None
 
 
 def find_last(project: str | Path) -> Path:

@@ -34,8 +34,9 @@ from ultralytics.utils.torch_utils import ModelEMA, torch_distributed_zero_first
 
 from data.datasets import build_train_dataset, build_val_loader, check_dataset, checked_dataset
 from engine.distill import Distiller
-from engine.optim import build_optimizer, freeze_layers, lr_factor
-from engine.train_config import check_options, load_hyp, resume_options, seed_everything, train_options
+from engine.optim import StepSchedule, build_optimizer, freeze_layers, lr_factor
+from engine.train_config import (check_options, load_hyp, resolve_base_lr0, resume_options, seed_everything,
+                                 train_options)
 from engine.train_checks import TrainingWatch
 from engine.train_plots import plot_gammas, plot_results
 from engine.train_state import METRIC_KEYS, as_random_state, plain, read_csv, storable, strip_checkpoint, write_csv
@@ -206,20 +207,57 @@ class Trainer:
             write_text(save_dir / "hyp.yaml", yaml.safe_dump(self.hyp, sort_keys=False))
             write_text(save_dir / "opt.yaml", yaml.safe_dump(plain(vars(opt)), sort_keys=False))
 
-        self.optimizer = build_optimizer(model, self.hyp, opt.optimizer, opt.nbs, self.accumulate, batch)
-        if self.distiller is not None:  # the projectors train with the student (before the scheduler)
-            self.distiller.add_param_group(self.optimizer, self.hyp)
+        self.batch = batch
         self.lf = lr_factor(opt.epochs, self.hyp.get("lrf", 0.01), opt.cos_lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
-        self.ema = ModelEMA(model) if self.main else None
+        self._build_optimizer()
+        self.total_steps = opt.epochs * self.nb // self.accumulate  # optimizer steps of the whole run
+        self.schedule = None
+        if opt.schedule == "steps":  # lr, warmup, decay and EMA stated in optimizer steps (engine/optim.py)
+            self.schedule = StepSchedule.create(self.total_steps, self.hyp, opt, resolve_base_lr0(opt))
+            if self.main:
+                LOGGER.info(self.schedule.line())
+        ema_kw = dict(decay=self.schedule.ema_decay, tau=self.schedule.ema_tau) if self.schedule else {}
+        self.ema = ModelEMA(model, **ema_kw) if self.main else None
         self.amp = bool(opt.amp) and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         return ckpt
 
+    def _build_optimizer(self) -> None:
+        """The optimizer and the per-epoch scheduler for the current model (again after a structural cut)."""
+        self.optimizer = build_optimizer(self.model, self.hyp, self.opt.optimizer, self.opt.nbs, self.accumulate,
+                                         self.batch)
+        if self.distiller is not None:  # the projectors train with the student (before the scheduler)
+            self.distiller.add_param_group(self.optimizer, self.hyp)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
+        self.scheduler.last_epoch = self.epoch - 1 if self.epoch else -1
+
+    def apply_cut(self, cut) -> None:
+        """Prune the training model during training: `cut(module)` removes channels in place and is applied to the
+        training model and (rank 0) the EMA alike; the optimizer, gradient clipping's parameters and the DDP wrapper
+        are then rebuilt for the new shapes (the optimizer's momentum restarts)."""
+        model = self.net.module if isinstance(self.net, nn.parallel.DistributedDataParallel) else self.model
+        cut(model)
+        if self.ema is not None:
+            cut(self.ema.ema)
+        self.model = model
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self._build_optimizer()
+        for g, lr in zip(self.optimizer.param_groups, lrs):
+            g["lr"] = lr
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.net = model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        model.zero_grad(set_to_none=True)
+
     def _restore(self, ckpt: dict | None) -> None:
         """Start-of-run state: epoch, best fitness, results rows and RNG states of a resumed run (or a new one's)."""
         self.start_epoch, self.best_fitness, self.best_epoch, self.rows = 0, 0.0, -1, []
+        self.opt_steps, self.extra_state = 0, {}  # optimizer steps taken; state of callbacks (resumed with the run)
+        self.resumed_state = (ckpt or {}).get("extra") or {}
         if ckpt is not None:
+            self.opt_steps = int(ckpt.get("opt_steps", 0))
             self.optimizer.load_state_dict(ckpt["optimizer"])
             if ckpt.get("scaler") and self.amp:
                 self.scaler.load_state_dict(ckpt["scaler"])
@@ -244,7 +282,7 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         # YOLOv5 warms up >= 100 iterations; a fine-tune recipe lowers that floor (hyp warmup_min_iters)
         self.nw = max(round(self.hyp.get("warmup_epochs", 3.0) * self.nb), int(self.hyp.get("warmup_min_iters", 100))) \
-            if self.hyp.get("warmup_epochs", 3.0) > 0 else -1
+            if self.hyp.get("warmup_epochs", 3.0) > 0 and self.schedule is None else -1
         self.last_opt_step = -1
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.best_model, self.best_metrics = None, {}
@@ -278,9 +316,9 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> tuple[torch.Tensor, list[float]]:
         """One pass over the training set; returns (mean loss items, the lr of each parameter group)."""
-        opt, net, loader, optimizer, device = self.opt, self.net, self.loader, self.optimizer, self.device
+        opt, loader, device = self.opt, self.loader, self.device
         epochs, nb = opt.epochs, self.nb
-        net.train()
+        self.net.train()
         if opt.close_mosaic and epoch == epochs - opt.close_mosaic:
             LOGGER.info("closing mosaic/mixup for the last epochs")
             self.train_set.close_mosaic(hyp=copy.copy(self.data_cfg))
@@ -294,7 +332,7 @@ class Trainer:
         if self.main:
             LOGGER.info(head)
         pbar = TQDM(enumerate(loader), total=nb, disable=not (self.main and opt.progress))
-        optimizer.zero_grad()
+        self.optimizer.zero_grad()
         for i, batch_data in pbar:
             ni = i + nb * epoch
             imgs = batch_data["img"].to(device, non_blocking=True).float() / 255
@@ -303,7 +341,8 @@ class Trainer:
             if ni <= self.nw:
                 self._warmup(ni, epoch)
             with torch.autocast(device.type, enabled=self.amp):
-                preds = self.distiller.student_forward(net, imgs) if self.distiller is not None else net(imgs)
+                # self.net is rebuilt by apply_cut when a callback prunes during training
+                preds = self.distiller.student_forward(self.net, imgs) if self.distiller is not None else self.net(imgs)
                 loss, items = self.criterion(preds, batch_data)
                 if self.distiller is not None:
                     loss = loss + self.distiller(preds, imgs)
@@ -315,6 +354,8 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self._run_callbacks("on_after_backward")
             if ni - self.last_opt_step >= self.accumulate:
+                if self.schedule is not None:
+                    self.schedule.apply(self.optimizer, self.opt_steps)
                 self._step(ni)
                 if self.stop:  # a policy (e.g. Group Fisher) finished its pruning phase
                     break
@@ -323,8 +364,9 @@ class Trainer:
                 mem = f"{torch.cuda.memory_reserved() / 1e9:.3g}G" if device.type == "cuda" else "0G"
                 pbar.set_description(("%11s" * 2 + "%11.4g" * (len(self.loss_names) + 2)) % (
                     f"{epoch + 1}/{epochs}", mem, *mloss.tolist(), batch_data["cls"].shape[0], imgs.shape[-1]))
-        lrs = [g["lr"] for g in optimizer.param_groups]
-        self.scheduler.step()
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        if self.schedule is None:
+            self.scheduler.step()
         self._run_callbacks("on_train_epoch_end")
         return mloss, lrs
 
@@ -353,6 +395,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
         self.last_opt_step = ni
+        self.opt_steps += 1
         self._run_callbacks("on_optimizer_step")
 
     def _end_epoch(self, epoch: int, mloss: torch.Tensor, lrs: list[float]) -> None:
@@ -442,6 +485,8 @@ class Trainer:
             "model": storable(self.model),
             "ema": storable(self.ema.ema),
             "updates": self.ema.updates,
+            "opt_steps": self.opt_steps,
+            "extra": plain(self.extra_state) if self.extra_state else None,  # callbacks' state (gradual pruning)
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "opt": plain(vars(self.opt)),

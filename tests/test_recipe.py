@@ -62,8 +62,8 @@ def test_explicit_flags_win_over_recipe(tmp_path, capsys):
     opt = train.parse_opt(["--weights", str(w), "--hyp", "scratch-low"])
     line = next(ln for ln in capsys.readouterr().out.splitlines() if LINE in ln)
     assert opt.hyp == "scratch-low" and opt.nbs == recipe()["nbs"] and "--hyp as given" in line
-    opt = train.parse_opt(["--weights", str(w), "--hyp", "scratch-low", "--nbs", "64"])
-    assert (opt.hyp, opt.nbs) == ("scratch-low", 64)
+    opt = train.parse_opt(["--weights", str(w), "--hyp", "scratch-low", "--nbs", "64", "--schedule", "epochs"])
+    assert (opt.hyp, opt.nbs, opt.schedule) == ("scratch-low", 64, "epochs")
     assert "nothing changed" in capsys.readouterr().out
 
 

@@ -215,3 +215,21 @@ def save_checkpoint(obj: Any, path: str | Path) -> Path:
     """torch.save to a temporary file in the same folder, then rename: readers never see a partial file, and
     a full disk is one clear error (utils.files.DiskFullError) that leaves the previous file intact."""
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def training_lr0(ckpt) -> float | None:
+    """The lr0 a checkpoint's base model was trained with: compress.py's pruning record (base_lr0), ultralytics'
+    train_args, or the hyp a YOLOv5-style trainer saved (this project's 'hyp', YOLOv5's opt['hyp']); None when
+    unknown or when the checkpoint is itself a fine-tune of a pruned model (its hyp is the fine-tune's)."""
+    if not isinstance(ckpt, dict):
+        return None
+    rec = ckpt.get("pruning")
+    if isinstance(rec, dict):
+        return rec.get("base_lr0")
+    for hyp in (ckpt.get("train_args"), ckpt.get("hyp"), (ckpt.get("opt") or {}).get("hyp")
+                if isinstance(ckpt.get("opt"), dict) else None):
+        if isinstance(hyp, dict) and isinstance(hyp.get("lr0"), (int, float)):
+            if isinstance(ckpt.get("opt"), dict) and ckpt["opt"].get("schedule") == "steps":
+                return None  # a fine-tune of a pruned model: its lr0 is already the fine-tune's
+            return float(hyp["lr0"])
+    return None
