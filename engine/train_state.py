@@ -61,6 +61,19 @@ def as_random_state(s):
     return (s[0], tuple(s[1]), s[2])
 
 
+def results_row(epoch: int, loss_names, mloss, res, lrs: list) -> dict:
+    """One results.csv row: mean train losses `mloss` (one per name in `loss_names`), the validation `res`
+    (engine.validation.ValResult, or None when the epoch was not validated: empty cells) and each group's lr."""
+    row = {"epoch": epoch}
+    row.update({f"train/{n}_loss": round(float(v), 5) for n, v in zip(loss_names, mloss)})
+    vals = (res.precision, res.recall, res.map50, res.map50_95) if res is not None else ("",) * 4
+    row.update({k: (round(v, 5) if v != "" else v) for k, v in zip(METRIC_KEYS, vals)})
+    losses = res.losses if res is not None else {}
+    row.update({f"val/{n}_loss": round(losses[n], 5) if n in losses else "" for n in loss_names})
+    row.update({f"lr/pg{j}": round(float(lr), 6) for j, lr in enumerate(lrs)})
+    return row
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     """results.csv: one row per epoch, the union of the rows' columns (a run resumed from an older results.csv
     gains the newer columns)."""

@@ -39,7 +39,7 @@ from engine.train_config import (check_options, load_hyp, resolve_base_lr0, resu
                                  train_options)
 from engine.train_checks import TrainingWatch
 from engine.train_plots import plot_gammas, plot_results
-from engine.train_state import METRIC_KEYS, as_random_state, plain, read_csv, storable, strip_checkpoint, write_csv
+from engine.train_state import as_random_state, plain, read_csv, results_row, storable, strip_checkpoint, write_csv
 from engine.validation import ValResult, format_table, validate
 from models.loader import (check_supported, class_rows_kept, detection_head, finalize, fuse_model, load_model,
                            reset_classes)
@@ -245,11 +245,15 @@ class Trainer:
         for g, lr in zip(self.optimizer.param_groups, lrs):
             g["lr"] = lr
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.net = model
-        if self.world > 1:
-            self.net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.net = self._wrap(model)
         model.zero_grad(set_to_none=True)
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """The module the loop calls: `model` itself, or its DistributedDataParallel wrapper with several processes."""
+        if self.world == 1:
+            return model
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def _restore(self, ckpt: dict | None) -> None:
         """Start-of-run state: epoch, best fitness, results rows and RNG states of a resumed run (or a new one's)."""
@@ -274,12 +278,9 @@ class Trainer:
             if self.start_epoch >= self.opt.epochs:
                 raise UsageError(f"--resume: {self.opt.resume} already finished all {self.opt.epochs} epochs")
         self.scheduler.last_epoch = self.start_epoch - 1
-        model, self.net = self.model, self.model
-        if self.world > 1:
-            if self.opt.sync_bn and self.device.type == "cuda":
-                self.model = model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            self.net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.world > 1 and self.opt.sync_bn and self.device.type == "cuda":
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.net = self._wrap(self.model)
         # YOLOv5 warms up >= 100 iterations; a fine-tune recipe lowers that floor (hyp warmup_min_iters)
         self.nw = max(round(self.hyp.get("warmup_epochs", 3.0) * self.nb), int(self.hyp.get("warmup_min_iters", 100))) \
             if self.hyp.get("warmup_epochs", 3.0) > 0 and self.schedule is None else -1
@@ -341,8 +342,8 @@ class Trainer:
             if ni <= self.nw:
                 self._warmup(ni, epoch)
             with torch.autocast(device.type, enabled=self.amp):
-                # self.net is rebuilt by apply_cut when a callback prunes during training
-                preds = self.distiller.student_forward(self.net, imgs) if self.distiller is not None else self.net(imgs)
+                net = self.net  # rebuilt by apply_cut when a callback prunes during training
+                preds = self.distiller.student_forward(net, imgs) if self.distiller is not None else net(imgs)
                 loss, items = self.criterion(preds, batch_data)
                 if self.distiller is not None:
                     loss = loss + self.distiller(preds, imgs)
@@ -411,7 +412,7 @@ class Trainer:
         if improved:
             self.best_fitness, self.best_epoch = fitness, epoch
             self.best_metrics = {**res.to_dict(), "epoch": epoch}
-        self.rows.append(self._row(epoch, mloss, res, lrs))
+        self.rows.append(results_row(epoch, self.loss_names, mloss, res, lrs))
         write_csv(self.rows, self.save_dir / "results.csv")
         self.metrics = res
         if not opt.nosave or final:
@@ -466,16 +467,6 @@ class Trainer:
                           progress=self.opt.progress, criterion=self.criterion)
         LOGGER.info(format_table(res))
         return res
-
-    def _row(self, epoch: int, mloss: torch.Tensor, res: ValResult | None, lrs: list) -> dict:
-        row = {"epoch": epoch}
-        row.update({f"train/{n}_loss": round(float(v), 5) for n, v in zip(self.loss_names, mloss)})
-        vals = (res.precision, res.recall, res.map50, res.map50_95) if res is not None else ("",) * 4
-        row.update({k: (round(v, 5) if v != "" else v) for k, v in zip(METRIC_KEYS, vals)})
-        losses = res.losses if res is not None else {}
-        row.update({f"val/{n}_loss": round(losses[n], 5) if n in losses else "" for n in self.loss_names})
-        row.update({f"lr/pg{j}": round(float(lr), 6) for j, lr in enumerate(lrs)})
-        return row
 
     def _checkpoint(self, epoch: int, res: ValResult | None) -> dict:
         return {
