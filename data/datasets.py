@@ -35,7 +35,7 @@ from data.formats import (
     img_files,
     resolve_split,
 )
-from data.shapes import ensure_shapes
+from data.shapes import ensure_shapes, shapes_spec
 from data.voc import voc_to_yolo
 from utils.general import LOGGER
 
@@ -63,8 +63,10 @@ def check_dataset(data: str | Path | dict, splits: tuple[str, ...] = ("val",)) -
         if not isinstance(d, dict):
             raise DataConfigError(f"data yaml {yaml_path} must be a mapping with path/train/val/names keys")
     if d.get("builtin") == "shapes":
-        kw = {k: d[k] for k in ("n_train", "n_val", "seed") if k in d}
-        yaml_path = Path(ensure_shapes(**kw))
+        try:
+            yaml_path = Path(ensure_shapes(**shapes_spec(d)))
+        except ValueError as e:
+            raise DataConfigError(f"data yaml {yaml_path}: {e}") from None
         d = yaml.safe_load(yaml_path.read_text())
 
     if d.get("voc") is not None and d.get("voc") is not False:  # Pascal VOC XML: converted once into a cache mirror
