@@ -209,6 +209,7 @@ def run(
         "iou_thres": settings.iou(convention),
         "notes": res.notes,
         **res.coco,
+        **res.tasks,  # a segmentation model's mask metrics: "mask": {precision, recall, map50, map50_95, per_class}
     }
     write_json(metrics, save_dir / "metrics.json")
     LOGGER.info(f"Results saved to {save_dir}")

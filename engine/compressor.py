@@ -454,4 +454,5 @@ def _measure(model: nn.Module, evaluate: Evaluator | None, imgsz: int, tag: str)
         "map50_95": res.map50_95,
         "precision": res.precision,
         "recall": res.recall,
+        **{f"{t}_{k}": v[k] for t, v in res.tasks.items() for k in ("map50", "map50_95")},  # e.g. mask_map50_95
     }

@@ -196,6 +196,8 @@ def to_nms_format(out, model: nn.Module) -> torch.Tensor:
     (obj·cls > conf implies obj > conf, so YOLOv5's extra objectness pre-filter changes nothing).
     """
     pred = out[0] if isinstance(out, (list, tuple)) else out
+    if isinstance(pred, (list, tuple)):  # a segmentation head: (predictions with mask coefficients, mask protos)
+        pred = pred[0]
     if is_anchor_based(model):
         return torch.cat((pred[..., :4], pred[..., 5:] * pred[..., 4:5]), -1).transpose(1, 2)
     return pred
