@@ -6,8 +6,10 @@ Families:
   'yolov7'      anchor-based YOLOv7, models.yolo.Model with an IDetect head
   'ultralytics' YOLOv5u / YOLOv8 / YOLOv9 / YOLO11 ... through ultralytics.nn.tasks.DetectionModel
 
-Other model kinds (ultralytics segment / pose / OBB / classify, RT-DETR, YOLO-World, YOLOE, or any head this
-toolkit does not know) are refused by `check_supported` in one line, before anything is built or written: every
+  ultralytics segmentation models (Segment head, YOLOv8/YOLO11 -seg) through ultralytics.nn.tasks.SegmentationModel
+
+Other model kinds (ultralytics pose / OBB / classify, YOLO26's Segment26, RT-DETR, YOLO-World, YOLOE, or any head
+this toolkit does not know) are refused by `check_supported` in one line, before anything is built or written: every
 tool loads its model here, so none of them can prune, train, validate or export such a model half-way.
 """
 
@@ -28,8 +30,8 @@ FAMILIES = ("yolov5", "yolov7", "ultralytics")
 # the detection heads supported end to end (prune, fine-tune, validate, export), by family
 YOLO_HEADS = ("Detect", "IDetect")  # models.yolo
 ULTRALYTICS_HEADS = ("Detect", "v10Detect", "Segment")  # ultralytics.nn.modules.head; YOLO26 detectors use Detect
-SUPPORTED = ("detection models only: YOLOv5/YOLOv7 (Detect, IDetect heads) and ultralytics Detect, v10-style and "
-             "YOLO26 heads")
+SUPPORTED = ("detection models (YOLOv5/YOLOv7 Detect, IDetect heads; ultralytics Detect, v10-style and YOLO26 heads) "
+             "and ultralytics YOLOv8/YOLO11 segmentation models (Segment head)")
 # head class name (prefix) -> the kind of model a user knows it as
 _TASKS = (("YOLOESegment", "a YOLOE segmentation"), ("Segment", "a segmentation"), ("SemanticSegment", "a segmentation"),
           ("Pose", "a pose"), ("OBB", "an oriented-box (OBB)"), ("Classify", "a classification"),
@@ -54,7 +56,7 @@ def check_supported(head: nn.Module | str, source: Any, ultralytics: bool = True
         return
     task = next((t for prefix, t in _TASKS if name.startswith(prefix)), None)
     what = f"{task} model ({name} head)" if task else f"a model with a head this toolkit does not know ({name})"
-    raise UsageError(f"{source}: {what} is not supported; this toolkit supports {SUPPORTED}: pass a detection model")
+    raise UsageError(f"{source}: {what} is not supported; this toolkit supports {SUPPORTED}: pass one of those")
 
 
 def model_family(model: nn.Module) -> str:
