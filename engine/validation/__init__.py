@@ -14,8 +14,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from models.loader import model_task
-
 from engine.validation.coco import annotation_json, coco_evaluate
 from engine.validation.common import (
     CONVENTION_NAMES,
@@ -34,6 +32,7 @@ from engine.validation.common import (
 from engine.validation.segment import validate_segment
 from engine.validation.ultralytics import validate_ultralytics
 from engine.validation.yolov5 import validate_yolov5
+from models.loader import model_task
 
 __all__ = ("CONVENTIONS", "CONVENTION_NAMES", "Convention", "DEFAULT_BATCH", "DEFAULT_IOU", "ValResult",
            "ValSettings", "annotation_json", "coco_evaluate", "format_table", "select_head", "to_nms_format",
