@@ -21,6 +21,7 @@ from typing import Literal, get_args
 
 import utils  # noqa: F401  (offline settings for ultralytics, before anything imports it)
 from data.datasets import DataConfigError, build_val_loader, check_dataset, is_coco_named
+from data.tasks import for_task
 from engine.backends import ExportedModel, is_exported, load_exported
 from engine.latency import run_speed
 from engine.sensitivity import (
@@ -44,7 +45,7 @@ from engine.validation import (
     write_json,
 )
 from engine.validation.plots import ValPlots
-from models.loader import fuse_model, load_model
+from models.loader import fuse_model, load_model, model_task
 from utils.checkpoint import CheckpointError
 from utils.config import HelpFormatter, defaults, explicit_flags
 from utils.flops import model_summary
@@ -208,6 +209,7 @@ def run(
         "iou_thres": settings.iou(convention),
         "notes": res.notes,
         **res.coco,
+        **res.tasks,  # a segmentation model's mask metrics: "mask": {precision, recall, map50, map50_95, per_class}
     }
     write_json(metrics, save_dir / "metrics.json")
     LOGGER.info(f"Results saved to {save_dir}")
@@ -225,6 +227,7 @@ def _load(weights, data, task: str, single_cls: bool, end2end: bool, trust: bool
     data_dict = check_dataset(data, splits=(task,))
     if model is None:  # a yaml builds an untrained model with the dataset's classes
         model = load_model(weights, nc=data_dict["nc"])
+    data_dict = for_task(data_dict, model_task(model))  # the loader reads the task's labels (masks, ...)
     select_head(model, end2end)  # before fusing, which drops the unused head
     model = fuse_model(model)
     if model.nc != data_dict["nc"] and not single_cls:

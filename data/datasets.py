@@ -35,7 +35,7 @@ from data.formats import (
     img_files,
     resolve_split,
 )
-from data.shapes import ensure_shapes
+from data.shapes import ensure_shapes, shapes_spec
 from data.voc import voc_to_yolo
 from utils.general import LOGGER
 
@@ -63,8 +63,10 @@ def check_dataset(data: str | Path | dict, splits: tuple[str, ...] = ("val",)) -
         if not isinstance(d, dict):
             raise DataConfigError(f"data yaml {yaml_path} must be a mapping with path/train/val/names keys")
     if d.get("builtin") == "shapes":
-        kw = {k: d[k] for k in ("n_train", "n_val", "seed") if k in d}
-        yaml_path = Path(ensure_shapes(**kw))
+        try:
+            yaml_path = Path(ensure_shapes(**shapes_spec(d)))
+        except ValueError as e:
+            raise DataConfigError(f"data yaml {yaml_path}: {e}") from None
         d = yaml.safe_load(yaml_path.read_text())
 
     if d.get("voc") is not None and d.get("voc") is not False:  # Pascal VOC XML: converted once into a cache mirror
@@ -185,15 +187,16 @@ def _yolo_dataset_cls():
 
 def build_train_dataset(cfg: Any, img_path: str | list[str], batch: int, data: dict, stride: int = 32):
     """The augmenting training dataset: ultralytics' build_yolo_dataset(cfg, img_path, batch, data, mode='train',
-    stride=stride) for detection, built on this module's dataset class (a read-only dataset's label cache goes
-    to $YOLOC_CACHE). `cfg`: ultralytics' config namespace (imgsz, rect, cache, single_cls, classes, fraction and
-    the augmentation hyperparameters)."""
+    stride=stride) for the task data.tasks.for_task set in `data` (detection by default), built on this module's
+    dataset class (a read-only dataset's label cache goes to $YOLOC_CACHE). `cfg`: ultralytics' config namespace
+    (imgsz, rect, cache, single_cls, classes, fraction and the augmentation hyperparameters)."""
     from ultralytics.utils import colorstr
 
     return _yolo_dataset_cls()(
         img_path=img_path, imgsz=cfg.imgsz, batch_size=batch, augment=True, hyp=cfg, rect=bool(cfg.rect),
         cache=cfg.cache or None, single_cls=cfg.single_cls or False, stride=int(stride), pad=0.0,
-        prefix=colorstr("train: "), task="detect", classes=cfg.classes, data=data, fraction=cfg.fraction)
+        prefix=colorstr("train: "), task=data.get("task", "detect"), classes=cfg.classes, data=data,
+        fraction=cfg.fraction)
 
 
 def build_val_loader(data: dict, split: str, imgsz: int, batch_size: int, stride: int, workers: int = 8,
@@ -219,6 +222,7 @@ def build_val_loader(data: dict, split: str, imgsz: int, batch_size: int, stride
         stride=int(stride),
         pad=pad,
         prefix=f"{split}: ",
+        task=data.get("task", "detect"),
         data={**data, "channels": 3},
     ), f"{data.get('yaml_file', 'data')} '{split}'")
     dataset.convention = convention

@@ -1,9 +1,10 @@
-"""Built-in synthetic object-detection dataset ("shapes") so the toolkit runs offline.
+"""Built-in synthetic dataset ("shapes") so the toolkit runs offline: detection, and the same images labelled for
+segmentation, pose and oriented boxes (`shapes-seg`, `shapes-pose`, `shapes-obb`; data.shapes_tasks).
 
 Images are rendered deterministically from a seed (textured background + filled circles, squares,
 triangles and crosses) and written in the YOLO layout::
 
-    <cache>/shapes-v1-<n_train>-<n_val>-<seed>/
+    <cache>/shapes[-seg|-pose|-obb]-v1-<n_train>-<n_val>-<seed>/
         images/{train,val}/NNNNNN.png
         labels/{train,val}/NNNNNN.txt      # "cls xc yc w h", normalized; empty for background images
         shapes.yaml                         # dataset yaml (path/train/val/nc/names)
@@ -32,6 +33,7 @@ import cv2
 import numpy as np
 import yaml
 
+from data.shapes_tasks import FLIP_IDX, KPT_SHAPE, TASKS, task_row
 from utils.files import current_umask
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "render_sample",
     "is_shapes_data",
     "resolve_shapes",
+    "SHAPES_TASKS",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -50,6 +53,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 SHAPES_NAMES: list[str] = ["circle", "square", "triangle", "cross"]
 SHAPES_VERSION = 1  # bump whenever rendering changes, so stale caches are not reused
 
+# --data name -> the ultralytics task its labels are for
+SHAPES_TASKS = {"shapes": "detect", "shapes-seg": "segment", "shapes-pose": "pose", "shapes-obb": "obb"}
+_SUFFIX = {task: name[len("shapes"):] for name, task in SHAPES_TASKS.items()}
 MARKER = ".complete"
 YAML_NAME = "shapes.yaml"
 _SPLITS = {"train": 0, "val": 1}
@@ -72,9 +78,12 @@ def shapes_root(cache_dir: PathLike | None = None) -> Path:
     return Path(cache_dir).expanduser().resolve()
 
 
-def shapes_dir(cache_dir: PathLike | None = None, n_train: int = 256, n_val: int = 64, seed: int = 0) -> Path:
+def shapes_dir(cache_dir: PathLike | None = None, n_train: int = 256, n_val: int = 64, seed: int = 0,
+               task: str = "detect") -> Path:
     """Final (versioned) folder of the dataset generated with these parameters; may not exist yet."""
-    return shapes_root(cache_dir) / f"shapes-v{SHAPES_VERSION}-{int(n_train)}-{int(n_val)}-{int(seed)}"
+    if task not in TASKS:
+        raise ValueError(f"unknown shapes task {task!r}; one of {TASKS}")
+    return shapes_root(cache_dir) / f"shapes{_SUFFIX[task]}-v{SHAPES_VERSION}-{int(n_train)}-{int(n_val)}-{int(seed)}"
 
 
 # ----------------------------------------------------------------------------------------------- rendering
@@ -195,12 +204,22 @@ def render_sample(seed: int, split: str, index: int) -> tuple[np.ndarray, np.nda
     Each sample has its own RNG stream keyed by (seed, split, index), so image i of a split does not
     depend on how many images the dataset has.
     """
+    img, objects = render_objects(seed, split, index)
+    h, w = img.shape[:2]
+    labels = [[cls, (x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h]
+              for cls, _, (x0, y0, x1, y1) in objects]
+    return img, np.array(labels, np.float64).reshape(-1, 5)
+
+
+def render_objects(seed: int, split: str, index: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]]]:
+    """Render one image and its objects in drawing order: (class, integer geometry as `_draw` takes it, tight
+    integer xyxy box in pixels); see render_sample."""
     rng = np.random.default_rng([SHAPES_VERSION, int(seed), _SPLITS[split], int(index)])
     w = int(rng.integers(_MIN_SIDE, _MAX_SIDE + 1))
     h = int(rng.integers(_MIN_SIDE, _MAX_SIDE + 1))
     bg = _background(rng, h, w)
     img = bg.copy()
-    labels: list[list[float]] = []
+    objects: list[tuple[int, np.ndarray, np.ndarray]] = []
 
     n_obj = 0 if index % _BG_EVERY == 7 else int(rng.integers(1, _MAX_OBJECTS + 1))
     # Largest first, so smaller shapes are drawn on top and stay visible.
@@ -224,13 +243,12 @@ def render_sample(seed: int, split: str, index: int) -> tuple[np.ndarray, np.nda
         color = _pick_color(rng, region_luma, [c for b, c in placed if _overlap(box, b) > 0.0])
         _draw(img, cls, geom, tuple(int(v) for v in color))
         placed.append((box, color))
-        labels.append([cls, (x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h])
-
-    return img, np.array(labels, np.float64).reshape(-1, 5)
+        objects.append((cls, geom, np.array([x0, y0, x1, y1])))
+    return img, objects
 
 
 # ----------------------------------------------------------------------------------------------- generation
-def _dataset_yaml(root: Path) -> str:
+def _dataset_yaml(root: Path, task: str = "detect") -> str:
     header = f"# Built-in synthetic shapes dataset (data/shapes.py, v{SHAPES_VERSION}); generated, do not edit\n"
     body = {
         "path": str(root),
@@ -239,22 +257,29 @@ def _dataset_yaml(root: Path) -> str:
         "nc": len(SHAPES_NAMES),
         "names": dict(enumerate(SHAPES_NAMES)),
     }
+    if task != "detect":
+        body["task"] = task  # which labels these are (ultralytics reads no such key; the toolkit checks it)
+    if task == "pose":
+        body["kpt_shape"], body["flip_idx"] = list(KPT_SHAPE), list(FLIP_IDX)
     return header + yaml.safe_dump(body, sort_keys=False)
 
 
-def _write_split(folder: Path, split: str, n: int, seed: int) -> int:
-    """Write `n` images + label files of one split into `folder`; returns the number of boxes."""
+def _write_split(folder: Path, split: str, n: int, seed: int, task: str = "detect") -> int:
+    """Write `n` images + label files of one split into `folder`; returns the number of objects labelled."""
     img_dir, lab_dir = folder / "images" / split, folder / "labels" / split
     img_dir.mkdir(parents=True, exist_ok=True)
     lab_dir.mkdir(parents=True, exist_ok=True)
     n_boxes = 0
     for i in range(n):
-        img, lab = render_sample(seed, split, i)
+        img, objects = render_objects(seed, split, i)
         if not cv2.imwrite(str(img_dir / f"{i:06d}.png"), img, _PNG_PARAMS):
             raise OSError(f"cv2.imwrite failed for {img_dir / f'{i:06d}.png'}")
-        lines = "".join(f"{int(c)} {x:.6f} {y:.6f} {bw:.6f} {bh:.6f}\n" for c, x, y, bw, bh in lab)
-        (lab_dir / f"{i:06d}.txt").write_text(lines)
-        n_boxes += len(lab)
+        h, w = img.shape[:2]
+        scratch = np.zeros((h, w), np.uint8)
+        rows = [task_row(task, cls, geom, box, w, h, scratch, _draw) for cls, geom, box in objects]
+        rows = [r for r in rows if r is not None]
+        (lab_dir / f"{i:06d}.txt").write_text("".join(f"{r}\n" for r in rows))
+        n_boxes += len(rows)
     return n_boxes
 
 
@@ -273,15 +298,17 @@ def _remove_stale_tmp(final: Path) -> None:
             pass
 
 
-def ensure_shapes(cache_dir: PathLike | None = None, n_train: int = 256, n_val: int = 64, seed: int = 0) -> Path:
-    """Return the dataset yaml of the shapes dataset, generating it first if it is not cached.
+def ensure_shapes(cache_dir: PathLike | None = None, n_train: int = 256, n_val: int = 64, seed: int = 0,
+                  task: str = "detect") -> Path:
+    """Return the dataset yaml of the shapes dataset labelled for `task` (detect, segment, pose, obb), generating
+    it first if it is not cached.
 
     Generation is atomic: files go to a temporary sibling folder, the marker is written last and the
     folder is renamed into place, so a partially written dataset is never visible under the final name.
     """
     if n_train < 1 or n_val < 1:
         raise ValueError(f"n_train and n_val must be >= 1, got {n_train}, {n_val}")
-    final = shapes_dir(cache_dir, n_train, n_val, seed)
+    final = shapes_dir(cache_dir, n_train, n_val, seed, task)
     if _is_complete(final):
         return final / YAML_NAME
 
@@ -291,10 +318,11 @@ def ensure_shapes(cache_dir: PathLike | None = None, n_train: int = 256, n_val: 
     try:
         tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it 0700; a published dataset follows the umask
         t0 = time.perf_counter()
-        boxes = {s: _write_split(tmp, s, n, seed) for s, n in (("train", n_train), ("val", n_val))}
-        (tmp / YAML_NAME).write_text(_dataset_yaml(final))  # 'path' already points at the final name
+        boxes = {s: _write_split(tmp, s, n, seed, task) for s, n in (("train", n_train), ("val", n_val))}
+        (tmp / YAML_NAME).write_text(_dataset_yaml(final, task))  # 'path' already points at the final name
         info = {
             "version": SHAPES_VERSION,
+            "task": task,
             "seed": seed,
             "n_train": n_train,
             "n_val": n_val,
@@ -335,13 +363,14 @@ def _publish(tmp: Path, final: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------- --data hooks
 def is_shapes_data(data: object) -> bool:
-    """True if `data` names the built-in dataset: 'shapes', 'shapes.yaml' or a yaml with `builtin: shapes`."""
+    """True if `data` names the built-in dataset: 'shapes', 'shapes-seg', ... (SHAPES_TASKS), the same with
+    '.yaml', or a yaml with `builtin: shapes`."""
     if isinstance(data, dict):
         return data.get("builtin") == "shapes"
     if not isinstance(data, (str, os.PathLike)):
         return False
     s = os.fspath(data)
-    if s in ("shapes", "shapes.yaml"):
+    if s in SHAPES_TASKS or s.removesuffix(".yaml") in SHAPES_TASKS:
         return True
     p = Path(s)
     if p.suffix in (".yaml", ".yml") and p.is_file():
@@ -365,12 +394,20 @@ def resolve_shapes(data: object, cache_dir: PathLike | None = None) -> Path | No
         spec = data
     else:
         p = Path(os.fspath(data))
-        if not p.is_file() and os.fspath(data) in ("shapes", "shapes.yaml"):
-            p = Path(__file__).with_name("shapes.yaml")
+        if not p.is_file() and os.fspath(data).removesuffix(".yaml") in SHAPES_TASKS:
+            p = Path(__file__).with_name(f"{os.fspath(data).removesuffix('.yaml')}.yaml")
         if p.is_file():
             spec = yaml.safe_load(p.read_text()) or {}
-    kw = {k: int(spec[k]) for k in ("n_train", "n_val", "seed") if k in spec}
-    return ensure_shapes(cache_dir, **kw)
+    return ensure_shapes(cache_dir, **shapes_spec(spec))
+
+
+def shapes_spec(spec: dict) -> dict:
+    """ensure_shapes' keyword arguments from a `builtin: shapes` yaml: n_train, n_val, seed, task (default detect)."""
+    kw: dict = {k: int(spec[k]) for k in ("n_train", "n_val", "seed") if k in spec}
+    if spec.get("task", "detect") not in TASKS:
+        raise ValueError(f"builtin shapes data: unknown task {spec.get('task')!r}; one of {', '.join(TASKS)}")
+    kw["task"] = spec.get("task", "detect")
+    return kw
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -379,8 +416,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-train", type=int, default=256)
     ap.add_argument("--n-val", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--task", default="detect", choices=TASKS, help="which labels: boxes, outlines, keypoints, OBB")
     a = ap.parse_args(argv)
-    print(ensure_shapes(a.cache_dir, a.n_train, a.n_val, a.seed))
+    print(ensure_shapes(a.cache_dir, a.n_train, a.n_val, a.seed, a.task))
 
 
 if __name__ == "__main__":

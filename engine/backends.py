@@ -211,6 +211,10 @@ def load_exported(weights, device: torch.device | str = "cpu", threads: int = 0)
         raise FileNotFoundError(f"{path} not found")
     device = torch.device(device)
     meta = read_metadata(path, fmt)
+    task = str(meta.get("task", "detect"))
+    if task != "detect":  # its other outputs (e.g. mask protos) are not decoded here
+        raise UsageError(f"{path}: an exported {task} model runs here as its .pt checkpoint only; or run the file "
+                         f"with ultralytics: YOLO('{path}', task='{task}')")
     half = str(meta.get("precision")) == "fp16" or bool(meta.get("half"))
     if fmt == "onnx":
         runner = _onnx_runner(path, device, threads, half)

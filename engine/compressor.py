@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from data.datasets import build_val_loader, check_dataset
+from data.tasks import for_task
 from engine import latency_target
 from engine.backends import refuse_exported
 from engine.demo import base_model_path, ensure_base_model
@@ -45,7 +46,7 @@ from engine.train_config import resolve_base_lr0
 from engine.train_state import storable
 from engine.trainer import train, train_options
 from engine.validation import ValResult, format_table, validate, write_json
-from models.loader import finalize, fuse_model, load_model, model_family, reset_classes
+from models.loader import finalize, fuse_model, load_model, model_family, model_task, reset_classes
 from models.loss import build_criterion
 from prune import build_groups, gradual
 from prune.methods import METHOD_NAMES, PlanContext, get_method
@@ -154,6 +155,7 @@ def run(opt) -> dict:
     if model.nc != data["nc"] and not opt.single_cls:
         raise UsageError(f"{weights} predicts {model.nc} classes but {data['yaml_file']} has {data['nc']}: "
                          "pass the matching --data (or --single-cls)")
+    data = for_task(data, model_task(model))  # every loader then reads the task's labels (masks, ...)
     stride = int(max(model.stride.max(), 32))
     opt.imgsz = check_imgsz(opt.imgsz, stride)  # once, before any graph trace or loader: every stage uses it
     if summary is None and (opt.ignore or opt.target_flops is not None):
@@ -463,4 +465,5 @@ def _measure(model: nn.Module, evaluate: Evaluator | None, imgsz: int, tag: str)
         "map50_95": res.map50_95,
         "precision": res.precision,
         "recall": res.recall,
+        **{f"{t}_{k}": v[k] for t, v in res.tasks.items() for k in ("map50", "map50_95")},  # e.g. mask_map50_95
     }

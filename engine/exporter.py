@@ -33,6 +33,7 @@ from models.export import (
     MIN_OPSET,
     ExportError,
     ExportWrapper,
+    as_outputs,
     check_inputs,
     compare,
     export_onnx,
@@ -44,7 +45,7 @@ from models.export import (
     verify_onnx,
     verify_torchscript,
 )
-from models.loader import is_anchor_based, load_model, model_family
+from models.loader import is_anchor_based, load_model, model_family, model_task
 from utils import runtimes
 from utils.flops import count_params, gflops
 from utils.general import LOGGER, UsageError, increment_path, select_device
@@ -133,7 +134,7 @@ def metadata(model, weights, family: str, hw: tuple[int, int], batch: int, dynam
     return {
         "description": f"{Path(str(weights)).name} exported by yolo-compress",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "task": "detect",
+        "task": model_task(model),
         "family": family,
         "stride": stride,
         "names": {int(k): v for k, v in model.names.items()},
@@ -144,7 +145,8 @@ def metadata(model, weights, family: str, hw: tuple[int, int], batch: int, dynam
         "precision": precision,
         "half": precision == "fp16",
         "layout": "anchors" if is_anchor_based(model) else "ultralytics",
-        "output": "(batch, anchors, 5+nc) xywh,obj,cls" if is_anchor_based(model) else "(batch, 4+nc, anchors) xywh,cls",
+        "output": "(batch, anchors, 5+nc) xywh,obj,cls" if is_anchor_based(model) else "(batch, 4+nc, anchors) xywh,cls"
+        + (", mask coefficients; output1 (batch, masks, h/4, w/4) mask protos" if model_task(model) == "segment" else ""),
         "params": count_params(model),
         "gflops": gflops(model, max(hw)),
     }
@@ -186,6 +188,10 @@ def run(
     check_options(fmts, device, half, int8, data)
     if model is None:
         model = load_model(weights, trust=trust_checkpoint)
+    task = model_task(model)
+    if task != "detect" and (int8 or set(fmts) - {"onnx", "torchscript"}):
+        raise UsageError(f"a {task} model exports to onnx and torchscript (FP32/FP16) only: drop "
+                         f"{'--int8' if int8 else '--include ' + ' '.join(sorted(set(fmts) - {'onnx', 'torchscript'}))}")
     stride = int(max(int(model.stride.max()), 32))
     h, w_ = _imgsz(imgsz, stride)
     precision = "int8" if int8 else "fp16" if half else "fp32"
@@ -206,7 +212,8 @@ def run(
             wrapped = prepare(model, device, fmt_half, dynamic, fmt)
             x = im.half() if fmt_half else im
             with torch.no_grad():
-                out_shape = tuple(wrapped(x).shape)
+                shapes = [tuple(y.shape) for y in as_outputs(wrapped(x))]
+                out_shape = shapes[0] if len(shapes) == 1 else shapes
             r = export_one(fmt, wrapped, x, files[fmt], fp32, meta, half, calib)
             r.update(file=str(files[fmt]), output_shape=list(out_shape), precision=precision,
                      mb=_size_mb(files[fmt]))

@@ -28,12 +28,12 @@ from ultralytics.data.augment import LetterBox
 from ultralytics.data.loaders import LoadImagesAndVideos
 from ultralytics.utils.checks import check_imshow
 from ultralytics.utils.nms import non_max_suppression
-from ultralytics.utils.ops import scale_boxes, xyxy2xywh
+from ultralytics.utils.ops import process_mask, scale_boxes, xyxy2xywh
 from ultralytics.utils.plotting import Annotator, colors, save_one_box
 
 from engine.backends import ExportedModel, is_exported, load_exported
 from engine.validation.common import to_nms_format
-from models.loader import load_model
+from models.loader import load_model, model_task
 from utils.files import atomic_output, write_bytes, write_text
 from utils.flops import model_summary
 from utils.general import LOGGER, UsageError, check_imgsz, increment_path, select_device
@@ -191,6 +191,7 @@ def run(
     half = half and not exported  # an exported file runs at the precision it was exported in
     model.to(device).eval()
     model.half() if half else model.float()
+    seg = model_task(model) == "segment"  # masks drawn under the boxes; label files keep the boxes
     stride = int(max(model.stride.max(), 32))
     hw = image_shape(imgsz, stride)
     if exported and not model.dynamic:
@@ -218,7 +219,9 @@ def run(
             out = model(im)
             t2 = time.perf_counter()
             det = non_max_suppression(to_nms_format(out, model).float(), conf_thres, iou_thres, classes=classes,
-                                      agnostic=agnostic_nms, max_det=max_det)[0]
+                                      agnostic=agnostic_nms, max_det=max_det, nc=int(model.nc) if seg else 0)[0]
+            masks = process_mask(out[0][1][0], det[:, 6:], det[:, :4], im.shape[2:], upsample=True) \
+                if seg and len(det) else None  # (n, h, w) on the letterboxed image
             t3 = time.perf_counter()
             dt = [a + b for a, b in zip(dt, (t1 - t0, t2 - t1, t3 - t2))]
             det = det[:, :6].clone()
@@ -230,7 +233,10 @@ def run(
             if save_txt and len(det):
                 write_text(save_dir / "labels" / f"{stem}.txt", "\n".join(label_lines(det, im0.shape[:2], save_conf)) + "\n")
                 n_labels += 1
-            im0 = _draw(annotator(im0), im0, det, names, p, save_dir, draw=not nosave or view_img, crop=save_crop,
+            ann = annotator(im0)
+            if masks is not None and (not nosave or view_img):
+                ann.masks(masks, colors=[colors(int(c), True) for c in det[:, 5]])  # letterbox removed by ultralytics
+            im0 = _draw(ann, im0, det, names, p, save_dir, draw=not nosave or view_img, crop=save_crop,
                         hide_labels=hide_labels, hide_conf=hide_conf)
             if view_img:
                 cv2.imshow(str(p), im0)

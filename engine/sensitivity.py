@@ -29,7 +29,8 @@ from ultralytics.utils import TQDM
 
 import engine.validation as validation
 from data.datasets import build_val_loader, check_dataset
-from models.loader import fuse_model, load_model
+from data.tasks import for_task
+from models.loader import fuse_model, load_model, model_task
 from prune import build_groups
 from prune.importance import SEED_CRITERIA, get_criterion
 from prune.sensitivity import (
@@ -203,6 +204,7 @@ def run_sensitivity(opt, weights: str | None = None) -> Path:
     if model.nc != data["nc"] and not opt.single_cls:
         raise UsageError(f"{opt.weights} predicts {model.nc} classes but {data['yaml_file']} has {data['nc']}: "
                          "pass the matching --data (or --single-cls)")
+    data = for_task(data, model_task(model))
     model.to(device).eval()
     stride = int(max(model.stride.max(), 32))
     imgsz = check_imgsz(opt.imgsz, stride)  # one warning when the size changes

@@ -33,6 +33,7 @@ from ultralytics.utils import TQDM
 from ultralytics.utils.torch_utils import ModelEMA, torch_distributed_zero_first
 
 from data.datasets import build_train_dataset, build_val_loader, check_dataset, checked_dataset
+from data.tasks import for_task
 from engine.distill import Distiller
 from engine.optim import StepSchedule, build_optimizer, freeze_layers, lr_factor
 from engine.train_config import (check_options, load_hyp, resolve_base_lr0, resume_options, seed_everything,
@@ -42,7 +43,7 @@ from engine.train_plots import plot_gammas, plot_results
 from engine.train_state import as_random_state, plain, read_csv, results_row, storable, strip_checkpoint, write_csv
 from engine.validation import ValResult, format_table, validate
 from models.loader import (check_supported, class_rows_kept, detection_head, finalize, fuse_model, load_model,
-                           reset_classes)
+                           model_task, reset_classes)
 from models.loss import build_criterion
 from prune.methods.slim import SparsityPenalty
 from prune.widths import is_yaml_pruned, mark_yaml_pruned
@@ -139,7 +140,8 @@ class Trainer:
 
     def _train_loader(self, data: dict, batch: int, stride: int):
         aug = {k: self.hyp[k] for k in AUGMENT_KEYS if k in self.hyp}
-        self.data_cfg = get_cfg(overrides={"imgsz": self.opt.imgsz, "task": "detect", "single_cls": self.opt.single_cls,
+        self.data_cfg = get_cfg(overrides={"imgsz": self.opt.imgsz, "task": data.get("task", "detect"),
+                                           "single_cls": self.opt.single_cls,
                                            "cache": False, "fraction": 1.0, "rect": False, **aug})
         with torch_distributed_zero_first(self.local_rank):  # rank 0 writes the label cache first
             dataset = checked_dataset(lambda: build_train_dataset(self.data_cfg, data["train"], batch,
@@ -168,6 +170,7 @@ class Trainer:
             data = check_dataset(opt.data, splits=("train", "val"))
         self.data = data
         model = self._build_model(data, ckpt).to(device)
+        self.data = data = for_task(data, model_task(model))  # the loaders read the task's labels (masks, ...)
         freeze_layers(model, opt.freeze)
         stride = int(max(float(model.stride.max()), 32))
         opt.imgsz = imgsz = check_imgsz(opt.imgsz, stride)  # the stride is known: one warning when it changes

@@ -1,5 +1,5 @@
 # AGPL-3.0 License
-"""Fine-tune a pruned ultralytics detector with ultralytics' own trainer, keeping its pruned structure.
+"""Fine-tune a pruned ultralytics model with ultralytics' own trainer, keeping its pruned structure.
 
 ultralytics' `YOLO(p).train()` calls `trainer.get_model(cfg=model.yaml, weights=model)`, which builds a fresh
 `DetectionModel` from the yaml and copies the weights whose shapes still match: on a pruned model that is the
@@ -13,6 +13,9 @@ Surgery marks the yaml of a pruned model so that this rebuild stops with one cle
     model = YOLO("runs/compress/exp/pruned.pt")
     model.train(trainer=PrunedDetectionTrainer, data="coco128.yaml", epochs=30, imgsz=640)
 
+A pruned segmentation model trains the same way with `PrunedSegmentationTrainer` (ultralytics' SegmentationTrainer:
+its dataset with masks, v8SegmentationLoss, SegmentationValidator).
+
 It trains the loaded model object itself (every other part of ultralytics' loop -- data, augmentation, loss, EMA,
 validation, checkpoints -- is unchanged), and `--resume` of such a run works the same way. A dataset with another
 number of classes gets a new class head, every other weight kept (models.loader.reset_classes).
@@ -24,14 +27,15 @@ import copy
 
 import torch.nn as nn
 from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.models.yolo.segment import SegmentationTrainer
 
 import utils  # noqa: F401  (offline settings for ultralytics)
 from models.loader import reset_classes
 from prune.widths import is_yaml_pruned
 
 
-class PrunedDetectionTrainer(DetectionTrainer):
-    """ultralytics DetectionTrainer that never rebuilds the model from its yaml."""
+class PrunedModelMixin:
+    """get_model for any ultralytics task trainer: the given model object, never a rebuild from its yaml."""
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True):
         """The given weights' model itself (a deep copy in float32, trainable) with the dataset's classes.
@@ -56,3 +60,11 @@ class PrunedDetectionTrainer(DetectionTrainer):
         if int(model.model[-1].nc) != nc:
             reset_classes(model, nc)
         return self.set_model_names_for_load(model)
+
+
+class PrunedDetectionTrainer(PrunedModelMixin, DetectionTrainer):
+    """ultralytics DetectionTrainer that never rebuilds the model from its yaml."""
+
+
+class PrunedSegmentationTrainer(PrunedModelMixin, SegmentationTrainer):
+    """ultralytics SegmentationTrainer that never rebuilds the model from its yaml."""

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from models.loader import fuse_model, is_anchor_based, model_family
+from models.loader import fuse_model, is_anchor_based, model_family, model_task
 from utils.files import replace_file
 from utils.general import UsageError
 
@@ -33,15 +33,24 @@ class ExportError(RuntimeError):
 
 
 class ExportWrapper(nn.Module):
-    """The detector with one output: the decoded predictions (what deployment consumes)."""
+    """The detector with one output: the decoded predictions (what deployment consumes); a segmentation model
+    with two, as ultralytics exports it: the decoded predictions (with the mask coefficients) and the mask protos."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.outputs = 2 if model_task(model) == "segment" else 1
 
     def forward(self, x):
         y = self.model(x)
+        if self.outputs == 2:
+            return y[0], y[1]
         return y[0] if isinstance(y, (list, tuple)) else y
+
+
+def as_outputs(y) -> list[torch.Tensor]:
+    """An ExportWrapper's result as a list of its outputs."""
+    return list(y) if isinstance(y, (list, tuple)) else [y]
 
 
 def max_opset() -> int:
@@ -87,7 +96,10 @@ def output_names_axes(model: nn.Module, dynamic: bool):
     if not dynamic:
         return None
     out = {0: "batch", 1: "anchors"} if is_anchor_based(inner_model(model)) else {0: "batch", 2: "anchors"}
-    return {"images": {0: "batch", 2: "height", 3: "width"}, "output0": out}
+    axes = {"images": {0: "batch", 2: "height", 3: "width"}, "output0": out}
+    if getattr(model, "outputs", 1) == 2:  # segmentation: the mask protos
+        axes["output1"] = {0: "batch", 2: "mask_height", 3: "mask_width"}
+    return axes
 
 
 def inner_model(model: nn.Module) -> nn.Module:
@@ -136,7 +148,7 @@ def export_onnx(w: ExportWrapper, im: torch.Tensor, file: Path, opset: int = 17,
                 opset_version=opset,
                 do_constant_folding=True,
                 input_names=["images"],
-                output_names=["output0"],
+                output_names=["output0", "output1"][: w.outputs],
                 dynamic_axes=output_names_axes(w, dynamic),
             )
         proto = onnx.load(str(tmp))
@@ -220,15 +232,18 @@ def verify_onnx(file: Path, w: ExportWrapper, inputs: list[torch.Tensor]) -> tup
     sess = ort.InferenceSession(str(file), so, providers=providers)
     worst = 0.0
     for x in inputs:
-        ref = w(x).float().cpu().numpy()
-        out = sess.run(None, {sess.get_inputs()[0].name: x.cpu().numpy()})[0]
-        ok, d = compare(out, ref, "fp16" if half else "fp32")
-        if not ok:
-            raise ExportError(
-                f"{file.name}: onnxruntime output {tuple(out.shape)} differs from PyTorch {tuple(ref.shape)} on input "
-                f"{tuple(x.shape)}: max |diff| {d:.3g} exceeds the tolerance {TOLERANCE['fp16' if half else 'fp32']}"
-            )
-        worst = max(worst, d)
+        outs = sess.run(None, {sess.get_inputs()[0].name: x.cpu().numpy()})
+        refs = [r.float().cpu().numpy() for r in as_outputs(w(x))]
+        if len(outs) != len(refs):
+            raise ExportError(f"{file.name}: onnxruntime gives {len(outs)} outputs, PyTorch {len(refs)}")
+        for out, ref in zip(outs, refs):  # every output (a segmentation model's mask protos too)
+            ok, d = compare(out, ref, "fp16" if half else "fp32")
+            if not ok:
+                raise ExportError(
+                    f"{file.name}: onnxruntime output {tuple(out.shape)} differs from PyTorch {tuple(ref.shape)} on "
+                    f"input {tuple(x.shape)}: max |diff| {d:.3g} exceeds the tolerance "
+                    f"{TOLERANCE['fp16' if half else 'fp32']}")
+            worst = max(worst, d)
     return worst, sess.get_providers()[0].replace("ExecutionProvider", "")
 
 
@@ -239,14 +254,15 @@ def verify_torchscript(file: Path, w: ExportWrapper, inputs: list[torch.Tensor])
         ts = torch.jit.load(str(file), map_location=inputs[0].device)
     worst = 0.0
     for x in inputs:
-        ref, out = w(x).float().cpu().numpy(), ts(x).float().cpu().numpy()
-        ok, d = compare(out, ref, "fp16" if x.dtype == torch.float16 else "fp32")
-        if not ok:
-            raise ExportError(
-                f"{file.name}: TorchScript output {tuple(out.shape)} differs from PyTorch {tuple(ref.shape)} on input "
-                f"{tuple(x.shape)}: max |diff| {d:.3g}"
-            )
-        worst = max(worst, d)
+        for ref, out in zip(as_outputs(w(x)), as_outputs(ts(x)), strict=True):
+            ref, out = ref.float().cpu().numpy(), out.float().cpu().numpy()
+            ok, d = compare(out, ref, "fp16" if x.dtype == torch.float16 else "fp32")
+            if not ok:
+                raise ExportError(
+                    f"{file.name}: TorchScript output {tuple(out.shape)} differs from PyTorch {tuple(ref.shape)} on "
+                    f"input {tuple(x.shape)}: max |diff| {d:.3g}"
+                )
+            worst = max(worst, d)
     return worst
 
 

@@ -6,8 +6,10 @@ Families:
   'yolov7'      anchor-based YOLOv7, models.yolo.Model with an IDetect head
   'ultralytics' YOLOv5u / YOLOv8 / YOLOv9 / YOLO11 ... through ultralytics.nn.tasks.DetectionModel
 
-Other model kinds (ultralytics segment / pose / OBB / classify, RT-DETR, YOLO-World, YOLOE, or any head this
-toolkit does not know) are refused by `check_supported` in one line, before anything is built or written: every
+  ultralytics segmentation models (Segment head, YOLOv8/YOLO11 -seg) through ultralytics.nn.tasks.SegmentationModel
+
+Other model kinds (ultralytics pose / OBB / classify, YOLO26's Segment26, RT-DETR, YOLO-World, YOLOE, or any head
+this toolkit does not know) are refused by `check_supported` in one line, before anything is built or written: every
 tool loads its model here, so none of them can prune, train, validate or export such a model half-way.
 """
 
@@ -27,9 +29,9 @@ from utils.general import UsageError
 FAMILIES = ("yolov5", "yolov7", "ultralytics")
 # the detection heads supported end to end (prune, fine-tune, validate, export), by family
 YOLO_HEADS = ("Detect", "IDetect")  # models.yolo
-ULTRALYTICS_HEADS = ("Detect", "v10Detect")  # ultralytics.nn.modules.head; YOLO26 detectors use Detect
-SUPPORTED = ("detection models only: YOLOv5/YOLOv7 (Detect, IDetect heads) and ultralytics Detect, v10-style and "
-             "YOLO26 heads")
+ULTRALYTICS_HEADS = ("Detect", "v10Detect", "Segment")  # ultralytics.nn.modules.head; YOLO26 detectors use Detect
+SUPPORTED = ("detection models (YOLOv5/YOLOv7 Detect, IDetect heads; ultralytics Detect, v10-style and YOLO26 heads) "
+             "and ultralytics YOLOv8/YOLO11 segmentation models (Segment head)")
 # head class name (prefix) -> the kind of model a user knows it as
 _TASKS = (("YOLOESegment", "a YOLOE segmentation"), ("Segment", "a segmentation"), ("SemanticSegment", "a segmentation"),
           ("Pose", "a pose"), ("OBB", "an oriented-box (OBB)"), ("Classify", "a classification"),
@@ -54,7 +56,7 @@ def check_supported(head: nn.Module | str, source: Any, ultralytics: bool = True
         return
     task = next((t for prefix, t in _TASKS if name.startswith(prefix)), None)
     what = f"{task} model ({name} head)" if task else f"a model with a head this toolkit does not know ({name})"
-    raise UsageError(f"{source}: {what} is not supported; this toolkit supports {SUPPORTED}: pass a detection model")
+    raise UsageError(f"{source}: {what} is not supported; this toolkit supports {SUPPORTED}: pass one of those")
 
 
 def model_family(model: nn.Module) -> str:
@@ -68,6 +70,20 @@ def model_family(model: nn.Module) -> str:
 
 def detection_head(model: nn.Module) -> nn.Module:
     return model.model[-1]
+
+
+def model_task(model: nn.Module) -> str:
+    """The ultralytics task of a model by its head: 'segment', 'pose', 'obb' or 'detect' (YOLOv5/YOLOv7 too)."""
+    layers = getattr(model, "model", None)
+    if not isinstance(layers, nn.Sequential):  # e.g. an exported model's wrapper: the task it says it has
+        return str(getattr(model, "task", None) or "detect")
+    head = layers[-1]
+    if not type(head).__module__.startswith("ultralytics."):
+        return "detect"
+    from ultralytics.nn.modules.head import OBB, Pose, Segment
+
+    return next((t for cls, t in ((Segment, "segment"), (Pose, "pose"), (OBB, "obb")) if isinstance(head, cls)),
+                "detect")
 
 
 def is_anchor_based(model: nn.Module) -> bool:
@@ -91,6 +107,8 @@ def finalize(model: nn.Module, names: Any = None) -> nn.Module:
     if len(model.names) != nc:
         model.names = {i: model.names.get(i, f"class{i}") for i in range(nc)}
     model.nc = nc
+    if not isinstance(model, Model):  # ultralytics keeps a model's own `task` when it loads one (YOLO(p).task)
+        model.task = model_task(model)
     if not hasattr(model, "stride") or model.stride is None:
         model.stride = getattr(head, "stride", None)
     if model.stride is None:
@@ -124,7 +142,7 @@ def _from_yaml(cfg: str | Path, nc: int | None) -> nn.Module:
         if "backbone" in d and "anchors" in d:  # YOLOv5 / YOLOv7 anchor-based yaml
             check_supported(_yaml_head(d), cfg, ultralytics=False)
             return Model(ours if ours.exists() else p.name, nc=nc)
-    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+    from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, SegmentationModel, yaml_model_load
 
     try:
         d = yaml_model_load(str(cfg))
@@ -133,7 +151,10 @@ def _from_yaml(cfg: str | Path, nc: int | None) -> nn.Module:
             f"model yaml '{cfg}' not found in ./, {MODELS_DIR} or the ultralytics package: {e}"
         ) from None
     check_supported(_yaml_head(d), cfg)  # before building: some heads (YOLO-World, YOLOE) fail to build here
-    return DetectionModel(d, nc=nc, verbose=False)
+    head = _yaml_head(d)  # the task's model class: its loss (init_criterion) is the task's
+    cls = next((c for prefix, c in (("Segment", SegmentationModel), ("Pose", PoseModel), ("OBB", OBBModel))
+                if head.startswith(prefix)), DetectionModel)
+    return cls(d, nc=nc, verbose=False)
 
 
 def _yaml_head(d: dict) -> str:

@@ -2,7 +2,8 @@
 """Detection losses with one API for every family: `criterion(raw_preds, batch) -> (loss * bs, items)`.
 
 `items` holds the per-task losses in `criterion.names` order — (box, obj, cls) for anchor-based heads,
-(box, cls, dfl) for ultralytics heads — which PAGCP's oracle compares task by task.
+(box, cls, dfl) for ultralytics detection heads, ultralytics' own terms for its other tasks (box, seg, cls, dfl for
+segmentation) — which PAGCP's oracle compares task by task.
 
 The anchor-based loss follows YOLOv5: CIoU box loss, objectness BCE with IoU targets, class BCE with
 label smoothing, targets matched to anchors with width/height ratio < anchor_t and assigned to their
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.loader import detection_head, is_anchor_based
+from models.loader import detection_head, is_anchor_based, model_task
 
 HYP_DEFAULTS = {"box": 0.05, "obj": 1.0, "cls": 0.5, "cls_pw": 1.0, "obj_pw": 1.0, "anchor_t": 4.0,
                 "label_smoothing": 0.0, "dfl": 1.5}
@@ -121,7 +122,9 @@ class AnchorLoss:
 
 
 class UltralyticsLoss:
-    """ultralytics' own detection loss (v8DetectionLoss / E2ELoss) behind the same API."""
+    """ultralytics' own loss of the model's task (v8DetectionLoss, v8SegmentationLoss, ..., E2ELoss) behind the same
+    API. `names`: its terms as ultralytics names them, less '_loss'; the semantic-mask term of ultralytics'
+    segmentation loss is left out for a head without a semantic branch (always zero there)."""
 
     names = ("box", "cls", "dfl")
 
@@ -134,11 +137,18 @@ class UltralyticsLoss:
         gains = {k: v for k, v in (hyp or {}).items() if k in ("box", "cls", "dfl")}
         model.args = IterableSimpleNamespace(**{**DEFAULT_CFG_DICT, **base, **gains})
         self.inner = model.init_criterion()
+        inner = getattr(self.inner, "one2one", self.inner)  # E2ELoss: both branches have the same terms
+        names = self.names if model_task(model) == "detect" else tuple(n.removesuffix("_loss") for n in inner.loss_names)
+        semantic = hasattr(getattr(detection_head(model), "proto", None), "semseg")
+        self.keep = [i for i, n in enumerate(names) if n != "sem" or semantic]
+        self.names = tuple(names[i] for i in self.keep)
 
     def __call__(self, preds, batch):
         loss, items = self.inner(preds, batch)
         if isinstance(items, dict):
             items = torch.stack([v.reshape(()) for v in items.values()])
+        if len(self.keep) != len(items):
+            items = items[self.keep]
         return loss.sum(), items.detach()
 
 

@@ -18,10 +18,15 @@ from prune.masks import ChannelMasks
 from prune.surgery import apply_removal
 
 
-def _first_tensor(out):
-    while isinstance(out, (list, tuple, dict)) and len(out):
-        out = out[0] if not isinstance(out, dict) else next(iter(out.values()))
-    return out if isinstance(out, torch.Tensor) else None
+def _tensors(out) -> list[torch.Tensor]:
+    """Every tensor of a model's output, in order (a segmentation head returns its masks' protos beside the boxes)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensors(o)]
+    return []
 
 
 @torch.no_grad()
@@ -31,15 +36,19 @@ def _agrees(model: nn.Module, groups: GroupSet, example: torch.Tensor, gids: lis
     with ChannelMasks(model, groups) as masks:
         for gid, pos in plan.items():
             masks.set_removed(gid, pos)
-        ref = _first_tensor(model(example))
+        refs = _tensors(model(example))
     try:
-        cut = _first_tensor(apply_removal(copy.deepcopy(model), groups, plan).eval()(example))
+        cuts = _tensors(apply_removal(copy.deepcopy(model), groups, plan).eval()(example))
     except Exception as e:  # any failure of the cut model is what this check looks for
         return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
-    if ref is None or cut is None or cut.shape != ref.shape:
-        return f"output shape {None if cut is None else tuple(cut.shape)} != {None if ref is None else tuple(ref.shape)}"
-    err = float((cut.float() - ref.float()).abs().max()) / max(1.0, float(ref.float().abs().max()))
-    return "" if err <= tol else f"cut model differs from the masked one (max rel. error {err:.1e})"
+    shapes = [tuple(t.shape) for t in cuts], [tuple(t.shape) for t in refs]
+    if not refs or shapes[0] != shapes[1]:
+        return f"output shapes {shapes[0]} != {shapes[1]}"
+    for cut, ref in zip(cuts, refs):  # every output: boxes, and e.g. a segmentation head's mask protos
+        err = float((cut.float() - ref.float()).abs().max()) / max(1.0, float(ref.float().abs().max()))
+        if err > tol:
+            return f"cut model differs from the masked one (max rel. error {err:.1e})"
+    return ""
 
 
 def verify_groups(model: nn.Module, groups: GroupSet, example: torch.Tensor, tol: float | None = None) -> list[int]:

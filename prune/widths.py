@@ -73,6 +73,12 @@ def _ultralytics_head(m) -> dict:
     return {"nc": nc, "reg_max": reg_max, "no": nc + 4 * reg_max, "nl": len(box)}
 
 
+def _segment_head(m) -> dict:
+    """Segment: the Detect widths, `nm` mask coefficients (= the protos Proto outputs, fixed by the graph as model
+    outputs) and `npr`, Proto's internal width (prunable)."""
+    return {**_ultralytics_head(m), "nm": _out(m.proto.cv3), "npr": _out(m.proto.cv1)}
+
+
 def _anchor_head(m) -> dict:
     nc = m.m[0].out_channels // m.na - 5
     return {"nc": nc, "no": nc + 5, "nl": len(m.m)}
@@ -113,6 +119,7 @@ RULES: dict[tuple[str, str], WidthRule] = {
     ("ultralytics", "Concat"): WidthRule(lambda m: {}, ("d",)),
     ("ultralytics", "SPPF"): WidthRule(lambda m: {}, ("n",)),
     ("ultralytics", "Detect"): WidthRule(_ultralytics_head, ("max_det", "shape")),
+    ("ultralytics", "Segment"): WidthRule(_segment_head, ("max_det", "shape")),
     ("ultralytics", "BaseModel"): WidthRule(lambda m: {"nc": m.model[-1].nc} if hasattr(m.model[-1], "nc") else {}),
     # YOLOv5 / YOLOv7 (models/)
     ("models", "Model"): WidthRule(lambda m: {"nc": m.model[-1].nc}),

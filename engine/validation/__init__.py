@@ -1,8 +1,9 @@
 # AGPL-3.0 License
 """Detection validation for every family: `validate(model, loader, names, settings)` picks the convention by the
-model's family (YOLOv5/YOLOv7 -> engine.validation.yolov5, ultralytics -> engine.validation.ultralytics).
+model's family (YOLOv5/YOLOv7 -> engine.validation.yolov5, ultralytics -> engine.validation.ultralytics), and a
+segmentation model's box and mask metrics by engine.validation.segment.
 
-Modules: common (ValSettings, ValResult, conventions, shared helpers), yolov5 and ultralytics (the two loops),
+Modules: common (ValSettings, ValResult, conventions, shared helpers), yolov5, ultralytics and segment (the loops),
 ap (YOLOv5's AP), coco (pycocotools), plots (val.py's figures).
 """
 
@@ -28,8 +29,10 @@ from engine.validation.common import (
     validation_convention,
     write_json,
 )
+from engine.validation.segment import validate_segment
 from engine.validation.ultralytics import validate_ultralytics
 from engine.validation.yolov5 import validate_yolov5
+from models.loader import model_task
 
 __all__ = ("CONVENTIONS", "CONVENTION_NAMES", "Convention", "DEFAULT_BATCH", "DEFAULT_IOU", "ValResult",
            "ValSettings", "annotation_json", "coco_evaluate", "format_table", "select_head", "to_nms_format",
@@ -57,4 +60,6 @@ def validate(model: nn.Module, loader, names: dict[int, str], settings: ValSetti
     """
     s = ValSettings.of(settings, **kw)
     run = validate_ultralytics if validation_convention(model) == "ultralytics" else validate_yolov5
+    if model_task(model) == "segment":
+        run = validate_segment  # box and mask metrics
     return run(model, loader, names, s, device=device, save_dir=save_dir, plotter=plotter, criterion=criterion)

@@ -106,10 +106,13 @@ class ValResult:
     convention: str = "yolov5"  # whose validator the numbers reproduce (CONVENTIONS)
     notes: list = field(default_factory=list)  # caveats, e.g. the NMS time limit was hit
     losses: dict = field(default_factory=dict)  # validation loss per task (mean over batches) when a criterion is given
+    tasks: dict = field(default_factory=dict)  # metrics of another task's output, e.g. {'mask': {precision, ...}}
 
     @property
     def fitness(self) -> float:
-        return 0.1 * self.map50 + 0.9 * self.map50_95
+        """0.1 mAP50 + 0.9 mAP50-95 of the boxes, plus the same of every other output (as ultralytics' metrics)."""
+        parts = [(self.map50, self.map50_95), *((t["map50"], t["map50_95"]) for t in self.tasks.values())]
+        return sum(0.1 * a + 0.9 * b for a, b in parts)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -193,6 +196,8 @@ def to_nms_format(out, model: nn.Module) -> torch.Tensor:
     (obj·cls > conf implies obj > conf, so YOLOv5's extra objectness pre-filter changes nothing).
     """
     pred = out[0] if isinstance(out, (list, tuple)) else out
+    if isinstance(pred, (list, tuple)):  # a segmentation head: (predictions with mask coefficients, mask protos)
+        pred = pred[0]
     if is_anchor_based(model):
         return torch.cat((pred[..., :4], pred[..., 5:] * pred[..., 4:5]), -1).transpose(1, 2)
     return pred
@@ -249,7 +254,11 @@ def format_table(res: ValResult, verbose: bool = False) -> str:
     """YOLOv5's metrics table: the 'all' row, then (verbose) one row per class."""
     header = TABLE_HEADER
     row = "%22s%11i%11i%11.3g%11.3g%11.3g%11.3g"
-    lines = [header, row % ("all", res.images, res.instances, res.precision, res.recall, res.map50, res.map50_95)]
+    lines = [header, row % ("all" if not res.tasks else "all (box)", res.images, res.instances, res.precision,
+                            res.recall, res.map50, res.map50_95)]
+    for task, t in res.tasks.items():  # e.g. a segmentation model's masks
+        lines.append(row % (f"all ({task})", res.images, res.instances, t["precision"], t["recall"], t["map50"],
+                            t["map50_95"]))
     if res.instances == 0:
         lines.append("WARNING: no labels found in the evaluated split, can not compute metrics without labels")
     if verbose:
