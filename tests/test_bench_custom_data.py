@@ -1,5 +1,5 @@
 # AGPL-3.0 License
-"""bench/custom_data.py end to end on a tiny VOC set: base, reference, pruning runs, latency, report, resume."""
+"""bench/custom_data.py end to end on a tiny VOC set: base, control, pruning runs per seed, latency, report, resume."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 
 @pytest.mark.slow
-def test_custom_data_bench_tiny_killed_and_resumed(tmp_path, monkeypatch):
+def test_custom_data_bench_tiny_killed_resumed_and_seeded(tmp_path, monkeypatch):
     import custom_data
 
     import compress
@@ -24,7 +24,8 @@ def test_custom_data_bench_tiny_killed_and_resumed(tmp_path, monkeypatch):
     data = _voc(tmp_path / "ds", ann)
     args = ["--data", str(data), "--weights", "yolov5n.yaml", "--imgsz", "64", "--batch-size", "4", "--base-epochs",
             "1", "--epochs", "1", "--targets", "0.7", "--divisor-targets", "0.5", "--methods", "l1",
-            "--latency-repeats", "1", "--workers", "0", "--project", str(tmp_path / "bench"), "--name", "b"]
+            "--latency-repeats", "1", "--workers", "0", "--project", str(tmp_path / "bench"), "--name", "b",
+            "--seeds", "0"]
     real = compress.main
     calls = []
 
@@ -38,20 +39,30 @@ def test_custom_data_bench_tiny_killed_and_resumed(tmp_path, monkeypatch):
     assert custom_data.main(args) == 130
     run = tmp_path / "bench" / "b"
     state = json.loads((run / "state.json").read_text())
-    assert {"base", "reference", "l1@0.7"} <= set(state) and "l1@0.5-d16" not in state
+    assert {"base", "control#s0", "l1@0.7#s0"} <= set(state) and "l1@0.5-d16#s0" not in state
     monkeypatch.setattr(compress, "main", lambda argv: calls.append(argv) or real(argv))
     n = len(calls)
     assert custom_data.main(args + ["--exist-ok"]) == 0
     assert len(calls) - n == 1  # only the unfinished run: finished steps are skipped
     state2 = json.loads((run / "state.json").read_text())
-    assert state2["l1@0.7"] == state["l1@0.7"] and state2["base"] == state["base"]
-    d16 = state2["l1@0.5-d16"]
+    assert state2["l1@0.7#s0"] == state["l1@0.7#s0"] and state2["base"] == state["base"]
+    d16 = state2["l1@0.5-d16#s0"]
     assert abs(d16["flops_share"] - 0.5) <= 0.02 and d16["divisor"] == 16 and not d16["notes"]
+    # a second seed: every row runs again with it, the base is shared
+    n = len(calls)
+    assert custom_data.main([*args[:-1], "0", "1", "--exist-ok"]) == 0
+    assert len(calls) - n == 2 and "--seed" in calls[-1] and calls[-1][calls[-1].index("--seed") + 1] == "1"
+    state3 = json.loads((run / "state.json").read_text())
+    assert state3["base"] == state["base"] and {"control#s1", "l1@0.7#s1", "l1@0.5-d16#s1"} <= set(state3)
     table = (run / "results.md").read_text()
-    assert "| base | unpruned, 1 epochs |" in table and "| reference | unpruned, 1+1 epochs |" in table
-    rows = json.loads((run / "results.json").read_text())["rows"]
-    assert all(r["latency_ms"] > 0 for r in rows if "latency_ms" in r) and rows[0]["map50_95"] is not None
-    assert [r.get("train_epochs") for r in rows[:3]] == [0, 1, 1]  # training after the base: none, 1, 1 fine-tune
+    assert "| base | unpruned, 1 epochs |" in table and "| control | unpruned, 1+1 epochs |" in table
+    res = json.loads((run / "results.json").read_text())
+    rows = {r["run"]: r for r in res["rows"]}
+    assert res["spread"] == "half-range" and rows["l1@0.7"]["seeds"] == [0, 1]
+    per = [v["map50_95"] for v in rows["l1@0.7"]["per_seed"].values()]
+    assert rows["l1@0.7"]["map50_95"] == pytest.approx(sum(per) / 2)
+    assert all(r["latency_ms"] > 0 for r in rows.values() if "latency_ms" in r)
+    assert [r.get("train_epochs") for r in res["rows"][:3]] == [0, 1, 1]  # after the base: none, 1, 1
     assert (run / "map_vs_gflops.png").stat().st_size > 1000 and (run / "map_vs_latency.png").stat().st_size > 1000
     assert (run / "results.csv").read_text().count("\n") == len(rows) + 1
     # other settings are refused, not mixed into the same folder
