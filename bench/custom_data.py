@@ -62,7 +62,7 @@ UNSUPPORTED = {("fisher", "divisor"): "compress.py --method fisher does not appl
                **{(m, "divisor"): "the Torch-Pruning rows are cut without --divisor" for m in TP_METHODS}}
 ASSETS = ROOT.parent / "shared" / "assets"
 # defaults by data yaml stem (flags win): image size, base epochs, epochs after the base (docs/benchmarks/custom_data.md)
-PROFILES = {"aquarium": {"imgsz": 256, "base_epochs": 30, "epochs": 12},
+PROFILES = {"aquarium": {"imgsz": 256, "base_epochs": 8, "epochs": 8},
             "": {"imgsz": 320, "base_epochs": 20, "epochs": 4}}
 
 
@@ -81,7 +81,8 @@ def parse_opt(argv=None) -> argparse.Namespace:
     ap.add_argument("--hyp", default=None, help="fine-tune hyp of the pruned rows (default: compress.py's)")
     ap.add_argument("--warmup-epochs", type=float, default=None, help="fine-tune warmup (default: the hyp's)")
     ap.add_argument("--nbs", type=int, default=None, help="nominal batch of the fine-tunes (default: compress.py's)")
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,
+                    help="pruned rows to run (none: only the base and the control)")
     ap.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5, 0.35], help="FLOPs shares of the base")
     ap.add_argument("--divisor-targets", type=float, nargs="*", default=[0.5], help="FLOPs shares run with --divisor")
     ap.add_argument("--divisor", type=int, default=16, help="channel multiple of the divisor variants")
