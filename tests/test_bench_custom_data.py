@@ -79,3 +79,21 @@ def test_custom_data_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(e.startswith("ERROR: ") for e in err) and "(0, 1)" in err[1]
     assert not any(tmp_path.iterdir())  # no run folder for bad input
+
+
+@pytest.mark.slow
+def test_custom_data_bench_tiny_torch_pruning_row(tmp_path):
+    pytest.importorskip("torch_pruning", reason="torch_pruning not installed (requirements-bench.txt)")
+    import custom_data
+
+    ann = {f"{i}": _xml([("cat" if i % 2 else "dog", 0, (21, 11, 61, 51))]) for i in range(4)}
+    data = _voc(tmp_path / "ds", ann)
+    assert custom_data.main(["--data", str(data), "--weights", "yolov5n.yaml", "--imgsz", "64", "--batch-size", "4",
+                             "--base-epochs", "1", "--epochs", "1", "--targets", "0.5", "--divisor-targets", "0.5",
+                             "--methods", "tp-l2", "--latency-repeats", "1", "--workers", "0", "--seeds", "0",
+                             "--project", str(tmp_path / "bench"), "--name", "b"]) == 0
+    rows = {r["run"]: r for r in json.loads((tmp_path / "bench" / "b" / "results.json").read_text())["rows"]}
+    tp = rows["tp-l2@0.5"]
+    assert abs(tp["flops_share"] - 0.5) <= 0.02 and tp["train_epochs"] == 1 and tp["map50_95"] is not None
+    assert tp["params"] < rows["base"]["params"] and tp["latency_ms"] > 0
+    assert "not run" in rows["tp-l2@0.5-d16"]["notes"][0]
