@@ -62,7 +62,7 @@ UNSUPPORTED = {("fisher", "divisor"): "compress.py --method fisher does not appl
                **{(m, "divisor"): "the Torch-Pruning rows are cut without --divisor" for m in TP_METHODS}}
 ASSETS = ROOT.parent / "shared" / "assets"
 # defaults by data yaml stem (flags win): image size, base epochs, epochs after the base (docs/benchmarks/custom_data.md)
-PROFILES = {"aquarium": {"imgsz": 256, "base_epochs": 8, "epochs": 8},
+PROFILES = {"aquarium": {"imgsz": 256, "base_epochs": 16, "epochs": 16},
             "": {"imgsz": 320, "base_epochs": 20, "epochs": 4}}
 
 
