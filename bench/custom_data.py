@@ -1,35 +1,38 @@
 # AGPL-3.0 License
 """Your own data, every method: transfer-train a base, prune it to equal FLOPs with each method, fine-tune alike.
 
-The workflow of issue 14 on one dataset (default: the raccoon VOC asset, any data yaml accepted):
-  1. base: `--weights` (official yolov5n.pt) transfer-trained `--base-epochs` on the data (train.py);
-     reference: the same base trained `--epochs` more with the fine-tune settings and no pruning, i.e. the
-     unpruned model after the same total epochs as every pruned one (extra training is not pruning gain);
+Protocol (docs/benchmarks/custom_data.md), on any data yaml; `--data aquarium.yaml` is the main benchmark, the
+raccoon VOC asset (the default) the quick one:
+  1. base: `--weights` (official yolov5n.pt) transfer-trained `--base-epochs` with train.py's defaults (hyp
+     scratch-low, nominal batch 64), once, with the first of `--seeds`;
+     control: that base trained `--epochs` E more the same way, nothing pruned (one per seed);
   2. every method in `--methods` prunes the base to each `--targets` share of its FLOPs (and to each
-     `--divisor-targets` share with `--divisor`), then fine-tunes `--epochs` with the same settings (compress.py);
-     methods: pagcp (`compress.py --target-flops F`, the default method), fisher (Group Fisher), l1-global,
-     l1 (uniform ratio), slim (network slimming of the base after `--sparsity-epochs` of train.py --sparsity);
-  3. per run: params, GFLOPs, FLOPs share (target ± `--tolerance`, else marked), mAP50 / mAP50-95 before and
-     after fine-tuning, compute seconds; then every model's onnxruntime CPU batch-1 latency, all timed
-     interleaved in one session with the base (engine/latency.py);
-  4. results.md (table), results.csv, results.json, map_vs_gflops.png, map_vs_latency.png in the run folder.
+     `--divisor-targets` share with `--divisor`) and gets E epochs of training in all after the base (Group
+     Fisher's pruning phase and slimming's sparsity phase included): pagcp (compress.py --target-flops F), fisher,
+     l1-global, l1, slim (compress.py), tp-l2 and tp-groupnorm (Torch-Pruning, bench/tp_rows.py, then train.py's
+     recovery recipe; skipped with one line without torch_pruning); `--compress-args` and each `--variant
+     NAME=ARGS` pass compress.py flags through (variants are separate row sets, for ablations);
+  3. every row per seed (`--seeds`); the table shows the mean ± half-range over seeds of mAP50-95 and of the share
+     of the same seed's control, results.json each seed's values; onnxruntime CPU batch-1 latency of every model
+     (the first seed's), timed interleaved with the base (engine/latency.py);
+  4. results.md, results.csv, results.json, map_vs_gflops.png, map_vs_latency.png in the run folder.
 
-Resumable: each finished step is recorded atomically in state.json and skipped when the same command is run
-again (`--name N --exist-ok`) or with `--resume [DIR]`; a step killed half-way continues from its own
-checkpoints (train.py / compress.py --resume).
+Resumable per (row, seed): each finished step is recorded atomically in state.json and skipped when the same
+command is run again (`--name N --exist-ok`) or with `--resume [DIR]`; more `--seeds` or methods may be added to a
+run; a step killed half-way continues from its own checkpoints (train.py / compress.py --resume).
 
-    YOLOC_DATASETS=../shared/assets/datasets python bench/custom_data.py            # defaults (~90 min, 2 CPU cores)
+    python bench/custom_data.py --data ../shared/assets/datasets/aquarium.yaml --project ../runs-bench  # main
+    YOLOC_DATASETS=../shared/assets/datasets python bench/custom_data.py --seeds 0                   # quick
     python bench/custom_data.py --data my.yaml --weights yolov5n.pt --imgsz 640 --base-epochs 100 --epochs 30 --device 0
-    python bench/custom_data.py --methods l1 l1-global fisher --targets 0.7 0.5 --name quick --exist-ok
+    python bench/custom_data.py --methods pagcp --targets 0.5 --variant one-shot="--one-shot" --name ablation
     python bench/custom_data.py --resume                                             # continue the latest run
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -37,22 +40,30 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from custom_report import RESUMED, write_report  # noqa: E402
+from tp_rows import TP_LABELS, TP_METHODS, TP_MISSING, tp_available, tp_prune_checkpoint  # noqa: E402
 
 import utils  # noqa: E402,F401
 from utils.files import write_json, write_text  # noqa: E402
 from utils.general import LOGGER, UsageError, increment_path  # noqa: E402
 
-METHODS = ("pagcp", "fisher", "l1-global", "l1", "slim")
+METHODS = ("pagcp", "fisher", "l1-global", "l1", "slim", *TP_METHODS)
 LABELS = {"pagcp": "PAGCP", "fisher": "Group Fisher", "l1-global": "global L1", "l1": "uniform L1",
-          "slim": "slimming (after sparsity)"}
-# settings that decide the numbers: a run folder is only continued with the same ones
-RESULT_KEYS = ("weights", "data", "imgsz", "batch_size", "base_epochs", "base_hyp", "epochs", "hyp", "warmup_epochs",
-               "nbs", "distill",
-               "calib_images", "sparsity", "sparsity_epochs", "fisher_interval", "fisher_channels", "seed", "extra")
+          "slim": "slimming (after sparsity)", **TP_LABELS}
+# settings that decide the numbers: a run folder is only continued with the same ones (seeds, methods, targets and
+# variants may grow: each step records its own compress.py flags)
+RESULT_KEYS = ("weights", "data", "imgsz", "batch_size", "base_epochs", "base_hyp", "base_nbs", "epochs", "hyp",
+               "warmup_epochs", "nbs", "calib_images", "sparsity", "sparsity_epochs", "fisher_interval",
+               "fisher_channels", "fisher_phase_epochs", "compress_args")
 # method x budget combinations compress.py cannot honour (reported, not run)
-UNSUPPORTED = {("fisher", "divisor"): "compress.py --method fisher does not apply --divisor"}
+UNSUPPORTED = {("fisher", "divisor"): "compress.py --method fisher does not apply --divisor",
+               **{(m, "divisor"): "the Torch-Pruning rows are cut without --divisor" for m in TP_METHODS}}
 ASSETS = ROOT.parent / "shared" / "assets"
-RESUMED = "resumed after an interruption: seconds leave out the interrupted part"
+# defaults by data yaml stem (flags win): image size, base epochs, epochs after the base (docs/benchmarks/custom_data.md)
+PROFILES = {"aquarium": {"imgsz": 256, "base_epochs": 16, "epochs": 16},
+            "": {"imgsz": 320, "base_epochs": 20, "epochs": 4}}
 
 
 def parse_opt(argv=None) -> argparse.Namespace:
@@ -60,38 +71,77 @@ def parse_opt(argv=None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default="yolov5n.pt", help="pretrained model transfer-trained into the base")
     ap.add_argument("--data", default="raccoon.yaml", help="data yaml (YOLO or VOC layout)")
-    ap.add_argument("--imgsz", "--img", type=int, default=320, help="train/val/latency image size (pixels)")
+    ap.add_argument("--imgsz", "--img", type=int, default=None, help="train/val/latency image size (default: profile)")
     ap.add_argument("--batch-size", "--batch", type=int, default=16)
-    ap.add_argument("--base-epochs", type=int, default=20, help="epochs of the base's transfer training")
-    ap.add_argument("--base-hyp", default="scratch-low", help="hyp of the base training (train.py --hyp)")
-    ap.add_argument("--epochs", type=int, default=4, help="fine-tune epochs after pruning (equal for all)")
-    ap.add_argument("--hyp", default="recovery", help="fine-tune hyp (equal for all, and for the reference): compress.py's")
-    ap.add_argument("--warmup-epochs", type=float, default=0.0,
-                    help="fine-tune warmup (overrides the hyp's; YOLOv5 warms up >= 100 iterations whenever > 0)")
-    ap.add_argument("--nbs", type=int, default=16, help="nominal batch size of every training (train.py --nbs)")
-    ap.add_argument("--distill", action="store_true",
-                    help="fine-tune with the base as distillation teacher (compress.py's default; off here unless given)")
-    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--base-epochs", type=int, default=None, help="epochs of the base's transfer training (profile)")
+    ap.add_argument("--base-hyp", default="scratch-low", help="hyp of the base and control (train.py's default)")
+    ap.add_argument("--base-nbs", type=int, default=None, help="nominal batch of base and control (train.py's)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs E of training after the base, equal for every "
+                    "row (default: profile)")
+    ap.add_argument("--hyp", default=None, help="fine-tune hyp of the pruned rows (default: compress.py's)")
+    ap.add_argument("--warmup-epochs", type=float, default=None, help="fine-tune warmup (default: the hyp's)")
+    ap.add_argument("--nbs", type=int, default=None, help="nominal batch of the fine-tunes (default: compress.py's)")
+    ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,
+                    help="pruned rows to run (none: only the base and the control)")
     ap.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5, 0.35], help="FLOPs shares of the base")
     ap.add_argument("--divisor-targets", type=float, nargs="*", default=[0.5], help="FLOPs shares run with --divisor")
     ap.add_argument("--divisor", type=int, default=16, help="channel multiple of the divisor variants")
     ap.add_argument("--tolerance", type=float, default=0.02, help="allowed |FLOPs share - target|")
     ap.add_argument("--calib-images", type=int, default=64, help="PAGCP oracle / BN re-estimation images")
     ap.add_argument("--sparsity", type=float, default=6e-4, help="slim: train.py --sparsity of the sparsity phase")
-    ap.add_argument("--sparsity-epochs", type=int, default=3, help="slim: epochs of the sparsity phase")
+    ap.add_argument("--sparsity-epochs", type=int, default=3, help="slim: epochs of the sparsity phase (part of E)")
     ap.add_argument("--fisher-interval", type=int, default=1, help="fisher: training batches between prunes")
     ap.add_argument("--fisher-channels", type=int, default=64, help="fisher: channels masked per prune")
+    ap.add_argument("--fisher-phase-epochs", type=int, default=1,
+                    help="fisher: epochs of E given to its pruning phase (the fine-tune gets the rest)")
+    ap.add_argument("--compress-args", default="", help='more compress.py flags for every compress.py row, e.g. '
+                    '"--one-shot" (recorded in the settings)')
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                    help="one more set of compress.py rows, labelled NAME, with ARGS added (repeatable)")
     ap.add_argument("--latency-repeats", type=int, default=20, help="timed runs per model (median reported)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for the latency (0 = torch's default)")
     ap.add_argument("--device", default="", help="cuda device (training and pruning); latency is CPU")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="every row runs once per seed; the base "
+                    "is trained once, with the first")
     ap.add_argument("--project", default="runs/bench")
     ap.add_argument("--name", default="custom_data")
     ap.add_argument("--exist-ok", action="store_true", help="continue project/name if it exists (same settings)")
     ap.add_argument("--resume", nargs="?", const=True, default=False, help="continue the latest (or given) run")
-    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more compress.py flags for every run")
     return ap.parse_args(argv)
+
+
+def parse_variants(specs: list[str]) -> dict[str, str]:
+    """`NAME=ARGS` strings -> {NAME: ARGS}; names are row labels (letters, digits, '-', '_'), each given once."""
+    out = {}
+    for spec in specs:
+        name, sep, args = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not all(c.isalnum() or c in "-_" for c in name):
+            raise UsageError(f"--variant '{spec}': give NAME=ARGS, NAME of letters, digits, '-' or '_' "
+                             "(e.g. --variant one-shot=\"--one-shot\")")
+        if name in out:
+            raise UsageError(f"--variant {name} is given twice: use one name per variant")
+        _split(args, f"--variant {name}")
+        out[name] = args.strip()
+    return out
+
+
+def _split(args: str, flag: str) -> list[str]:
+    """Shell-split extra compress.py flags; unbalanced quotes are one clear line, before anything runs."""
+    try:
+        return shlex.split(args)
+    except ValueError as e:
+        raise UsageError(f"{flag} '{args}': {e}; quote the flags as one shell string") from None
+
+
+def apply_profile(opt) -> dict:
+    """Fill the size flags the user left out from the data's profile (PROFILES); returns the profile used."""
+    prof = PROFILES.get(Path(str(opt.data)).stem, PROFILES[""])
+    for k, v in prof.items():
+        if getattr(opt, k) is None:
+            setattr(opt, k, v)
+    return prof
 
 
 def _asset_defaults(opt) -> None:
@@ -103,10 +153,14 @@ def _asset_defaults(opt) -> None:
     if opt.data == "raccoon.yaml" and "YOLOC_DATASETS" not in os.environ and (ASSETS / "datasets").exists():
         os.environ["YOLOC_DATASETS"] = str(ASSETS / "datasets")
         LOGGER.info(f"YOLOC_DATASETS={ASSETS / 'datasets'} (the raccoon asset)")
+    if opt.data == "aquarium.yaml" and not Path(opt.data).exists() and (ASSETS / "datasets/aquarium.yaml").exists():
+        opt.data = str(ASSETS / "datasets/aquarium.yaml")
 
 
 def run_folder(opt) -> Path:
     """The run folder, its settings checked (args.json) so a continued run never mixes settings."""
+    grows = ("device", "workers", "resume", "exist_ok", "seeds", "methods", "targets", "divisor_targets", "variant",
+             "latency_repeats", "threads")
     if opt.resume:
         if opt.resume is True or str(opt.resume) == "True":
             runs = sorted(Path(opt.project).glob("*/args.json"), key=lambda f: f.stat().st_mtime)
@@ -131,8 +185,14 @@ def run_folder(opt) -> Path:
         if diff:
             raise UsageError(f"{save_dir} was started with other settings ({', '.join(diff)}); use another --name "
                              f"or --resume {save_dir}")
+        args = {**saved, **{k: args[k] for k in grows if k in args}}
     write_json(args, save_dir / "args.json")
     return save_dir
+
+
+def seed_step(row: str, seed: int) -> str:
+    """The state.json key of one row's run with one seed."""
+    return f"{row}#s{seed}"
 
 
 class Bench:
@@ -140,17 +200,24 @@ class Bench:
         self.opt, self.dir = opt, save_dir
         self.state_file = save_dir / "state.json"
         self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
-        self.ft_hyp = str(save_dir / "hyp_finetune.yaml")  # --hyp with --warmup-epochs: every fine-tune's hyp
-        if not Path(self.ft_hyp).is_file():
+        self.ft_hyp = opt.hyp  # --hyp with --warmup-epochs: every fine-tune's hyp, written once
+        if opt.warmup_epochs is not None:
             import yaml
 
+            from engine.recipe import recipe
             from engine.trainer import load_hyp
 
-            write_text(self.ft_hyp, yaml.safe_dump({**load_hyp(opt.hyp), "warmup_epochs": opt.warmup_epochs},
-                                                   sort_keys=False))
+            self.ft_hyp = str(save_dir / "hyp_finetune.yaml")
+            if not Path(self.ft_hyp).is_file():
+                hyp = {**load_hyp(opt.hyp or recipe()["hyp"]), "warmup_epochs": opt.warmup_epochs}
+                write_text(self.ft_hyp, yaml.safe_dump(hyp, sort_keys=False))
 
-    def done(self, step: str) -> dict | None:
-        return self.state.get(step)
+    def done(self, step: str, args: str | None = None) -> dict | None:
+        r = self.state.get(step)
+        if r and args is not None and r.get("compress_args", args) != args:
+            raise UsageError(f"{step} in {self.dir} ran with compress.py flags '{r['compress_args']}', now '{args}': "
+                             "use another --variant name or another --name")
+        return r
 
     def record(self, step: str, value: dict) -> dict:
         self.state[step] = value
@@ -158,7 +225,8 @@ class Bench:
         return value
 
     # ------------------------------------------------------------------ training steps (train.py)
-    def train_step(self, step: str, weights: str, epochs: int, hyp: str, **extra) -> dict:
+    def train_step(self, step: str, weights: str, epochs: int, seed: int, info: dict | None = None, **kw) -> dict:
+        """train.py on `weights` for `epochs` (kw: train options; None values are train.py's defaults)."""
         from engine.trainer import train
         from utils.checkpoint import load_checkpoint
 
@@ -173,16 +241,19 @@ class Bench:
             res = train(resume=str(last), device=o.device, workers=o.workers)
         else:
             shutil.rmtree(folder, ignore_errors=True)  # a start killed before its first checkpoint
-            res = train(weights=weights, data=o.data, epochs=epochs, imgsz=o.imgsz, batch_size=o.batch_size, hyp=hyp,
-                        nbs=o.nbs, device=o.device, workers=o.workers, seed=o.seed, save_dir=str(folder), **extra)
+            res = train(weights=weights, data=o.data, epochs=epochs, imgsz=o.imgsz, batch_size=o.batch_size,
+                        device=o.device, workers=o.workers, seed=seed, save_dir=str(folder),
+                        **{k: v for k, v in kw.items() if v is not None})
         weights = str(res.best or res.last)
         m = self.evaluate(weights)  # as compress.py validates every pruned model
-        return self.record(step, {"weights": weights, "epochs": epochs, "map50": m.map50, "map50_95": m.map50_95,
-                                  "seconds": round(time.time() - t0, 1), "resumed": resumable})
+        return self.record(step, {**(info or {}), "weights": weights, "model": weights, "epochs": epochs,
+                                  "train_epochs": epochs, "map50": m.map50, "map50_95": m.map50_95, "seed": seed,
+                                  "seconds": round(time.time() - t0, 1), "resumed": resumable,
+                                  "notes": [RESUMED] if resumable else []})
 
     def evaluate(self, weights: str):
-        from engine.compressor import Evaluator
         from data.datasets import check_dataset
+        from engine.compressor import Evaluator
         from models.loader import load_model
         from utils.general import select_device
 
@@ -192,20 +263,51 @@ class Bench:
                        int(max(model.stride.max(), 32)))
         return ev(model)
 
-    # ------------------------------------------------------------------ pruning steps (compress.py)
-    def compress_step(self, step: str, weights: str, method: str, target: float, divisor: int) -> dict:
-        import compress
+    # ------------------------------------------------------------------ Torch-Pruning rows (bench/tp_rows.py)
+    def tp_step(self, step: str, weights: str, method: str, target: float, seed: int) -> dict:
+        """Cut the base with torch-pruning to `target` (once, shared by the seeds), fine-tune E epochs with
+        train.py's recovery recipe (the fine-tune flags of this bench when given)."""
+        from engine.recipe import recipe
 
         if self.done(step):
             return self.done(step)
+        o, row = self.opt, step.rsplit("#", 1)[0]
+        cut = self.dir / "steps" / f"{row}-cut" / "pruned.pt"
+        info = self.done(f"{row}-cut")
+        if not info:
+            t0 = time.time()
+            cut.parent.mkdir(parents=True, exist_ok=True)
+            info = tp_prune_checkpoint(weights, method, target, o.imgsz, cut)
+            m = self.evaluate(str(cut))
+            info = self.record(f"{row}-cut", {**info, "map50_pruned": m.map50, "map50_95_pruned": m.map50_95,
+                                              "cut_seconds": round(time.time() - t0, 1)})
+        notes = [f"FLOPs share {info['flops_share']:.3f} misses {target} ± {o.tolerance}"] \
+            if abs(info["flops_share"] - target) > o.tolerance else []
+        rec = recipe()
+        r = self.train_step(step, str(cut), o.epochs, seed, hyp=self.ft_hyp or rec.get("hyp"),
+                            nbs=o.nbs or rec.get("nbs"),
+                            info={"method": method, "target": target, "divisor": 1, "params": info["params"],
+                                  "gflops": info["gflops"], "flops_share": info["flops_share"],
+                                  "map50_pruned": info["map50_pruned"], "map50_95_pruned": info["map50_95_pruned"]})
+        r["notes"] = notes + r["notes"]
+        return r
+
+    # ------------------------------------------------------------------ pruning steps (compress.py)
+    def compress_step(self, step: str, weights: str, method: str, target: float, divisor: int, seed: int,
+                      cargs: str) -> dict:
+        import compress
+
+        if self.done(step, cargs):
+            return self.done(step, cargs)
         o = self.opt
         project, folder = self.dir / "steps", self.dir / "steps" / step
+        epochs = o.epochs - {"fisher": o.fisher_phase_epochs, "slim": o.sparsity_epochs}.get(method, 0)
         flags = method_flags(method, target, o) + (["--divisor", str(divisor)] if divisor > 1 else [])
         args = ["--weights", weights, "--data", o.data, "--img", str(o.imgsz), "--batch-size", str(o.batch_size),
-                "--epochs", str(o.epochs), "--hyp", self.ft_hyp, "--nbs", str(o.nbs), "--calib-images",
-                str(o.calib_images), "--seed", str(o.seed), "--device", str(o.device), "--workers", str(o.workers),
-                "--no-latency",
-                *([] if o.distill else ["--no-distill"]), *flags, *o.extra]
+                "--epochs", str(epochs), "--calib-images", str(o.calib_images), "--seed", str(seed), "--device",
+                str(o.device), "--workers", str(o.workers), "--no-latency",
+                *(["--hyp", self.ft_hyp] if self.ft_hyp else []), *(["--nbs", str(o.nbs)] if o.nbs else []),
+                *flags, *shlex.split(cargs)]
         t0 = time.time()
         resumed = (folder / "opt.json").is_file()
         if resumed:
@@ -233,13 +335,14 @@ class Bench:
             notes.append(RESUMED)
         # training after the base: every round's fine-tune, plus Group Fisher's pruning phases and slimming's
         # sparsity phase (both train on the data too)
-        train_epochs = s.get("epochs", o.epochs) * len(s["rounds"])
-        train_epochs += sum(json.loads(f.read_text()).get("epochs") or 0 for f in folder.glob("round_*/fisher.json"))
-        if method == "slim":
-            train_epochs += o.sparsity_epochs
+        train_epochs = s.get("epochs", epochs) * len(s["rounds"])
+        phase = sum(json.loads(f.read_text()).get("epochs") or 0 for f in folder.glob("round_*/fisher.json"))
+        train_epochs += phase + (o.sparsity_epochs if method == "slim" else 0)
+        if method == "fisher" and abs(phase - o.fisher_phase_epochs) > 0.5:
+            notes.append(f"pruning phase {phase:.1f} epochs, not {o.fisher_phase_epochs} (--fisher-phase-epochs)")
         return self.record(step, {
-            "method": method, "target": target, "divisor": divisor, "model": str(folder / "pruned.pt"),
-            "params": r["params"], "gflops": r["gflops"], "flops_share": share,
+            "method": method, "target": target, "divisor": divisor, "model": str(folder / "pruned.pt"), "seed": seed,
+            "compress_args": cargs, "params": r["params"], "gflops": r["gflops"], "flops_share": share,
             "map50_pruned": r["pruned_metrics"]["map50"], "map50_95_pruned": r["pruned_metrics"]["map50_95"],
             "map50": r["map50"], "map50_95": r["map50_95"], "seconds": round(s["seconds"], 1),
             "wall_seconds": round(time.time() - t0, 1), "source_map50_95": s["base"]["map50_95"],
@@ -267,7 +370,7 @@ def method_flags(method: str, target: float, o) -> list[str]:
     """compress.py flags that prune with `method` to `target` of the base FLOPs (the sparse model for slim)."""
     t = ["--target-flops", f"{target:g}"]
     if method == "pagcp":
-        return ["--method", "pagcp", *t]  # PAGCP to a FLOPs target (issue 15)
+        return ["--method", "pagcp", *t]
     if method == "fisher":
         return ["--method", "fisher", "--interval", str(o.fisher_interval), "--channels-per-step",
                 str(o.fisher_channels), *t]
@@ -278,21 +381,61 @@ def method_flags(method: str, target: float, o) -> list[str]:
     raise UsageError(f"unknown method '{method}'")
 
 
-def plan(opt) -> list[tuple[str, str, float, int]]:
-    """(step, method, target, divisor) of every pruning run, in order."""
+def plan(opt, variants: dict[str, str] | None = None) -> list[tuple[str, str, float, int, str]]:
+    """(row, method, target, divisor, compress.py flags) of every pruned row, in order; each variant repeats the
+    compress.py rows as `NAME/row` with its flags added to --compress-args (Torch-Pruning rows are not varied)."""
     out = []
-    for m in opt.methods:
-        out += [(f"{m}@{t:g}", m, t, 1) for t in opt.targets]
-        out += [(f"{m}@{t:g}-d{opt.divisor}", m, t, opt.divisor) for t in opt.divisor_targets]
+    for vname, vargs in {"": "", **(variants or {})}.items():
+        cargs = " ".join(a for a in (opt.compress_args, vargs) if a)
+        for m in opt.methods:
+            if vname and m in TP_METHODS:
+                continue
+            pre = f"{vname}/" if vname else ""
+            out += [(f"{pre}{m}@{t:g}", m, t, 1, cargs) for t in opt.targets]
+            out += [(f"{pre}{m}@{t:g}-d{opt.divisor}", m, t, opt.divisor, cargs) for t in opt.divisor_targets]
     return out
 
 
-def run(opt) -> Path:
+def select_rows(rows: list[tuple]) -> tuple[list[tuple], dict[str, str]]:
+    """The rows of `plan` that can run, and {row: why not} for the others; without torch_pruning the
+    Torch-Pruning rows are skipped with one logged line."""
+    todo, skipped, tp_ok = [], {}, None
+    for r in rows:
+        row, method, divisor = r[0], r[1], r[3]
+        why = UNSUPPORTED.get((method, "divisor")) if divisor > 1 else None
+        if method in TP_METHODS and not why:
+            if tp_ok is None:
+                tp_ok = tp_available()
+                if not tp_ok:
+                    LOGGER.warning(TP_MISSING)
+            why = None if tp_ok else TP_MISSING
+        if why:
+            skipped[row] = why
+        else:
+            todo.append(r)
+    return todo, skipped
+
+
+def check_opt(opt) -> dict[str, str]:
+    """One clear line for bad input, before any run folder exists; returns the parsed variants."""
     for t in [*opt.targets, *opt.divisor_targets]:
         if not 0 < t < 1:
             raise UsageError(f"FLOPs targets must be in (0, 1), got {t}")
     if min(opt.base_epochs, opt.epochs) < 1:
         raise UsageError("--base-epochs and --epochs must be >= 1")
+    for m, pre in (("fisher", opt.fisher_phase_epochs), ("slim", opt.sparsity_epochs)):
+        if m in opt.methods and pre >= opt.epochs:
+            raise UsageError(f"--epochs {opt.epochs} leaves no fine-tune for {m} after its {pre}-epoch phase: give "
+                             f"--epochs > {pre} (every row trains --epochs in all after the base)")
+    if len(set(opt.seeds)) != len(opt.seeds):
+        raise UsageError(f"--seeds {' '.join(map(str, opt.seeds))}: each seed once")
+    _split(opt.compress_args, "--compress-args")
+    return parse_variants(opt.variant)
+
+
+def run(opt) -> Path:
+    apply_profile(opt)
+    variants = check_opt(opt)
     _asset_defaults(opt)
     from data.datasets import check_dataset
 
@@ -300,137 +443,32 @@ def run(opt) -> Path:
     save_dir = run_folder(opt)
     b = Bench(opt, save_dir)
     t_start = time.time()
-    base = b.train_step("base", opt.weights, opt.base_epochs, opt.base_hyp)
-    ref = b.train_step("reference", base["weights"], opt.epochs, b.ft_hyp)
-    sparse = b.train_step("sparse", base["weights"], opt.sparsity_epochs, b.ft_hyp, sparsity=opt.sparsity) \
-        if "slim" in opt.methods else None
-    runs, skipped = {}, {}
-    for step, method, target, divisor in plan(opt):
-        why = UNSUPPORTED.get((method, "divisor")) if divisor > 1 else None
-        if why:
-            skipped[step] = why
-            continue
-        weights = sparse["weights"] if method == "slim" else base["weights"]
-        LOGGER.info(f"\n=== {step}: {LABELS[method]} to {target:g} of the base FLOPs"
-                    f"{f', divisor {divisor}' if divisor > 1 else ''} ===")
-        runs[step] = b.compress_step(step, weights, method, target, divisor)
-    ok = {k: r for k, r in runs.items() if "error" not in r}
-    lat = b.latency_step({"base": base["weights"], **{k: r["model"] for k, r in ok.items()}})
-    write_report(opt, save_dir, base, ref, sparse, runs, skipped, lat, time.time() - t_start)
+    base = b.train_step("base", opt.weights, opt.base_epochs, opt.seeds[0], hyp=opt.base_hyp, nbs=opt.base_nbs)
+    base = {**base, "train_epochs": 0}
+    steps = {"control": {s: b.train_step(seed_step("control", s), base["weights"], opt.epochs, s, hyp=opt.base_hyp,
+                                         nbs=opt.base_nbs) for s in opt.seeds}}
+    sparse = {s: b.train_step(seed_step("sparse", s), base["weights"], opt.sparsity_epochs, s, hyp=b.ft_hyp,
+                              nbs=opt.nbs, sparsity=opt.sparsity) for s in opt.seeds} if "slim" in opt.methods else {}
+    todo, skipped = select_rows(plan(opt, variants))
+    for row, method, target, divisor, cargs in todo:
+        steps[row] = {}
+        for s in opt.seeds:
+            LOGGER.info(f"\n=== {row}, seed {s}: {LABELS[method]} to {target:g} of the base FLOPs"
+                        f"{f', divisor {divisor}' if divisor > 1 else ''} ===")
+            if method in TP_METHODS:
+                steps[row][s] = b.tp_step(seed_step(row, s), base["weights"], method, target, s)
+            else:
+                weights = sparse[s]["weights"] if method == "slim" else base["weights"]
+                steps[row][s] = b.compress_step(seed_step(row, s), weights, method, target, divisor, s, cargs)
+    models = {"base": base["weights"]}
+    for row, per in steps.items():
+        first = next((r for r in per.values() if "error" not in r), None)
+        if first and row != "control":
+            models[row] = first["model"]
+    lat = b.latency_step(models)
+    settings = {k: getattr(opt, k, None) for k in (*RESULT_KEYS, "seeds", "variant", "methods", "targets")}
+    write_report(opt, save_dir, base, steps, sparse, skipped, lat, LABELS, settings, time.time() - t_start)
     return save_dir
-
-
-def _rows(opt, base, ref, sparse, runs, skipped, lat) -> list[dict]:
-    from models.loader import load_model
-    from utils.flops import count_params, gflops
-
-    m = load_model(base["weights"])
-    b_params, b_gflops = count_params(m), gflops(m, opt.imgsz)
-    ms = lat["ms"]
-    rows = [{"run": "base", "method": f"unpruned, {opt.base_epochs} epochs", "target": 1.0, "divisor": 1,
-             "params": b_params, "gflops": b_gflops, "flops_share": 1.0, "map50": base["map50"],
-             "map50_95": base["map50_95"], "latency_ms": ms.get("base"), "seconds": base["seconds"], "train_epochs": 0,
-             "notes": [RESUMED] if base.get("resumed") else []},
-            {"run": "reference", "method": f"unpruned, {opt.base_epochs}+{opt.epochs} epochs", "target": 1.0,
-             "divisor": 1, "params": b_params, "gflops": b_gflops, "flops_share": 1.0, "map50": ref["map50"],
-             "map50_95": ref["map50_95"], "latency_ms": ms.get("base"), "seconds": ref["seconds"],
-             "train_epochs": opt.epochs,
-             "notes": [RESUMED] if ref.get("resumed") else []}]
-    for step, r in runs.items():
-        if "error" in r:
-            rows.append({"run": step, "method": LABELS[step.split("@")[0]], "notes": [r["error"]]})
-            continue
-        notes = list(r["notes"])
-        if r["method"] == "slim" and sparse:
-            notes.append(f"+{sparse['seconds']:.0f} s sparsity phase ({opt.sparsity_epochs} epochs, shared; sparse "
-                         f"model mAP50-95 {r['source_map50_95']:.3f})")
-        if r["method"] == "fisher":
-            notes.append("its pruning phase trains on the data" + (
-                f" ({r['train_epochs'] - opt.epochs:.1f} epochs before the fine-tune)"
-                if r.get("train_epochs") is not None else ""))
-        rows.append({**r, "run": step, "method": LABELS[r["method"]], "latency_ms": ms.get(step), "notes": notes})
-    for step, why in skipped.items():
-        rows.append({"run": step, "method": LABELS[step.split("@")[0]], "notes": [f"not run: {why}"]})
-    base_map, base_ms = base["map50_95"], ms.get("base")
-    for r in rows:
-        if r.get("map50_95") is not None and base_map:
-            r["share_of_base_map50_95"] = r["map50_95"] / base_map
-        if r.get("latency_ms") and base_ms:
-            r["speedup"] = base_ms / r["latency_ms"]
-    return rows
-
-
-def _fmt(v, f):
-    return "" if v is None else format(v, f)
-
-
-def write_report(opt, save_dir: Path, base, ref, sparse, runs, skipped, lat, seconds: float) -> None:
-    rows = _rows(opt, base, ref, sparse, runs, skipped, lat)
-    head = ("| run | method | divisor | params | GFLOPs | FLOPs share | mAP50 pruned | mAP50-95 pruned | mAP50 | "
-            "mAP50-95 | share of base mAP50-95 | epochs after base | ms (ORT CPU, bs 1) | speedup | compute s | notes |")
-    lines = [f"Data {opt.data}, weights {Path(opt.weights).name}, {opt.imgsz} px; base {opt.base_epochs} epochs "
-             f"(hyp {opt.base_hyp}), fine-tune {opt.epochs} epochs (hyp {opt.hyp}, warmup {opt.warmup_epochs:g} epochs"
-             f"{', distillation' if opt.distill else ''}), nominal batch {opt.nbs}"
-             f"; latency: onnxruntime CPU, batch 1, {lat['threads']} threads, median of {lat['repeats']} runs, all "
-             f"models interleaved. mAP after fine-tuning unless marked 'pruned'.", "", head,
-             "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        lines.append(
-            f"| {r['run']} | {r['method']} | {r.get('divisor', '')} | {_fmt(r.get('params'), ',d')} | "
-            f"{_fmt(r.get('gflops'), '.3f')} | {_fmt(r.get('flops_share'), '.3f')} | {_fmt(r.get('map50_pruned'), '.3f')} | "
-            f"{_fmt(r.get('map50_95_pruned'), '.3f')} | {_fmt(r.get('map50'), '.3f')} | {_fmt(r.get('map50_95'), '.3f')} | "
-            f"{_fmt(r.get('share_of_base_map50_95'), '.2f')} | {_fmt(r.get('train_epochs'), 'g')} | "
-            f"{_fmt(r.get('latency_ms'), '.2f')} | "
-            f"{_fmt(r.get('speedup'), '.2f')} | {_fmt(r.get('seconds'), '.0f')} | {'; '.join(r.get('notes', []))} |")
-    lines.append(f"\nTotal {seconds / 60:.1f} min in this invocation (earlier, resumed steps excluded).")
-    write_text(save_dir / "results.md", "\n".join(lines) + "\n")
-    keys = ["run", "method", "target", "divisor", "params", "gflops", "flops_share", "map50_pruned", "map50_95_pruned",
-            "map50", "map50_95", "share_of_base_map50_95", "train_epochs", "latency_ms", "speedup", "seconds", "notes"]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, keys, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({**r, "notes": "; ".join(r.get("notes", []))})
-    write_text(save_dir / "results.csv", buf.getvalue())
-    write_json({"settings": {k: getattr(opt, k) for k in RESULT_KEYS}, "latency": lat, "rows": rows},
-               save_dir / "results.json")
-    plot_results(rows, opt, lat, save_dir)
-    LOGGER.info("\n".join(lines))
-    LOGGER.info(f"Results saved to {save_dir}: results.md, results.csv, results.json, map_vs_gflops.png, "
-                "map_vs_latency.png")
-
-
-def plot_results(rows: list[dict], opt, lat: dict, save_dir: Path) -> None:
-    """mAP50-95 against GFLOPs and against measured latency: one line per method, unpruned models as points."""
-    from utils.plots import _plt
-
-    plt = _plt()
-    axes_spec = (("gflops", f"GFLOPs at {opt.imgsz}x{opt.imgsz}", "map_vs_gflops.png"),
-                 ("latency_ms", f"latency, ms per image (onnxruntime CPU, batch 1, {lat['threads']} threads)",
-                  "map_vs_latency.png"))
-    for key, xlabel, fname in axes_spec:
-        fig, ax = plt.subplots(figsize=(7, 5), tight_layout=True)
-        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        for i, label in enumerate(dict.fromkeys(r["method"] for r in rows if r["run"] not in ("base", "reference"))):
-            pts = [r for r in rows if r["method"] == label and r.get(key) is not None and r.get("map50_95") is not None]
-            line = sorted((r for r in pts if r.get("divisor", 1) == 1), key=lambda r: r[key])
-            c = colors[i % len(colors)]
-            ax.plot([r[key] for r in line], [r["map50_95"] for r in line], "o-", color=c, label=label)
-            div = [r for r in pts if r.get("divisor", 1) > 1]
-            if div:
-                ax.plot([r[key] for r in div], [r["map50_95"] for r in div], "s", mfc="none", color=c,
-                        label=f"{label}, divisor {opt.divisor}")
-        for r, marker in zip((rows[0], rows[1]), ("*", "D")):
-            if r.get(key) is not None:
-                ax.plot([r[key]], [r["map50_95"]], marker, color="black", markersize=11 if marker == "*" else 7,
-                        label=r["method"])
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("mAP50-95 (val) after fine-tuning")
-        ax.set_title(f"{Path(opt.data).stem}: pruned to equal FLOPs, {opt.epochs} fine-tune epochs each")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.savefig(save_dir / fname, dpi=150)
-        plt.close(fig)
 
 
 def main(argv=None) -> int:
