@@ -40,6 +40,12 @@ head:
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, one thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the CLI subprocesses too
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 def need(path: Path):
     """Skip marker for a test that needs a real asset."""
