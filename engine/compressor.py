@@ -176,8 +176,11 @@ def run(opt) -> dict:
         if ddp.is_main():
             write_json(summary, save_dir / "summary.json")
     summary = ddp.broadcast(summary)  # rank 0's measurements
-    # the input model teaches (a --teacher checkpoint replaces it)
+    # the input model teaches (a --teacher checkpoint replaces it), unless the fine-tune gives it another class head
     teacher = copy.deepcopy(model).eval() if opt.distill and opt.epochs > 0 and not opt.teacher else None
+    if teacher is not None and opt.single_cls and int(model.nc) != 1:
+        teacher = None
+        LOGGER.info(f"distillation off: --single-cls fine-tunes a 1-class head, the input model predicts {model.nc}")
     lr0 = resolve_base_lr0(SimpleNamespace(base_lr0=None, weights=weights, trust_checkpoint=opt.trust_checkpoint))
     run = SimpleNamespace(data=data, device=device, evaluate=evaluate, teacher=teacher, weights=str(weights),
                           base_nc=int(model.nc), goal=goal, base=copy.deepcopy(model) if goal else None, base_lr0=lr0)

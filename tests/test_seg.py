@@ -222,7 +222,7 @@ def test_compress_cli(method, seg_yaml, tmp_path):
     extra = ["--calib-images", "4", "--ratio-step", "0.3"] if method == "pagcp" else []
     rc = compress.main(["--weights", "yolov8n-seg.yaml", "--data", str(seg_yaml), "--method", method,
                         "--target-flops", "0.7", "--epochs", "1", "--imgsz", "64", "--device", "cpu", "--workers", "0",
-                        "--batch-size", "4", "--no-latency", "--project", str(tmp_path), *extra])
+                        "--batch-size", "4", "--no-latency", "--one-shot", "--project", str(tmp_path), *extra])
     assert rc in (0, None)
     run = tmp_path / "exp"
     s = json.loads((run / "summary.json").read_text())
