@@ -199,7 +199,6 @@ def test_ultralytics_on_pruned(pruned_pt, seg_yaml, tmp_path):
     assert p.masks is not None or len(p.boxes) == 0
 
 
-@pytest.mark.slow
 def test_pruned_segmentation_trainer(pruned_pt, seg_yaml, tmp_path):
     from ultralytics import YOLO
 
