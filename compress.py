@@ -228,10 +228,12 @@ def parse_opt(argv=None) -> argparse.Namespace:
         opt.method = SEED_CRITERIA.get(int(c), c) if str(c).isdigit() else c
     opt.method = opt.method.lower()
     if opt.distill_flag:
-        if not opt.distill:
+        if "--no-distill" in (argv if argv is not None else sys.argv[1:]):
             raise UsageError("--distill and --no-distill contradict each other: give one")
-        LOGGER.info("note: --distill is no longer needed, distillation from the input model is on by default "
-                    "whenever compress.py fine-tunes (--no-distill turns it off)")
+        if opt.distill:
+            LOGGER.info("note: --distill is no longer needed, distillation from the input model is on by default "
+                        "whenever compress.py fine-tunes (--no-distill turns it off)")
+        opt.distill = True  # the offline demo's profile leaves it off
     del opt.distill_flag
     return opt
 
