@@ -37,7 +37,7 @@ from train import add_train_args
 from utils import distributed as ddp
 from utils.checkpoint import CheckpointError
 from utils.config import ROOT, HelpFormatter, defaults, explicit_flags
-from utils.general import LOGGER, UsageError, interrupt_status, sigterm_as_interrupt
+from utils.general import UsageError, interrupt_status, sigterm_as_interrupt
 
 
 def build_parser(d: dict) -> argparse.ArgumentParser:
@@ -57,13 +57,14 @@ def build_parser(d: dict) -> argparse.ArgumentParser:
     g_tune = p.add_argument_group("fine-tuning after each round (train.py's flags)")
     g_tune.add_argument("--epochs", type=int, default=d["epochs"], help="fine-tuning epochs after each pruning round")
     g_tune.add_argument("--no-distill", dest="distill", action="store_false", default=d["distill"],
-                        help="fine-tune without the unpruned input model as teacher (distillation is on by default; "
-                             "--distill-mode, --dist, --dist-feat set how)")
+                        help="fine-tune without the unpruned input model as teacher (the default)")
     g_tune.add_argument("--distill", dest="distill_flag", action="store_true",
-                        help="accepted for older commands: distillation is already on by default (a note is printed)")
+                        help="fine-tune with the unpruned input model as teacher (--distill-mode, --dist, --dist-feat "
+                             "set how)")
     g_tune.add_argument("--one-shot", action="store_true", default=d["one_shot"],
-                        help="prune in one step before fine-tuning (default with --epochs > 0 and a FLOPs target: "
-                             "gradual pruning inside the fine-tune)")
+                        help="prune in one step before fine-tuning (the default)")
+    g_tune.add_argument("--gradual", dest="one_shot", action="store_false",
+                        help="with --epochs > 0 and a FLOPs target: prune in --gradual-steps cuts inside the fine-tune")
     g_tune.add_argument("--gradual-steps", type=int, default=d["gradual_steps"],
                         help="gradual pruning: number of cuts spread over the fine-tune")
     g_tune.add_argument("--gradual-until", type=float, default=d["gradual_until"],
@@ -230,10 +231,7 @@ def parse_opt(argv=None) -> argparse.Namespace:
     if opt.distill_flag:
         if "--no-distill" in (argv if argv is not None else sys.argv[1:]):
             raise UsageError("--distill and --no-distill contradict each other: give one")
-        if opt.distill:
-            LOGGER.info("note: --distill is no longer needed, distillation from the input model is on by default "
-                        "whenever compress.py fine-tunes (--no-distill turns it off)")
-        opt.distill = True  # the offline demo's profile leaves it off
+        opt.distill = True
     del opt.distill_flag
     return opt
 

@@ -122,7 +122,7 @@ class GradualPruner:
         trainer.extra_state["gradual"] = self.state
         if trainer.main and not saved:
             LOGGER.info(f"gradual pruning to x{self.target:.3f} FLOPs in {self.n} cuts after optimizer steps "
-                        f"{', '.join(map(str, self.steps))} of {trainer.total_steps} (--one-shot: one cut before)")
+                        f"{', '.join(map(str, self.steps))} of {trainer.total_steps} (without --gradual: one cut before)")
 
     def step(self, trainer) -> None:
         k = self.state["done"]

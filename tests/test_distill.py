@@ -127,9 +127,9 @@ def _compress(args, tmp_path):
 
 
 @pytest.mark.slow
-def test_compress_distils_by_default_and_not_with_no_distill(shapes_yaml, tmp_path, caplog):
+def test_compress_distils_with_distill_and_not_with_no_distill(shapes_yaml, tmp_path, caplog):
     with caplog.at_level("INFO"):
-        assert _compress(["--data", str(shapes_yaml), "--epochs", "1", "--name", "on"], tmp_path) == 0
+        assert _compress(["--data", str(shapes_yaml), "--epochs", "1", "--name", "on", "--distill"], tmp_path) == 0
     text = caplog.text
     assert "distilling (both) from the unpruned model" in text and "distillation (both):" in text
     s = json.loads((tmp_path / "runs" / "on" / "summary.json").read_text())
@@ -143,10 +143,9 @@ def test_compress_distils_by_default_and_not_with_no_distill(shapes_yaml, tmp_pa
     assert s["rounds"][0]["distill"] is None
 
 
-def test_old_distill_flag_prints_a_note_and_conflict_is_one_line(caplog, capsys):
-    with caplog.at_level("INFO"):
-        opt = compress.parse_opt(["--weights", "yolov5n.yaml", "--distill"])
-    assert opt.distill and "no longer needed" in caplog.text
+def test_distill_flag_turns_it_on_and_conflict_is_one_line(caplog, capsys):
+    assert not compress.parse_opt(["--weights", "yolov5n.yaml"]).distill  # off by default (cfg compress: distill)
+    assert compress.parse_opt(["--weights", "yolov5n.yaml", "--distill"]).distill
     with pytest.raises(UsageError, match="contradict"):
         compress.parse_opt(["--weights", "yolov5n.yaml", "--distill", "--no-distill"])
 

@@ -17,7 +17,8 @@ from prune.gradual import cut_steps
 from utils.config import defaults
 from utils.general import UsageError
 
-FAST = ["--weights", "yolov5n.yaml", "--img", "64", "--batch", "4", "--nbs", "4", "--no-latency", "--workers", "0"]
+FAST = ["--weights", "yolov5n.yaml", "--img", "64", "--batch", "4", "--nbs", "4", "--no-latency", "--workers", "0",
+        "--gradual"]
 
 
 def _compress(args, project, shapes_yaml):
@@ -145,7 +146,8 @@ def test_ddp_gradual_two_processes_cut_alike(shapes_yaml, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "compress.py"), "--weights", "yolov5n.yaml", "--data", str(shapes_yaml), "--img", "64",
            "--batch", "8", "--nbs", "8", "--method", "l1", "--target-flops", "0.5", "--epochs", "2",
-           "--gradual-steps", "2", "--gradual-until", "0.5", "--device", "cpu", "--no-latency", "--workers", "0",
+           "--gradual", "--gradual-steps", "2", "--gradual-until", "0.5", "--device", "cpu", "--no-latency",
+           "--workers", "0",
            "--project", str(project)]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
